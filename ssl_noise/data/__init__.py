@@ -1,0 +1,105 @@
+"""The data layer: one call, :func:`load_dataset`, turns a dataset spec into in-memory uint8 arrays.
+
+Every stage (pretraining, fine-tuning, evaluation) names its data with one string, so recipes, the CLI and
+run records all use the same spelling. A spec is one of:
+
+==============================  ===================================================================================
+``bloodmnist``                  a 2D MedMNIST flag (``ssl-noise data list``); the image size comes from ``size``
+                                (28, 64, 128, 224); the file is found in the data roots or downloaded and verified
+``path/to/file.npz``            any MedMNIST-format archive (also ``npz:PATH``); class names from the catalogue
+                                when the file name starts with a flag, md5 ``OK`` only if it is an official file
+``folder:PATH``                 ``PATH/<class>/<image>`` or ``PATH/{train,val,test}/<class>/<image>``
+``csv:PATH``                    a manifest with columns ``path,label[,split]``
+``chaoyang:PATH``               a folder with Chaoyang's ``train.json`` and ``test.json``
+``synthetic``                   the learnable synthetic set; parameters as ``synthetic:num_classes=6,n_train=200``
+                                (n_train, n_val, n_test, num_classes, channels, size, seed)
+==============================  ===================================================================================
+
+Image files (folder, csv, chaoyang) are resized to ``size``; archives keep their own size. Splits missing from
+file sources are drawn with a fixed split seed (see :mod:`ssl_noise.data.files`), never with ``seed``, so the
+test images are the same in every compared run; ``seed`` only picks the optional train ``subset``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+from ssl_noise.data.catalogue import SIZES, CatalogueEntry, catalogue, get_entry, is_3d_flag
+from ssl_noise.data.dataset import (MD5_MISMATCH, MD5_NA, MD5_OK, MD5_UNOFFICIAL, ImageDataset, Split,
+                                    stratified_split, stratified_subset_indices, subset_train)
+from ssl_noise.errors import UserError
+
+__all__ = ["load_dataset", "ImageDataset", "Split", "CatalogueEntry", "catalogue", "get_entry", "SIZES",
+           "subset_train", "stratified_split", "stratified_subset_indices", "MD5_OK", "MD5_MISMATCH",
+           "MD5_UNOFFICIAL", "MD5_NA"]
+
+FILE_KINDS = ("folder", "csv", "chaoyang", "npz")
+SYNTHETIC_PARAMS = ("n_train", "n_val", "n_test", "num_classes", "channels", "size", "seed")
+
+
+def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, size: int = 28,
+                 subset: Optional[int] = None, seed: int = 0, download: bool = True) -> ImageDataset:
+    """Load the dataset named by ``spec`` (see the module docstring for the syntax).
+
+    Args:
+        spec: A MedMNIST flag, a path to an ``.npz``, ``folder:PATH``, ``csv:PATH``, ``chaoyang:PATH`` or
+            ``synthetic[:k=v,...]``.
+        data_root: The ``--data-root`` option, searched first for MedMNIST files.
+        size: MedMNIST image size, or the size image files are resized to.
+        subset: Keep a stratified subset of this many train images (val and test stay whole).
+        seed: Seed of the subset draw.
+        download: Allow downloading MedMNIST files that are not on disk.
+
+    Returns:
+        The dataset; ``train_indices`` maps train rows to the source's full train split.
+
+    Raises:
+        UserError: Unknown spec, missing or corrupt files, bad labels (the message says what to fix).
+    """
+    dataset = _load(str(spec).strip(), data_root=data_root, size=size, download=download)
+    return subset_train(dataset, subset, seed)
+
+
+def _load(spec: str, *, data_root: Optional[str], size: int, download: bool) -> ImageDataset:
+    kind, _, rest = spec.partition(":")
+    if kind == "synthetic":
+        from ssl_noise.data.synthetic import make_synthetic
+
+        return make_synthetic(**{"size": size, **_synthetic_params(rest)})
+    if kind in FILE_KINDS and rest:
+        return _load_file(kind, rest, size)
+    if spec.lower() in catalogue():
+        from ssl_noise.data.medmnist import load_medmnist
+
+        return load_medmnist(spec.lower(), size, data_root=data_root, download=download)
+    if spec.endswith(".npz") or os.sep in spec or Path(spec).exists():
+        return _load_file("npz", spec, size)
+    if is_3d_flag(spec):
+        get_entry(spec)  # raises the 3D message
+    raise UserError(f"unknown dataset {spec!r}; use a MedMNIST flag ({', '.join(catalogue())}), a path to an .npz, "
+                    f"folder:PATH, csv:PATH, chaoyang:PATH or synthetic")
+
+
+def _load_file(kind: str, path: str, size: int) -> ImageDataset:
+    from ssl_noise.data import files, medmnist
+
+    loader = {"folder": files.load_folder, "csv": files.load_csv, "chaoyang": files.load_chaoyang}
+    path = os.path.expanduser(path)
+    return medmnist.load_npz(path) if kind == "npz" else loader[kind](path, size=size)
+
+
+def _synthetic_params(text: str) -> Dict[str, int]:
+    """``"num_classes=6,n_train=200"`` -> ``{"num_classes": 6, "n_train": 200}`` (integers only)."""
+    params: Dict[str, int] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in SYNTHETIC_PARAMS:
+            raise UserError(f"bad synthetic parameter {item!r}; use key=int with key in {', '.join(SYNTHETIC_PARAMS)}")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            raise UserError(f"synthetic parameter {key} must be an integer, got {value.strip()!r}") from None
+    return params

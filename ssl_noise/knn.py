@@ -1,0 +1,97 @@
+"""k-nearest-neighbour evaluation and neighbourhoods in an encoder's feature space, on faiss.
+
+Three users: the pretraining monitor (how good is the encoder so far?), ``ssl-noise knn`` (evaluate any registry
+entry by k-NN and by a linear probe), and the training-free noisy-label detector (do a sample's neighbours
+disagree with its label?). Features are L2-normalised so inner product = cosine similarity, and faiss's exact
+``IndexFlatIP`` does the search in chunks without materialising an N×N matrix (a dense matmul, as in lightly's
+``knn_predict``, needs N_query × N_bank floats at once).
+
+The vote is the weighted k-NN of Wu et al. 2018 (arXiv 1805.01978) used by lightly and solo-learn:
+each neighbour votes for its label with weight exp(similarity / t); defaults k=200, t=0.1.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssl_noise.augment import normalize, to_float
+from ssl_noise.errors import UserError
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, images: np.ndarray, *, mean: Sequence[float], std: Sequence[float],
+                     device: str = "cpu", batch_size: int = 512, bf16: bool = True) -> np.ndarray:
+    """Embed uint8 images (N, H, W, C) with ``encoder`` in eval mode; returns L2-normalised float32 (N, D).
+
+    The encoder's train/eval mode is restored afterwards, so the monitor can run in the middle of training.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = to_float(torch.from_numpy(images[start:start + batch_size]).to(device))
+            x = normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                f = encoder(x)
+            out.append(torch.nn.functional.normalize(f.float(), dim=1).cpu())
+    finally:
+        encoder.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def search(bank: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most similar bank rows for each query: (similarities, indices), each (Nq, k), most similar first.
+
+    With ``exclude_self`` the queries are the bank itself and each row's own index is dropped from its list.
+    """
+    import faiss
+
+    bank = np.ascontiguousarray(bank, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    available = len(bank) - (1 if exclude_self else 0)
+    if k < 1 or k > available:
+        raise UserError(f"k={k} neighbours asked for but only {available} samples are available")
+    index = faiss.IndexFlatIP(bank.shape[1])
+    index.add(bank)
+    sims, idx = index.search(queries, k + 1 if exclude_self else k)
+    if not exclude_self:
+        return sims, idx
+    keep = idx != np.arange(len(queries))[:, None]
+    keep[keep.all(axis=1), -1] = False  # self not found among ties: drop the last so every row keeps k
+    return sims[keep].reshape(len(queries), k), idx[keep].reshape(len(queries), k)
+
+
+def vote(sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, t: float = 0.1) -> np.ndarray:
+    """Weighted class scores (Nq, num_classes) from neighbour similarities and labels, each (Nq, k)."""
+    weights = np.exp(sims.astype(np.float64) / t)
+    scores = np.zeros((len(sims), num_classes))
+    rows = np.repeat(np.arange(len(sims)), sims.shape[1])
+    np.add.at(scores, (rows, neighbour_labels.reshape(-1)), weights.reshape(-1))
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, query_feats: np.ndarray, num_classes: int,
+                 *, k: int = 200, t: float = 0.1) -> np.ndarray:
+    """Class scores for each query by weighted k-NN over the training features (k is capped at the bank size)."""
+    sims, idx = search(train_feats, query_feats, min(k, len(train_feats)))
+    return vote(sims, np.asarray(train_labels)[idx], num_classes, t)
+
+
+def knn_accuracy(train_feats, train_labels, query_feats, query_labels, num_classes, *, k=200, t=0.1) -> float:
+    """Top-1 accuracy of :func:`knn_classify` against ``query_labels``."""
+    scores = knn_classify(train_feats, train_labels, query_feats, num_classes, k=k, t=t)
+    return float((scores.argmax(1) == np.asarray(query_labels)).mean())
+
+
+def linear_probe_accuracy(train_feats, train_labels, query_feats, query_labels, *, seed: int = 0) -> float:
+    """Accuracy of a multinomial logistic regression on frozen features (scikit-learn, L-BFGS)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=1000, C=1.0, random_state=seed)
+    clf.fit(train_feats, train_labels)
+    return float((clf.predict(query_feats) == np.asarray(query_labels)).mean())

@@ -1,0 +1,83 @@
+"""What every self-supervised method provides, and nothing more.
+
+A method is an ``nn.Module`` that owns the encoder (``self.backbone``, a torchvision ResNet with ``fc`` removed)
+plus its own heads, turns a batch of clean images into its views, and returns a scalar loss. The training loop
+(``ssl_noise.pretrain``) owns everything else: data, optimiser, schedule, precision, DDP, logging, checkpoints.
+That split keeps each method file readable on its own (about 100-200 lines) and lets one loop serve all methods.
+
+Contract with the loop:
+
+* ``forward(x, g)`` is the training step: ``x`` is a float batch (B, C, H, W) in [0, 1] on the training device
+  (un-normalised, un-augmented), ``g`` the ``torch.Generator`` that every random choice must use (so a run is
+  reproducible and resumable). It returns the loss. It is ``forward`` so that DDP's gradient hooks work.
+* ``on_step_end(progress)`` runs after each optimiser step with the fraction of training done (MoCo's momentum
+  encoder update and schedule live here).
+* ``extra_files()`` returns JSON-able objects to store with the registry entry (jigsaw's permutation set).
+* ``check_input(spec, args)`` rejects impossible set-ups before any work (jigsaw on images too small to tile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Mapping, Sequence, Type
+
+import torch
+from torch import nn
+
+from ssl_noise.augment import AugmentConfig
+from ssl_noise.config import resolve
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input contract of the encoder being trained (also written to the registry's ``meta.json``)."""
+
+    channels: int
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class NoArgs:
+    """For methods without hyper-parameters of their own."""
+
+
+def distributed() -> bool:
+    """True inside a torchrun/DDP job: contrastive losses then gather negatives from every process."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class SSLMethod(nn.Module):
+    """Base class: holds the backbone, the input spec and the parsed method arguments."""
+
+    Args: ClassVar[Type] = NoArgs
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, spec: InputSpec, args: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.feat_dim = feat_dim
+        self.spec = spec
+        self.args = resolve(self.Args, args)
+
+    @classmethod
+    def check_input(cls, spec: InputSpec, args: Mapping[str, Any] | None = None) -> None:
+        """Raise ``UserError`` when this method cannot train on inputs described by ``spec``."""
+
+    def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_step_end(self, progress: float) -> None:
+        """Hook after each optimiser step; ``progress`` in [0, 1] is the fraction of all steps done."""
+
+    def extra_files(self) -> Dict[str, Any]:
+        """JSON-able objects saved next to the weights (file name -> content)."""
+        return {}
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the dataset normalisation recorded in the spec (after augmentation); the result is
+        ``channels_last`` because that is the layout the backbone's bf16 convolutions are fastest in."""
+        m = torch.as_tensor(self.spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        s = torch.as_tensor(self.spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return ((x - m) / s).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,63 @@
+"""Where things live and what runs them: data, registry and run roots, device and thread count.
+
+Each root resolves in the same order: the command-line option, then an environment variable, then a default.
+The CLI stores the resolved values in :class:`Settings` and hands it to every command.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from ssl_noise.errors import UserError
+
+DEFAULT_CACHE = Path("~/.cache/ssl-noise").expanduser()
+
+
+def data_roots(option: Optional[str] = None) -> List[Path]:
+    """Folders searched for dataset files, most specific first: ``--data-root``, ``$SSL_NOISE_DATA``, the cache.
+
+    The cache is always last and is where downloads are written when no other root is writable.
+    """
+    roots = [Path(p).expanduser() for p in (option, os.environ.get("SSL_NOISE_DATA")) if p]
+    cache = Path(os.environ.get("SSL_NOISE_CACHE", DEFAULT_CACHE)).expanduser()
+    return roots + [cache]
+
+
+def checkpoints_root(option: Optional[str] = None) -> Path:
+    """The encoder registry root: ``--checkpoints``, ``$SSL_NOISE_CHECKPOINTS``, else ``./checkpoints``."""
+    return Path(option or os.environ.get("SSL_NOISE_CHECKPOINTS") or "checkpoints").expanduser()
+
+
+def runs_root(option: Optional[str] = None) -> Path:
+    """The fine-tune and sweep output root: ``--runs``, ``$SSL_NOISE_RUNS``, else ``./runs``."""
+    return Path(option or os.environ.get("SSL_NOISE_RUNS") or "runs").expanduser()
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is a user error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; choose from: auto, cpu, cuda")
+    return name
+
+
+@dataclass
+class Settings:
+    """Global options shared by every command (filled by the CLI's root group)."""
+
+    data_root: Optional[str] = None
+    checkpoints: Path = Path("checkpoints")
+    runs: Path = Path("runs")
+    device: str = "auto"
+    threads: Optional[int] = None
+
+    def torch_device(self) -> str:
+        return resolve_device(self.device)
