@@ -373,26 +373,41 @@ def pretrain(settings, method, dataset, image_size, backbone, stem, epochs, batc
 
 
 @cli.command()
-@click.option("--init", "ref", required=True, help="Registry reference: id, unique prefix, or method name.")
+@click.option("--init", "ref", required=True,
+              help="Registry reference (id, unique prefix, or method name), or 'random' for the random-init baseline.")
 @click.option("--dataset", help="Dataset to evaluate on (default: the one the encoder was trained on).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random-init baseline.")
 @click.option("--k", "k", type=int, default=200, show_default=True, help="Neighbours in the weighted vote.")
 @click.option("--t", "t", type=float, default=0.1, show_default=True, help="Vote temperature.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_settings
-def knn(settings, ref, dataset, k, t, as_json):
-    """Evaluate a registry entry by weighted k-NN and by a linear probe on frozen features."""
+def knn(settings, ref, dataset, seed, k, t, as_json):
+    """Evaluate a registry entry by weighted k-NN and by a linear probe on frozen features (test split)."""
     import json
+
+    import torch
 
     from ssl_noise import registry
     from ssl_noise.data import load_dataset
     from ssl_noise.knn import extract_features, knn_accuracy, linear_probe_accuracy
 
-    entry_id = registry.resolve(settings.checkpoints, ref)
+    if ref == "random":  # the baseline every SSL encoder is compared with: same backbone, random weights
+        from ssl_noise.backbones import build_backbone, default_stem
+        from ssl_noise.pretrain import channel_stats
+
+        data = load_dataset(dataset or "bloodmnist", data_root=settings.data_root)
+        torch.manual_seed(seed)
+        encoder, _ = build_backbone("resnet18", stem=default_stem(data.image_size), in_channels=data.channels)
+        mean, std = channel_stats(data.train.images)
+        entry_id, meta = f"random-resnet18-s{seed}", {"normalisation": {"mean": mean, "std": std}}
+    else:
+        entry_id = registry.resolve(settings.checkpoints, ref)
+        encoder, meta = registry.load_encoder(settings.checkpoints, entry_id)
+        data = load_dataset(dataset or meta["dataset"], data_root=settings.data_root, size=meta["image_size"])
+        if data.channels != meta["channels"]:
+            raise UserError(f"encoder {entry_id} expects {meta['channels']}-channel images; "
+                            f"{data.name} has {data.channels}")
     click.echo(f"encoder: {entry_id}", err=True)
-    encoder, meta = registry.load_encoder(settings.checkpoints, entry_id)
-    data = load_dataset(dataset or meta["dataset"], data_root=settings.data_root, size=meta["image_size"])
-    if data.channels != meta["channels"]:
-        raise UserError(f"encoder {entry_id} expects {meta['channels']}-channel images; {data.name} has {data.channels}")
     device = settings.torch_device()
     encoder.to(device)
     norm = meta["normalisation"]
@@ -411,6 +426,95 @@ def knn(settings, ref, dataset, k, t, as_json):
 # --- end pretrain commands ---
 
 # --- finetune commands ---
+@cli.command()
+@click.option("--init", help="random (default), imagenet (torchvision weights; cached or downloadable), or a registry "
+                             "reference: id, unique prefix, or method name (its newest entry for this dataset).")
+@click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec.")
+@click.option("--image-size", type=int, help="Image size (default: the encoder's, else 28).")
+@click.option("--subset", type=click.IntRange(min=1), metavar="N",
+              help="Stratified subset of N training images, drawn with --noise-seed (as `ssl-noise noise`).")
+@click.option("--backbone", help="random/imagenet only: resnet18 (default) | resnet34 | resnet50.")
+@click.option("--stem", type=click.Choice(["cifar", "imagenet"]),
+              help="random/imagenet only; default cifar below 64 px.")
+@click.option("--freeze", is_flag=True, default=None,
+              help="Linear probe: freeze the encoder (weights and BN statistics); recipe linear_probe.yaml.")
+@click.option("--method", help="Noisy-label method from the ROBUST registry (default ce).")
+@click.option("--noise", "noise_rate", type=float, metavar="RATE", help="Label-noise rate in [0, 1) (default: clean).")
+@click.option("--noise-type", metavar="TYPE",
+              help="symmetric (default; flips to one of the OTHER classes), uniform (redraw over all K), pairflip "
+                   "(i -> i+1 mod K), asymmetric (needs --class-map or --noise-matrix).")
+@click.option("--class-map", type=click.Path(dir_okay=False), metavar="FILE",
+              help="asymmetric: YAML/JSON {clean: noisy} by class index or name.")
+@click.option("--noise-matrix", type=click.Path(dir_okay=False), metavar="FILE",
+              help="asymmetric: KxK matrix, T[i,j] = P(noisy=j | clean=i) (no --noise then).")
+@click.option("--noise-mode", type=click.Choice(["sampled", "exact"]),
+              help="sampled (default): each label drawn from its row; exact: fixed counts per class pair.")
+@click.option("--noise-seed", type=int, help="Seed of the label noise (and of --subset); default 0.")
+@click.option("--noise-file", type=click.Path(dir_okay=False), metavar="CSV",
+              help="Reuse exactly these training labels (index,clean_label,noisy_label, as `ssl-noise noise` or a "
+                   "run's noisy_labels.csv): the same noise across inits.")
+@click.option("--force-noise", "noise_force", is_flag=True, default=None,
+              help="Accept noise under which a wrong class is as likely as the clean one.")
+@click.option("--clean-val", is_flag=True, default=None,
+              help="Keep validation labels clean (default: noisy like the training labels, as in practice).")
+@click.option("--epochs", type=int, help="Training epochs (recipe default).")
+@click.option("--batch-size", type=int, help="Batch size (recipe default).")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--seed", type=int, help="Fine-tuning seed: head init, sample order, augmentation (default 0).")
+@click.option("--select-metric", type=click.Choice(["acc", "macro_f1"]),
+              help="Validation metric that picks the reported epoch (default acc; macro_f1 for imbalanced data).")
+@click.option("--recipe", type=click.Path(dir_okay=False),
+              help="YAML recipe (default: finetune/<dataset>/default.yaml, or linear_probe.yaml with --freeze).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set weight_decay=1e-4 --set augment.min_scale=0.5.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_settings
+def finetune(settings, init, dataset, image_size, subset, backbone, stem, freeze, method, noise_rate, noise_type,
+             class_map, noise_matrix, noise_mode, noise_seed, noise_file, noise_force, clean_val, epochs, batch_size,
+             lr, seed, select_metric, recipe, overrides, quiet):
+    """Fine-tune a classifier on noisy labels and measure it on the clean test split.
+
+    \b
+    Examples:
+      ssl-noise finetune --init simclr --noise 0.4
+      ssl-noise finetune --init random --noise-file runs/<id>/noisy_labels.csv
+      ssl-noise finetune --init simclr --freeze --noise 0.4 --noise-type pairflip
+
+    Writes runs/<run_id>/ (config, noisy labels, history.npy, train_log.jsonl, metrics.json) and a row of
+    runs/results.csv. An identical finished run is not repeated. The last line on stdout is the run folder.
+    """
+    from ssl_noise.config import FinetuneConfig, load_recipe, parse_overrides, resolve
+    from ssl_noise.finetune import finetune as run_finetune
+    from ssl_noise.robust import ROBUST
+
+    if method:
+        ROBUST.get_or_fail(method)
+    recipe_file = recipe or _recipe_path("finetune", dataset, "linear_probe" if freeze else "default")
+    flags = dict(init=init, dataset=dataset, image_size=image_size, subset=subset, backbone=backbone, stem=stem,
+                 freeze=freeze, method=method, noise_rate=noise_rate, noise_type=noise_type, class_map=class_map,
+                 noise_matrix=noise_matrix, noise_mode=noise_mode, noise_seed=noise_seed, noise_file=noise_file,
+                 noise_force=noise_force, clean_val=clean_val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                 select_metric=select_metric)
+    cfg = resolve(FinetuneConfig, load_recipe(recipe_file) if recipe_file else {}, flags, parse_overrides(overrides))
+    folder, trained = run_finetune(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints,
+                                   runs=settings.runs, device=settings.torch_device(),
+                                   command=["ssl-noise", *sys.argv[1:]], show_progress=not quiet)
+    if recipe_file:  # said after the run: a bad input must leave exactly one line on stderr
+        click.echo(f"recipe: {recipe_file}", err=True)
+    if not trained:
+        click.echo(f"an identical run has already finished: {folder} (nothing to do)", err=True)
+    else:
+        import json
+
+        def num(value) -> str:
+            return "n/a" if value is None else f"{value:.4f}"
+
+        m = json.loads((folder / "metrics.json").read_text())
+        best, last5 = m["test"]["best"], m["test"]["last5_mean"]
+        click.echo(f"test acc {num(best['acc'])} auc {num(best['auc'])} at epoch {m['selected_epoch']} (chosen on "
+                   f"{m['val']['labels']} validation {m['select_metric']}); last-5 mean acc {num(last5['acc'])}; "
+                   f"flipped training labels memorised {num(m['train']['best']['memorised'])}", err=True)
+    click.echo(str(folder))
 # --- end finetune commands ---
 
 

@@ -174,3 +174,79 @@ class PretrainConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+
+
+#: Fine-tuning augmentation under ``FinetuneConfig.augment`` (which overrides single keys): a mild crop and horizontal
+#: flips, no colour changes (colour carries stain and modality information in medical images, and the label must
+#: survive the augmentation). Keys not named in either fall back to ``AugmentConfig``'s (SimCLR-strength) defaults,
+#: so every key is listed here.
+FINETUNE_AUGMENT: Dict[str, Any] = {"min_scale": 0.8, "hf_prob": 0.5, "vf_prob": 0.0, "rr_prob": 0.0,
+                                    "cj_prob": 0.0, "cj_bright": 0.0, "cj_contrast": 0.0, "cj_sat": 0.0,
+                                    "cj_hue": 0.0, "random_gray_scale": 0.0}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that determines a fine-tuning run (and so, with the encoder and label hashes, its run id).
+
+    Noise fields describe how the training labels are corrupted; with ``noise_file`` the labels come from that
+    file instead and ``noise_rate``/``noise_type``/``noise_mode`` are ignored (``noise_seed`` still seeds the
+    validation noise unless ``clean_val``).
+    """
+
+    init: str = "random"                 # random | imagenet | a registry reference (id, unique prefix, method)
+    dataset: str = "bloodmnist"
+    image_size: Optional[int] = None     # None: the encoder's meta image_size (registry), else 28
+    subset: Optional[int] = None         # stratified training subset, drawn with noise_seed (as `ssl-noise noise`)
+    backbone: str = "resnet18"           # random/imagenet only; a registry entry fixes its own architecture
+    stem: Optional[str] = None           # random/imagenet only; None: cifar below 64 px, else imagenet
+    freeze: bool = False                 # True: linear probe (encoder frozen, BN statistics too)
+    method: str = "ce"                   # a key of ssl_noise.robust.ROBUST
+    method_args: Dict[str, Any] = field(default_factory=dict)
+    noise_rate: Optional[float] = None   # None or 0: clean labels (unless a noise matrix or noise file is given)
+    noise_type: str = "symmetric"        # symmetric | uniform | pairflip | asymmetric
+    noise_mode: str = "sampled"          # sampled | exact
+    noise_seed: int = 0
+    class_map: Optional[str] = None      # asymmetric: YAML/JSON {clean: noisy}
+    noise_matrix: Optional[str] = None   # asymmetric: KxK matrix file (then noise_rate is not used)
+    noise_file: Optional[str] = None     # reuse exactly these training labels (index,clean_label,noisy_label)
+    noise_force: bool = False            # accept noise where a wrong class is as likely as the clean one
+    clean_val: bool = False              # default: validation labels are noisy too, as in practice
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"               # sgd | adam | lars
+    lr: float = 0.05                     # peak learning rate (after warm-up), cosine decay to 0 per step
+    momentum: float = 0.9
+    weight_decay: float = 5e-4           # not applied to BatchNorm and bias parameters
+    warmup_epochs: float = 0.0
+    augmentation: bool = True            # False: train on the plain images
+    augment: Dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields over FINETUNE_AUGMENT
+    select_metric: str = "acc"           # validation metric that picks the reported epoch: acc | macro_f1
+    seed: int = 0                        # head init (and random-init encoder), sample order, augmentation
+    precision: str = "bf16"              # bf16 | fp32
+    channels_last: bool = True
+    eval_batch_size: int = 512
+
+    def validate(self) -> None:
+        choices = {"optimizer": ("adam", "lars", "sgd"), "precision": ("bf16", "fp32"),
+                   "noise_mode": ("exact", "sampled"), "select_metric": ("acc", "macro_f1")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"unknown {name} {getattr(self, name)!r}; choose from: {', '.join(allowed)}")
+        if self.stem not in (None, "cifar", "imagenet"):
+            raise UserError(f"unknown stem {self.stem!r}; choose from: cifar, imagenet")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("seed", "noise_seed"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"image_size must be at least 1, got {self.image_size}")
+        if self.noise_rate is not None and not 0 <= self.noise_rate < 1:
+            raise UserError(f"noise rate must be in [0, 1), got {self.noise_rate}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise UserError(f"lr must be positive and weight_decay, warmup_epochs non-negative "
+                            f"(got {self.lr}, {self.weight_decay}, {self.warmup_epochs})")
+        if self.noise_file is not None and (self.class_map is not None or self.noise_matrix is not None):
+            raise UserError("--noise-file gives the labels itself; do not combine it with --class-map/--noise-matrix")

@@ -47,8 +47,9 @@ def test_each_method_writes_a_strictly_loadable_entry(tmp_path, method):
     assert {"epoch", "loss", "lr", "samples_per_s", "knn_acc"} <= set(log[0])
 
 
-def test_resume_reaches_the_same_weights_bitwise(tmp_path):
-    cfg = _cfg(method="simclr")
+@pytest.mark.parametrize("method", ["simclr", "moco"])  # moco: the queue and key encoder must resume too
+def test_resume_reaches_the_same_weights_bitwise(tmp_path, method):
+    cfg = _cfg(method=method)
     straight = pretrain(cfg, data_root=None, checkpoints=tmp_path / "a", runs=tmp_path / "runs_a",
                         show_progress=False)
     assert pretrain(cfg, data_root=None, checkpoints=tmp_path / "b", runs=tmp_path / "runs_b", stop_after=1,

@@ -211,7 +211,7 @@ class Jigsaw(SSLMethod):
         tiles = self.tiles(x, g)                                               # tiles: (B, n, C, t, t)
         n, t = tiles.shape[1], tiles.shape[-1]
         tiles = color(tiles.reshape(b * n, c, t, t), self.spec.augment, g)     # per-tile colour: (B*n, C, t, t)
-        tiles = self.normalize(tiles).view(b, n, c, t, t)
+        tiles = self.normalize(tiles).reshape(b, n, c, t, t)
         shuffled, label = shuffle_tiles(tiles, self.perms, g)                 # (B, n, C, t, t), (B,)
         feats = self.backbone(shuffled.flatten(0, 1))                          # feats: (B*n, F)
         logits = self.head(feats.view(b, n * self.feat_dim))                   # logits: (B, P)

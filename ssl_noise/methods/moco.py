@@ -10,9 +10,9 @@ Choices, and where they differ from the paper or the official code:
   medical reference loads). ``symmetric: true`` adds the swapped pair and averages the two losses (MoCo v3 style):
   twice the compute per step, both views used as queries, and ``2B`` keys enqueued per step instead of ``B``
   (all ``2B`` queries are scored against the queue as it was before this step).
-* **Momentum schedule**: cosine from ``momentum`` (default 0.99) to 1.0 over training (``cosine_schedule``, as in
-  BYOL and lightly's benchmarks); the paper keeps 0.999 constant with a 65,536 queue on ImageNet. Small medical
-  data sets with 4,096 keys refresh the queue every few dozen steps, so a faster-moving key encoder early on fits.
+* **Momentum schedule**: cosine from ``momentum`` (default 0.99) to 1.0 over training (lightly's
+  ``cosine_schedule``, the BYOL schedule); the paper keeps 0.999 constant with a 65,536 queue on ImageNet. A 4,096
+  queue at batch 256 is refreshed every 16 steps, so a faster-moving key encoder early in training fits better.
 * **Shuffle BN only under DDP.** MoCo shuffles the key batch across GPUs so that a query and its key do not share
   BatchNorm statistics (a shortcut that "cheats" the pretext task). On a single process ``batch_shuffle`` would
   only permute rows inside one BatchNorm batch; batch statistics are permutation-invariant, so it changes nothing
@@ -149,6 +149,17 @@ class MoCo(SSLMethod):
         # float32 even under autocast: at temperature 0.07 the logits reach ~14, where bf16 has 2-3 digits.
         with torch.autocast(q.device.type, enabled=False):
             return self.criterion(q.float(), k.float())
+
+    def get_extra_state(self) -> dict:
+        """The queue travels with ``state_dict()``: lightly keeps it in non-persistent buffers, so without this a
+        resumed run would restart from a random queue and no longer match an uninterrupted one."""
+        bank = self.criterion.memory_bank
+        return {"bank": bank.bank.detach().clone(), "bank_ptr": bank.bank_ptr.detach().clone()}
+
+    def set_extra_state(self, state: dict) -> None:
+        bank = self.criterion.memory_bank
+        bank.bank.copy_(state["bank"])
+        bank.bank_ptr.copy_(state["bank_ptr"])
 
     def on_step_end(self, progress: float) -> None:
         """EMA update of the key encoder; the momentum follows a cosine from ``momentum`` to 1 over training."""

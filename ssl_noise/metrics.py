@@ -1,0 +1,169 @@
+"""Metrics of a classifier trained on noisy labels: how well it classifies, and how much of the noise it learnt.
+
+Three kinds, all pure functions over numpy arrays (``y``: (N,) int labels, ``probs``: (N, K) softmax rows):
+
+* :func:`classification_metrics`: accuracy and AUC exactly as MedMNIST defines them (``medmnist.evaluator``'s
+  ``getACC``/``getAUC`` are called, so the numbers compare with the MedMNIST v2 table), plus balanced accuracy,
+  macro-F1 and MCC (scikit-learn) and per-class accuracy (recall). MedMNIST's ACC is top-1 accuracy of the
+  argmax (binary tasks: ``p(class 1) > 0.5``, the same decision for two softmax columns); its AUC is the
+  *unweighted* mean over classes of the one-vs-rest ROC AUC of each class's score column (binary tasks: the AUC of
+  ``p(class 1)``, which equals that mean). MedMNIST's AUC fails when a class is missing from ``y``; there the
+  mean runs over the classes that have both positives and negatives and ``auc_classes`` says how many did.
+* :func:`memorisation`: predictions on the training split against the noisy and the clean labels. On flipped
+  samples, ``memorised`` is the share predicted as their (wrong) given label and ``corrected`` the share predicted
+  as their true class; a network that memorises the noise drives ``memorised`` to 1 late in training.
+* :func:`detection_metrics`: precision, recall, F1 and AUROC of a noisy-label detector against the known flips.
+
+Undefined values (a metric over zero samples, a diverged network) are ``None`` so ``metrics.json`` stays strict
+JSON. Metric names are short keys (``acc``, ``auc``, ``balanced_acc``, ``macro_f1``, ``mcc``); the caller
+prefixes the split (``test_acc``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+#: Scalar metrics of :func:`classification_metrics` (the order of results.csv columns).
+SCALARS = ("acc", "auc", "balanced_acc", "macro_f1", "mcc")
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, *, task: str = "multi-class") -> Dict[str, Any]:
+    """ACC and AUC (MedMNIST definitions), balanced accuracy, macro-F1, MCC and per-class accuracy.
+
+    Args:
+        y: (N,) integer labels in 0..K-1 (the clean test labels, or whatever is being scored against).
+        probs: (N, K) class probabilities (softmax rows); the prediction is their argmax.
+        task: MedMNIST task string (``multi-class``, ``binary-class``, ``ordinal-regression``).
+
+    Returns:
+        ``{"acc", "auc", "auc_classes", "balanced_acc", "macro_f1", "mcc", "per_class_acc", "n"}``;
+        ``per_class_acc[k]`` is the recall of class k (None when class k is absent from ``y``), ``macro_f1``
+        averages over all K classes (absent and never-predicted classes count as F1 0, scikit-learn's
+        ``zero_division=0``), ``balanced_acc`` over the classes present in ``y``.
+
+    >>> m = classification_metrics(np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]]))
+    >>> round(m["acc"], 4), m["auc"], m["per_class_acc"]
+    (0.6667, 1.0, [1.0, 0.5])
+    """
+    from medmnist.evaluator import getACC
+    from sklearn.metrics import balanced_accuracy_score, f1_score, matthews_corrcoef
+
+    y = np.asarray(y, dtype=np.int64).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64)
+    K = probs.shape[1]
+    if len(y) == 0:
+        return {"acc": None, "auc": None, "auc_classes": 0, "balanced_acc": None, "macro_f1": None, "mcc": None,
+                "per_class_acc": [None] * K, "n": 0}
+    pred = probs.argmax(axis=1)
+    auc, auc_classes = _auc(y, probs, task)
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" etc.: the definitions handle it
+        warnings.simplefilter("ignore")
+        out = {"acc": float(getACC(y, probs, task)) if len(y) > 1 else float(pred[0] == y[0]),
+               "auc": auc, "auc_classes": auc_classes,
+               "balanced_acc": float(balanced_accuracy_score(y, pred)),
+               "macro_f1": float(f1_score(y, pred, labels=np.arange(K), average="macro", zero_division=0)),
+               "mcc": float(matthews_corrcoef(y, pred))}
+    out["per_class_acc"] = [float(np.mean(pred[y == k] == k)) if np.any(y == k) else None for k in range(K)]
+    out["n"] = int(len(y))
+    return out
+
+
+def _auc(y: np.ndarray, probs: np.ndarray, task: str) -> tuple:
+    """MedMNIST's getAUC when every class is present with positives and negatives; else the mean over those that are."""
+    from medmnist.evaluator import getAUC
+    from sklearn.metrics import roc_auc_score
+
+    if not np.isfinite(probs).all():
+        return None, 0
+    K = probs.shape[1]
+    defined = [k for k in range(K) if 0 < np.sum(y == k) < len(y)]
+    if len(defined) == K:
+        return float(getAUC(y, probs, task)), K
+    if not defined:
+        return None, 0
+    return float(np.mean([roc_auc_score(y == k, probs[:, k]) for k in defined])), len(defined)
+
+
+def mean_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Element-wise mean of several :func:`classification_metrics` results (the "mean of the last 5 epochs").
+
+    None values are skipped; a key that is None everywhere stays None.
+
+    >>> mean_metrics([{"acc": 0.5, "per_class_acc": [1.0, None]}, {"acc": 1.0, "per_class_acc": [0.0, None]}])
+    {'acc': 0.75, 'per_class_acc': [0.5, None]}
+    """
+    def mean(values: List[Optional[float]]) -> Optional[float]:
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    out: Dict[str, Any] = {}
+    for key in rows[0]:
+        if key == "per_class_acc":
+            out[key] = [mean([r[key][k] for r in rows]) for k in range(len(rows[0][key]))]
+        elif key in ("n", "auc_classes"):
+            out[key] = rows[-1][key]
+        else:
+            out[key] = mean([r[key] for r in rows])
+    return out
+
+
+def memorisation(pred: np.ndarray, clean: np.ndarray, noisy: np.ndarray) -> Dict[str, Optional[float]]:
+    """Training-split predictions against the given (noisy) and the true (clean) labels.
+
+    Args:
+        pred: (N,) predicted classes.
+        clean: (N,) clean labels.
+        noisy: (N,) labels the network was trained on.
+
+    Returns:
+        ``acc_noisy`` and ``acc_clean`` over all samples; over the flipped samples (``noisy != clean``)
+        ``memorised`` (predicted = given wrong label) and ``corrected`` (predicted = clean label), None if nothing
+        was flipped; ``n_flipped``.
+
+    >>> memorisation(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), np.array([0, 1, 1, 1]))
+    {'acc_noisy': 0.75, 'acc_clean': 0.75, 'memorised': 0.5, 'corrected': 0.5, 'n_flipped': 2}
+    """
+    pred, clean, noisy = (np.asarray(a).reshape(-1) for a in (pred, clean, noisy))
+    flipped = noisy != clean
+    has = bool(flipped.any())
+    return {"acc_noisy": float(np.mean(pred == noisy)) if len(pred) else None,
+            "acc_clean": float(np.mean(pred == clean)) if len(pred) else None,
+            "memorised": float(np.mean(pred[flipped] == noisy[flipped])) if has else None,
+            "corrected": float(np.mean(pred[flipped] == clean[flipped])) if has else None,
+            "n_flipped": int(flipped.sum())}
+
+
+def detection_metrics(is_noisy: np.ndarray, flagged: np.ndarray,
+                      scores: Optional[np.ndarray] = None) -> Dict[str, Optional[float]]:
+    """How well a detector finds the flipped labels (noisy = positive class).
+
+    Args:
+        is_noisy: (N,) bool, the truth (``noisy != clean``).
+        flagged: (N,) bool, the detector's decision.
+        scores: (N,) optional noisiness scores (higher = more likely noisy) for the AUROC.
+
+    Returns:
+        ``precision``, ``recall``, ``f1`` (None when undefined), ``auroc`` (None without scores or when only one
+        class is present), ``n_flagged``, ``n_noisy``.
+
+    >>> detection_metrics(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool))["precision"]
+    0.5
+    """
+    from sklearn.metrics import roc_auc_score
+
+    is_noisy, flagged = np.asarray(is_noisy, bool).reshape(-1), np.asarray(flagged, bool).reshape(-1)
+    tp = int(np.sum(is_noisy & flagged))
+    precision = tp / flagged.sum() if flagged.any() else None
+    recall = tp / is_noisy.sum() if is_noisy.any() else None
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+    auroc = None
+    if scores is not None and 0 < is_noisy.sum() < len(is_noisy):
+        auroc = float(roc_auc_score(is_noisy, np.asarray(scores, dtype=np.float64)))
+    return {"precision": None if precision is None else float(precision),
+            "recall": None if recall is None else float(recall), "f1": None if f1 is None else float(f1),
+            "auroc": auroc, "n_flagged": int(flagged.sum()), "n_noisy": int(is_noisy.sum())}

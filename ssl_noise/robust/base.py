@@ -1,0 +1,134 @@
+"""The contract between the fine-tuning loop (:mod:`ssl_noise.finetune`) and a noisy-label method.
+
+A method is an ``nn.Module`` (so ``state_dict``, ``train``/``eval`` and ``to`` cover every network it owns) with
+a few hooks; the loop owns data, augmentation, precision, the optimiser steps, the lr schedule, the per-sample
+history, evaluation and model selection. The loop calls, in this order:
+
+1. ``setup()`` once: build the networks with ``ctx.build_model(k)`` (a fresh :class:`Classifier` from the run's
+   initialisation; ``k`` picks the head seed, so two networks of Co-teaching differ in their heads) and register
+   their optimisers with ``ctx.build_optimizer(module)`` (the loop zeroes, steps and schedules every registered
+   optimiser). A filter method may call ``ctx.predict_train``/``ctx.batches`` here to look at the data first.
+2. ``training_set()`` once: ``(keep, labels)``, which training samples to train on and with which labels
+   (default: all samples, their given labels). A k-NN filter drops or relabels here.
+3. per batch, inside autocast: ``train_step(batch, epoch) -> dict`` with ``loss`` (scalar tensor; the loop calls
+   ``backward`` and steps), ``prob`` ((B,) detached probability of ``batch.y`` from *this* forward pass: it fills
+   ``history.npy`` at no extra cost), and optionally ``pred`` ((B,) predicted class, for the running training
+   accuracy) and ``selected`` ((B,) bool, samples used in the update, e.g. Co-teaching's small-loss pick).
+4. ``on_epoch_end(epoch) -> dict`` of scalars appended to the epoch's log line (VoG's extra gradient pass over
+   ``ctx.batches(augment=False, shuffle=False)`` belongs here).
+5. ``predict(x) -> logits`` in eval mode for validation, test and training-split evaluation (Co-teaching: the sum
+   of both networks' logits).
+6. ``outputs() -> {name: array}`` once at the end, saved as ``<name>.npy`` in the run folder (detected noisy
+   indices, corrected labels, VoG scores).
+
+Methods never see the clean training labels (``ctx.labels`` are the given, noisy ones): anything a method could
+read, a real user would not have. Best-epoch selection snapshots ``state_dict()``, so every network a method
+evaluates with must be a registered submodule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager, Dict, Iterator, List, Mapping, Tuple, Type
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssl_noise.config import resolve
+
+
+@dataclass
+class Batch:
+    """One training batch as the loop hands it to ``train_step``."""
+
+    x: torch.Tensor       # (B, C, H, W) float, augmented and normalised, channels_last, on the training device
+    y: torch.Tensor       # (B,) int64 labels to train on (the given noisy labels unless training_set relabels)
+    index: torch.Tensor   # (B,) int64 rows of the training split (= rows of history.npy)
+
+
+@dataclass
+class FinetuneContext:
+    """What the loop offers a method; built by :func:`ssl_noise.finetune.fit`."""
+
+    num_classes: int
+    labels: np.ndarray                                   # (N,) given (noisy) training labels
+    epochs: int
+    steps_per_epoch: int
+    device: str
+    seed: int
+    build_model: Callable[[int], "Classifier"]           # k -> fresh classifier from the init (head seed from k)
+    build_optimizer: Callable[[nn.Module], torch.optim.Optimizer]   # registers it with the loop
+    # batches(augment=False, shuffle=False, epoch=0): the kept training samples as Batch objects (keywords only);
+    # with augment/shuffle the stream for that epoch is the one the loop itself uses (seeded from (seed, epoch)).
+    batches: Callable[..., Iterator[Batch]]
+    # predict_train(fn): fn over all N un-augmented training images under no_grad, stacked to (N, ...) float32
+    # numpy in split order (features for a k-NN filter, logits for scores). Set eval mode and autocast yourself.
+    predict_train: Callable[[Callable[[torch.Tensor], torch.Tensor]], np.ndarray]
+    autocast: Callable[[], ContextManager]                # the run's precision (bf16 autocast or a no-op)
+    optimizers: List[torch.optim.Optimizer] = field(default_factory=list)
+
+
+class Classifier(nn.Module):
+    """Encoder + linear head. ``freeze=True`` is the linear probe: encoder weights *and* BatchNorm statistics stay
+    as initialised (the encoder is kept in eval mode even when the classifier trains)."""
+
+    def __init__(self, encoder: nn.Module, feat_dim: int, num_classes: int, *, freeze: bool = False):
+        super().__init__()
+        self.encoder, self.head, self.freeze = encoder, nn.Linear(feat_dim, num_classes), freeze
+        self.encoder.requires_grad_(not freeze)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        self.encoder.train(mode and not self.freeze)
+        return self
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        h = self.encoder(x)          # (B, feat_dim)
+        logits = self.head(h)        # (B, K)
+        return (logits, h) if return_features else logits
+
+
+@dataclass
+class NoArgs:
+    """For methods without hyper-parameters of their own."""
+
+
+def label_prob(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) softmax probability of label ``y`` under ``logits`` (B, K), detached and in float32."""
+    return logits.detach().float().softmax(dim=1).gather(1, y[:, None])[:, 0]
+
+
+class RobustMethod(nn.Module):
+    """Base class: keeps the context and the parsed ``method_args``; see the module docstring for the hooks."""
+
+    Args: ClassVar[Type] = NoArgs
+
+    def __init__(self, ctx: FinetuneContext, args: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.ctx = ctx
+        self.args = self.parse_args(args)
+
+    @classmethod
+    def parse_args(cls, args: Mapping[str, Any] | None) -> Any:
+        """Check ``method_args`` (unknown keys, types, the Args' own ``validate``) before any work is done."""
+        return resolve(cls.Args, args)
+
+    def setup(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(keep, labels)``: (N,) bool samples to train on and (N,) int64 labels to train them with."""
+        return np.ones(len(self.ctx.labels), dtype=bool), self.ctx.labels
+
+    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        return {}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def outputs(self) -> Dict[str, np.ndarray]:
+        return {}
