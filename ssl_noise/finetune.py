@@ -306,8 +306,11 @@ def evaluate(method, inputs: Inputs, images: np.ndarray, labels: np.ndarray, *, 
 
 
 def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
-        show_progress: bool = True) -> FitResult:
-    """Train ``prep.cfg.method`` on the prepared (noisy) labels and evaluate every epoch; see the module docstring."""
+        show_progress: bool = True, make_method: Optional[Callable[[FinetuneContext], Any]] = None) -> FitResult:
+    """Train ``prep.cfg.method`` on the prepared (noisy) labels and evaluate every epoch; see the module docstring.
+
+    ``make_method(ctx)`` replaces the ROBUST lookup (``ssl_noise.refine`` continues a saved classifier this way).
+    """
     from tqdm import tqdm
 
     from ssl_noise.pretrain import build_optimizer, lr_at
@@ -327,14 +330,21 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
         ctx.optimizers.append(build_optimizer(module, cfg))
         return ctx.optimizers[-1]
 
+    def run_stage(rows: np.ndarray, labels: np.ndarray, *, name: str, predict: Optional[np.ndarray] = None):
+        stage_log = None if log_path is None else log_path.with_name(f"train_log_{name}.jsonl")
+        result, probs = fit_subset(prep, rows, labels, name=name, predict=predict, device=device, log_path=stage_log,
+                                   show_progress=show_progress)
+        return result.history, probs  # nothing else: a method sees no metrics of the stage (test split included)
+
     ctx = FinetuneContext(
         num_classes=data.num_classes, labels=prep.train_noise.noisy.copy(), epochs=cfg.epochs,
         steps_per_epoch=len(_chunks(torch.arange(N), cfg.batch_size)), device=device, seed=cfg.seed,
         build_model=build_model, build_optimizer=register_optimizer,
         batches=lambda **kw: inputs.batches(images, train_set["labels"], train_set["rows"], **kw),
         predict_train=lambda fn: inputs.apply(fn, data.train.images),
-        autocast=lambda: torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32))
-    method = ROBUST[cfg.method](ctx, cfg.method_args)
+        autocast=lambda: torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32),
+        noise_rate=None if prep.noise["source"] == "file" else prep.noise["expected_rate"], run_stage=run_stage)
+    method = make_method(ctx) if make_method is not None else ROBUST[cfg.method](ctx, cfg.method_args)
     method.setup()
     chosen, labels = method.training_set()
     if not np.any(chosen):
@@ -381,6 +391,35 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     train["best"] = train_split()
     return FitResult(method, history, selected if selected.any() else None, log, val, test, best, test_probs,
                      train, outputs)
+
+
+def fit_subset(prep: Prepared, rows: np.ndarray, labels: np.ndarray, *, name: str = "stage",
+               predict: Optional[np.ndarray] = None, device: str = "cpu", log_path: Optional[Path] = None,
+               show_progress: bool = True) -> Tuple[FitResult, Optional[np.ndarray]]:
+    """Plain cross-entropy with the same config and init on training ``rows`` (int indices) with ``labels``: a stage
+    of a multi-stage method (HSA-NRL's history, anchor and correction runs), trained by this same loop.
+
+    The given (noisy) labels stand in for the clean ones in the stage's own statistics, so nothing derived from the
+    clean labels comes back. Returns the stage's :class:`FitResult` (history rows follow ``rows``) and, when
+    ``predict`` (training rows) is given, the selected-epoch model's (len(predict), K) softmax on those un-augmented
+    images (else None).
+    """
+    import dataclasses
+
+    from ssl_noise.data.dataset import Split
+
+    rows, data, given = np.asarray(rows, dtype=np.int64), prep.data, prep.train_noise.noisy
+    sub = dataclasses.replace(
+        prep, cfg=dataclasses.replace(prep.cfg, method="ce", method_args={}), run_id=f"{prep.run_id}/{name}",
+        data=dataclasses.replace(data, train=Split(data.train.images[rows], given[rows]),
+                                 train_indices=data.train_indices[rows]),
+        train_noise=noise.NoisyLabels.from_labels(given[rows], np.asarray(labels, np.int64), np.eye(data.num_classes)))
+    result = fit(sub, device=device, log_path=log_path, show_progress=show_progress)
+    if predict is None:
+        return result, None
+    inputs = Inputs(prep.cfg, prep.init["normalisation"], device)
+    images = data.train.images[np.asarray(predict, dtype=np.int64)]
+    return result, predict_probs(result.method, inputs, images, result.method.ctx.autocast)
 
 
 # ============ the run folder and the results table ============
@@ -456,7 +495,7 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
     """
     from datetime import datetime, timezone
 
-    from ssl_noise.registry import _git_state, _versions  # the registry's provenance helpers, shared
+    from ssl_noise.provenance import git_state, versions
 
     start = time.perf_counter()
     prep = prepare(cfg, data_root=data_root, checkpoints=checkpoints)
@@ -480,12 +519,22 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
             if not name.isidentifier() or name in ("history", "selected", "test_probs"):
                 raise ValueError(f"method output name {name!r} must be a plain name other than history/selected")
             np.save(tmp / f"{name}.npy", np.asarray(array))
+        if "kept" in result.outputs:  # a selecting method: `ssl-noise refine` continues its selected-epoch state
+            import safetensors.torch
+
+            from ssl_noise.refine import detection_report
+
+            safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in
+                                         result.method.state_dict().items()}, str(tmp / "model.safetensors"))
         metrics = summarise(prep, result)
+        if "kept" in result.outputs:  # detection of the flipped labels (precision/recall/F1/AUROC, clean kept per class)
+            metrics["detection"] = detection_report(result.outputs, data.train.labels, prep.train_noise.noisy,
+                                                    data.num_classes)
         io.write_json(tmp / "metrics.json", metrics)
         row = result_row(prep, metrics, time.perf_counter() - start, created)
         provenance = {"schema_version": SCHEMA_VERSION, "run_id": prep.run_id, "created_at": created,
                       "wall_time_s": row["wall_time_s"], "device": device, "command": command or sys.argv,
-                      "versions": _versions(), "git": _git_state(), "init": prep.init,
+                      "versions": versions(), "git": git_state(), "init": prep.init,
                       "augment": {**FINETUNE_AUGMENT, **cfg.augment} if cfg.augmentation else None,
                       "data": {"source": data.source, "md5": data.md5, "task": data.task, "n_train": len(data.train),
                                "n_val": len(data.val), "n_test": len(data.test)}, "result": row}

@@ -12,6 +12,7 @@ each neighbour votes for its label with weight exp(similarity / t); defaults k=2
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -41,7 +42,13 @@ def extract_features(encoder: nn.Module, images: np.ndarray, *, mean: Sequence[f
             out.append(torch.nn.functional.normalize(f.float(), dim=1).cpu())
     finally:
         encoder.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    feats = torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():  # a diverged encoder: say so instead of letting NaN votes turn into a silent accuracy
+        warnings.warn(f"encoder produced non-finite features for {int(bad.sum())} of {len(feats)} images; "
+                      "they are set to zero for the k-NN search")
+        feats[bad] = 0.0
+    return feats
 
 
 def search(bank: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False) -> Tuple[np.ndarray, np.ndarray]:
@@ -68,7 +75,7 @@ def search(bank: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool 
 
 def vote(sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, t: float = 0.1) -> np.ndarray:
     """Weighted class scores (Nq, num_classes) from neighbour similarities and labels, each (Nq, k)."""
-    weights = np.exp(sims.astype(np.float64) / t)
+    weights = np.exp(np.nan_to_num(sims.astype(np.float64), nan=-1.0, neginf=-1.0) / t)
     scores = np.zeros((len(sims), num_classes))
     rows = np.repeat(np.arange(len(sims)), sims.shape[1])
     np.add.at(scores, (rows, neighbour_labels.reshape(-1)), weights.reshape(-1))

@@ -20,14 +20,11 @@ overwritten, and every load re-hashes the weights and loads strictly. No pickle:
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -40,10 +37,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-import ssl_noise
 from ssl_noise import backbones
 from ssl_noise.errors import UserError
 from ssl_noise.io import atomic_dir, atomic_path, file_digest, write_json, write_yaml
+from ssl_noise.provenance import git_state, versions
 
 log = logging.getLogger(__name__)
 
@@ -226,32 +223,7 @@ def _checked_extras(extras: Mapping[str, Any]) -> Dict[str, Any]:
 def _provenance(entry_id: str, sha256: str) -> Dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "id": entry_id, "sha256": sha256,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-            "versions": _versions(), "git": _git_state()}
-
-
-def _versions() -> Dict[str, Optional[str]]:
-    """Versions that decide whether an entry can be reproduced; ``lightly`` is looked up, not imported (slow)."""
-    versions: Dict[str, Optional[str]] = {"python": platform.python_version(), "ssl-noise": ssl_noise.__version__}
-    for dist in ("torch", "torchvision", "lightly"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
-
-
-def _git_state() -> Optional[Dict[str, Any]]:
-    """``{"sha", "dirty"}`` of the checkout holding the ssl_noise package; None when it is not a git checkout."""
-    where = Path(ssl_noise.__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-
-    try:
-        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.SubprocessError):
-        return None
+            "versions": versions(), "git": git_state()}
 
 
 def _existing(path: Path) -> str:

@@ -11,6 +11,10 @@ from ssl_noise._registry import Registry
 ROBUST: Registry = Registry("robust method")
 
 from ssl_noise.robust import ce  # noqa: E402,F401  (fill the registry)
+# --- issue-5 imports ---
+from ssl_noise.robust import coteaching, vog  # noqa: E402,F401
+# --- issue-6 imports ---
+from ssl_noise.robust import hsa_nrl, knn_filter, nshe  # noqa: E402,F401
 from ssl_noise.robust.base import Batch, Classifier, FinetuneContext, RobustMethod  # noqa: E402
 
 __all__ = ["ROBUST", "Batch", "Classifier", "FinetuneContext", "RobustMethod"]

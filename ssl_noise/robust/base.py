@@ -29,7 +29,7 @@ evaluates with must be a registered submodule.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager, Dict, Iterator, List, Mapping, Tuple, Type
+from typing import Any, Callable, ClassVar, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -67,6 +67,14 @@ class FinetuneContext:
     predict_train: Callable[[Callable[[torch.Tensor], torch.Tensor]], np.ndarray]
     autocast: Callable[[], ContextManager]                # the run's precision (bf16 autocast or a no-op)
     optimizers: List[torch.optim.Optimizer] = field(default_factory=list)
+    # For multi-stage methods (HSA-NRL, a k-NN filter); optional so other callers need not fill them.
+    noise_rate: Optional[float] = None                   # expected wrong-label rate of the configured noise, as the
+    #                                                      user knows it (None: labels from a noise file)
+    # run_stage(rows, labels, *, name, predict=None) -> (history (len(rows), epochs), probs (len(predict), K) or
+    # None): a nested plain-CE run of this config and init on training rows ``rows`` with ``labels``
+    # (:func:`ssl_noise.finetune.fit_subset`); ``probs`` are its selected-epoch softmax on the un-augmented
+    # training images ``predict``.
+    run_stage: Optional[Callable[..., Tuple[np.ndarray, Optional[np.ndarray]]]] = None
 
 
 class Classifier(nn.Module):

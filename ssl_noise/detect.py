@@ -1,0 +1,299 @@
+"""Noisy-label detectors and the runner behind ``ssl-noise detect``: which training labels are wrong?
+
+Every detector gives each training sample a noisiness score (higher = more likely wrong) and a flag, and all are
+scored by the same :func:`ssl_noise.metrics.detection_metrics` against the known flips. ``DETECTORS``:
+
+* ``knn`` (no training at all): in the frozen SSL embedding of ``--init``, the weighted share of a sample's k nearest
+  neighbours (faiss, cosine, self excluded, weights exp(sim / t) as :func:`ssl_noise.knn.vote`) whose label
+  differs from its own. Flags the top ε̂ share.
+* ``cleanlab``: ``cleanlab.filter.find_label_issues`` (its own verdict, prune_by_noise_rate) on out-of-fold
+  predicted probabilities, computed as cleanlab advises for large data (issue #555) ourselves: stratified K-fold
+  logistic regression on the same frozen features (``--cv-model linear``; K fits of a linear model, seconds;
+  K-fold fine-tuning would cost K fine-tuning runs). Score: 1 − cleanlab's self-confidence label quality.
+* ``loss`` (small-loss criterion): 1 − mean p(given label) over the epochs after ``skip`` of a CE run's
+  ``history.npy`` (``--run``); exactly HSA-NRL's easy score. Flags the top ε̂ share. Costs a fine-tuning run.
+* ``ehn``: the verdicts of an ``hsa_nrl`` run (``--run``, round 1): flagged = EHN says noisy; score = 1 + EHN's
+  p(noisy) on the dirty samples, 1 − easy score on the easy ones (dirty above easy). Also reports the label
+  correction against the clean labels. Costs the three stage runs.
+
+ε̂ (``--noise-estimate``) defaults to the configured noise's expected rate. Outputs go to
+``<runs>/detect/<detector>-<source>-<hash10>/``: ``scores.csv`` (index, given_label, clean_label, score, flagged),
+``metrics.json`` (deterministic) and ``run.json`` (wall times, command, versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from ssl_noise import io
+from ssl_noise._registry import Registry
+from ssl_noise.errors import UserError
+from ssl_noise.knn import search, vote
+from ssl_noise.metrics import detection_metrics
+
+SCHEMA_VERSION = 1
+DETECTORS: Registry = Registry("detector")
+
+
+# ============ pure functions ============
+
+def knn_scores(features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 20,
+               t: float = 0.1) -> Tuple[np.ndarray, np.ndarray]:
+    """(N,) noise scores = weighted share of disagreeing neighbours, and (N, K) neighbour votes.
+
+    ``features`` (N, D) L2-normalised. Raises UserError when k > N − 1. Loop reference (the tests compare)::
+
+        for i in range(N):
+            j = the k rows != i with the largest features[i] @ features[j];  w = exp(sim / t)
+            score[i] = sum(w[labels[j] != labels[i]]) / sum(w)
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sims, idx = search(features, features, k, exclude_self=True)  # (N, k) each
+    votes = vote(sims, labels[idx], num_classes, t)
+    return 1.0 - votes[np.arange(len(labels)), labels], votes
+
+
+def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """(N,) bool: the round(fraction·N) highest scores (ties: lower index first)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = np.zeros(len(scores), dtype=bool)
+    flagged[np.argsort(-scores, kind="stable")[:int(round(fraction * len(scores)))]] = True
+    return flagged
+
+
+def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 5,
+                      seed: int = 0) -> np.ndarray:
+    """(N, K) out-of-fold probabilities of a standardised multinomial logistic regression (stratified K-fold)."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 2 <= folds <= len(labels):
+        raise UserError(f"--folds must be between 2 and the {len(labels)} samples, got {folds}")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0))
+    with warnings.catch_warnings():  # "least populated class has only n members": cleanlab handles small classes
+        warnings.simplefilter("ignore", UserWarning)
+        probs = cross_val_predict(model, features, labels, method="predict_proba",
+                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    out = np.zeros((len(labels), num_classes))
+    out[:, np.unique(labels)] = probs  # columns of the classes present
+    return out
+
+
+def correction_metrics(given: np.ndarray, clean: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> Dict[str, Any]:
+    """How a label correction did: relabelled samples right, dropped samples noisy, noise left in the kept set."""
+    given, clean, labels, keep = (np.asarray(a) for a in (given, clean, labels, keep))
+    changed, noisy = keep & (labels != given), given != clean
+
+    def share(mask, of):
+        return float(np.mean(mask[of])) if of.any() else None
+
+    return {"n_relabelled": int(changed.sum()), "relabel_acc": share(labels == clean, changed),
+            "n_dropped": int((~keep).sum()), "dropped_noisy": share(noisy, ~keep),
+            "given_noise_rate": float(noisy.mean()), "kept_noise_rate": share(labels != clean, keep),
+            "noisy_fixed": share(keep & (labels == clean), noisy), "n_kept": int(keep.sum())}
+
+
+# ============ sources and detectors ============
+
+@dataclass
+class Source:
+    """What a detector may read: the given labels plus frozen features (``--init``) or a run folder (``--run``).
+    ``clean`` is only used to score the detector afterwards."""
+
+    id: str
+    given: np.ndarray
+    clean: np.ndarray
+    index: np.ndarray
+    num_classes: int
+    noise_rate: Optional[float]               # the configured noise's expected rate; None for a noise file
+    identity: Dict[str, Any]
+    features: Optional[np.ndarray] = None
+    run: Optional[Path] = None
+    timing: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DetectOptions:
+    k: int = 20
+    t: float = 0.1
+    folds: int = 5
+    cv_model: str = "linear"
+    seed: int = 0
+    skip: int = 10
+    noise_estimate: Optional[float] = None
+
+
+@dataclass
+class Detection:
+    scores: np.ndarray
+    flagged: np.ndarray
+    rule: str
+    info: Dict[str, Any] = field(default_factory=dict)
+    labels: Optional[np.ndarray] = None       # a correcting detector's labels and kept mask (ehn)
+    keep: Optional[np.ndarray] = None
+
+
+def _register(name: str, needs: str, options: Tuple[str, ...]) -> Callable:
+    def add(fn: Callable) -> Callable:
+        fn.needs, fn.options = needs, options
+        return DETECTORS.register(name)(fn)
+    return add
+
+
+def _estimate(source: Source, opts: DetectOptions) -> float:
+    value = source.noise_rate if opts.noise_estimate is None else opts.noise_estimate
+    if value is None:
+        raise UserError("labels from a noise file: give --noise-estimate (the share of labels to flag)")
+    return float(value)
+
+
+@_register("knn", "features", ("k", "t"))
+def _knn(source: Source, opts: DetectOptions) -> Detection:
+    scores, votes = knn_scores(source.features, source.given, source.num_classes, k=opts.k, t=opts.t)
+    est = _estimate(source, opts)
+    return Detection(scores, top_fraction(scores, est), f"top {est:g} share by score",
+                     {"vote_disagrees": int(np.sum(votes.argmax(1) != source.given))})
+
+
+@_register("cleanlab", "features", ("folds", "cv_model", "seed"))
+def _cleanlab(source: Source, opts: DetectOptions) -> Detection:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = out_of_fold_probs(source.features, source.given, source.num_classes, folds=opts.folds, seed=opts.seed)
+    flagged = find_label_issues(source.given, probs, filter_by="prune_by_noise_rate", n_jobs=1)
+    scores = 1.0 - get_label_quality_scores(source.given, probs, method="self_confidence")
+    return Detection(scores, np.asarray(flagged, bool), "cleanlab find_label_issues (prune_by_noise_rate)",
+                     {"oof_acc_given": float(np.mean(probs.argmax(1) == source.given))})
+
+
+@_register("loss", "run", ("skip",))
+def _loss(source: Source, opts: DetectOptions) -> Detection:
+    from ssl_noise.robust.hsa_nrl import easy_score
+
+    history = np.load(source.run / "history.npy")
+    if history.shape[0] != len(source.given) or not np.isfinite(history).all():
+        raise UserError(f"{source.run}: history.npy is not a full (N, epochs) record of the given labels "
+                        f"(method {source.identity.get('method')}); use a --method ce run")
+    scores = 1.0 - easy_score(history, opts.skip)
+    est = _estimate(source, opts)
+    return Detection(scores, top_fraction(scores, est), f"top {est:g} share by score",
+                     {"epochs": int(history.shape[1]), "skip_used": min(opts.skip, history.shape[1] - 1)})
+
+
+@_register("ehn", "run", ())
+def _ehn(source: Source, opts: DetectOptions) -> Detection:
+    from ssl_noise.robust.hsa_nrl import EASY, NOISY
+
+    try:
+        split, ehn, easy = (np.load(source.run / f"{n}.npy")[0] for n in ("split", "ehn_scores", "easy_score"))
+        labels, dropped = np.load(source.run / "corrected_labels.npy"), np.load(source.run / "dropped.npy")
+    except FileNotFoundError:
+        raise UserError(f"{source.run} is not an hsa_nrl run (no split.npy/ehn_scores.npy)") from None
+    keep = np.ones(len(labels), dtype=bool)
+    keep[dropped] = False
+    scores = np.where(split == EASY, 1.0 - easy, 1.0 + np.nan_to_num(ehn))
+    return Detection(scores, split == NOISY, "EHN verdict (round 1)", {"n_dirty": int(np.sum(split != EASY))},
+                     labels, keep)
+
+
+# ============ building sources, running, writing ============
+
+_SHORT = {"symmetric": "sym", "uniform": "uni", "pairflip": "pair", "asymmetric": "asym", "file": "file"}
+
+
+def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device: str = "cpu") -> Source:
+    """Labels exactly as ``ssl-noise finetune`` with the same noise flags would train on, plus the frozen (L2-
+    normalised) features of ``cfg.init`` on the training images. All input checks are :func:`finetune.prepare`'s."""
+    from ssl_noise.finetune import prepare
+    from ssl_noise.knn import extract_features
+
+    prep = prepare(cfg, data_root=data_root, checkpoints=checkpoints)
+    start, norm, nz, data = time.perf_counter(), prep.init["normalisation"], prep.noise, prep.data
+    features = extract_features(prep.encoder.to(device), data.train.images, mean=norm["mean"], std=norm["std"],
+                                device=device, bf16=cfg.precision == "bf16")
+    kind = "file" if nz["source"] == "file" else "clean" if nz["rate"] == 0.0 else \
+        _SHORT[nz["type"]] + ("" if nz["rate"] is None else f"{nz['rate']:g}")
+    identity = {"init": prep.init["id"], "encoder_sha256": prep.init["sha256"], "labels_sha256": nz["labels_sha256"],
+                "dataset": data.name, "data_md5": data.md5, "n_train": len(data.train), "image_size": data.image_size,
+                "noise": {k: nz[k] for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
+    return Source(f"{prep.init['method']}-{data.name}-{kind}n{nz['seed']}", prep.train_noise.noisy, data.train.labels,
+                  data.train_indices, data.num_classes, None if nz["source"] == "file" else nz["expected_rate"],
+                  identity, features=features, timing={"features_s": time.perf_counter() - start})
+
+
+def source_from_run(folder: Path) -> Source:
+    """The labels (``noisy_labels.csv``, in history row order) and folder of a finished fine-tuning run."""
+    import pandas as pd
+    import yaml
+
+    folder = Path(folder)
+    if not (folder / "metrics.json").is_file():
+        raise UserError(f"{folder} is not a finished fine-tuning run (no metrics.json)")
+    frame = pd.read_csv(folder / "noisy_labels.csv")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    nz = metrics["noise"]
+    identity = {"run": folder.name, "method": cfg.get("method"), "labels_sha256": nz["labels_sha256"],
+                "noise": {k: nz.get(k) for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
+    return Source(folder.name, frame["noisy_label"].to_numpy(np.int64), frame["clean_label"].to_numpy(np.int64),
+                  frame["index"].to_numpy(np.int64), len(metrics["class_names"]),
+                  None if nz["source"] == "file" else nz["expected_rate"], identity, run=folder,
+                  timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)})
+
+
+def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
+                 command: Optional[list] = None) -> Tuple[Path, Dict[str, Any], bool]:
+    """Run ``name`` on ``source``; write ``<runs>/detect/<id>/``. Returns (folder, metrics, computed); an identical
+    finished detection is returned as it is (computed False)."""
+    from datetime import datetime, timezone
+
+    from ssl_noise.provenance import versions
+
+    detector = DETECTORS.get_or_fail(name)
+    if (detector.needs == "features") != (source.features is not None):
+        need = "--init (frozen features)" if detector.needs == "features" else "--run"
+        raise UserError(f"detector {name} needs {need}")
+    options = {k: getattr(opts, k) for k in detector.options}
+    key = {"detector": name, "options": options, "source": source.identity, "noise_estimate": opts.noise_estimate}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    folder = Path(runs) / "detect" / f"{name}-{source.id}-{digest}"
+    if (folder / "metrics.json").is_file():
+        return folder, json.loads((folder / "metrics.json").read_text()), False
+    start = time.perf_counter()
+    result = detector(source, opts)
+    elapsed = time.perf_counter() - start
+    is_noisy = source.given != source.clean
+    metrics = {"schema_version": SCHEMA_VERSION, "id": folder.name, "detector": name, "options": options,
+               "source": {"id": source.id, **source.identity},
+               "noise_estimate": source.noise_rate if opts.noise_estimate is None else opts.noise_estimate,
+               "configured_rate": source.noise_rate, "flag_rule": result.rule, "n": int(len(source.given)),
+               "detection": detection_metrics(is_noisy, result.flagged, result.scores), "info": result.info}
+    if result.labels is not None:
+        metrics["correction"] = correction_metrics(source.given, source.clean, result.labels, result.keep)
+    timing = {**source.timing, "detector_s": round(elapsed, 3)}
+    with io.atomic_dir(folder) as tmp:
+        import pandas as pd
+
+        pd.DataFrame({"index": source.index, "given_label": source.given, "clean_label": source.clean,
+                      "score": np.asarray(result.scores, np.float64), "flagged": result.flagged.astype(int)}
+                     ).to_csv(tmp / "scores.csv", index=False, float_format="%.6g")
+        io.write_json(tmp / "metrics.json", metrics)
+        io.write_json(tmp / "run.json", {"schema_version": SCHEMA_VERSION, "id": folder.name, "timing": timing,
+                                         "wall_time_s": round(sum(timing.values()), 3), "command": command,
+                                         "options": asdict(opts), "versions": versions(),
+                                         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return folder, metrics, True

@@ -1,0 +1,280 @@
+"""Figures of a results table (``runs/results.csv`` or a sweep's ``runs/sweeps/<name>.csv``), headless.
+
+* :func:`robustness_figure`: test accuracy (by default ``test_acc``: the clean test split at the epoch chosen on
+  validation, a column of :data:`ssl_noise.finetune.RESULT_COLUMNS`) against the noise rate, one line per
+  initialisation with a mean ± std band over seeds (noise seed x training seed), one panel per noise type (rows)
+  and noisy-label method + protocol (columns).
+* :func:`detection_figure`: detection quality (columns ``detect_*`` / ``detection_*`` that noisy-label detectors
+  add, e.g. ``detect_precision``, ``detect_recall``, ``detect_auroc``) against the noise rate, when present.
+
+Clean runs (rate 0) belong to no noise type, so a noise-type panel without its own rate-0 runs borrows the clean
+runs of the same init and method. Rows whose noise came from a user's file (type ``file``, no rate) have no x value
+and are left out (the figures say how many). Same seeds give the same figure; nothing here trains or reads models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ssl_noise.errors import UserError
+
+FORMATS = (".png", ".pdf", ".svg")
+DEFAULT_METRIC = "test_acc"
+DETECTION_PREFIXES = ("detect_", "detection_")
+#: Keys of ``metrics.json["detection"]`` (ssl_noise.metrics.detection_metrics and refine.detection_report) plotted.
+DETECTION_KEYS = ("precision", "recall", "f1", "auroc", "kept_purity", "clean_kept")
+#: Columns a results table needs for the curves (all written by ssl_noise.finetune.result_row).
+REQUIRED = ("run_id", "encoder_id", "method", "protocol", "noise_type", "noise_rate", "noise_seed", "seed")
+#: Columns that must match for two runs to differ only in their initialisation (the pairing key of the report).
+CONTEXT = ("dataset", "n_train", "image_size", "protocol", "method", "noise_type", "noise_rate", "noise_mode",
+           "clean_val", "epochs", "select_metric")
+METRIC_NAMES = {"acc": "accuracy", "auc": "AUC", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1",
+                "mcc": "MCC"}
+
+
+def load_results(source) -> "pd.DataFrame":  # noqa: F821
+    """A results table from a path (read under finetune's lock) or a DataFrame; checked and de-duplicated."""
+    import pandas as pd
+
+    from ssl_noise.sweep import read_results
+
+    if isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"results table {path} does not exist (ssl-noise finetune/sweep write runs/results.csv)")
+        try:
+            frame = read_results(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read results table {path}: {str(e).strip().splitlines()[0]}") from None
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise UserError(f"results table lacks column(s) {', '.join(missing)}; is it a results.csv of ssl-noise?")
+    if frame.empty:
+        raise UserError("results table has no rows")
+    frame = frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
+    if not isinstance(source, pd.DataFrame):  # runs/results.csv or runs/sweeps/<name>.csv: run folders nearby
+        for runs in (Path(source).parent, Path(source).parent.parent):
+            if any((runs / str(r)).is_dir() for r in frame["run_id"]):
+                return add_detection(frame, runs)
+    return frame
+
+
+def add_detection(frame, runs: Path):
+    """Add ``detect_<key>`` columns from each run's ``metrics.json["detection"]`` (selecting methods write it;
+    results.csv does not carry it), unless the table has them already.
+
+    >>> add_detection(frame, Path("runs"))["detect_recall"]            # doctest: +SKIP
+    """
+    import json
+
+    values = {}
+    for i, run_id in enumerate(frame["run_id"]):
+        path = Path(runs) / str(run_id) / "metrics.json"
+        try:
+            detection = json.loads(path.read_text()).get("detection") if path.is_file() else None
+        except (OSError, ValueError):
+            detection = None
+        for key in DETECTION_KEYS:
+            if isinstance(detection, dict) and isinstance(detection.get(key), (int, float)):
+                values.setdefault(f"detect_{key}", {})[i] = float(detection[key])
+    frame = frame.copy()
+    for column, by_row in values.items():
+        if column not in frame.columns:
+            frame[column] = frame.index.map(by_row)
+    return frame
+
+
+def init_labels(encoder_ids: Sequence[str]) -> dict:
+    """Short legend names: ``simclr-resnet18-bloodmnist-e5-s0-1a2b3c4d`` -> ``simclr`` (full id if ambiguous)."""
+    ids = sorted({str(i) for i in encoder_ids})
+    short = {i: i.split("-")[0] for i in ids}
+    counts = {s: sum(v == s for v in short.values()) for s in short.values()}
+    return {i: short[i] if counts[short[i]] == 1 else i for i in ids}
+
+
+def tidy(frame, metric: str = DEFAULT_METRIC):
+    """Rows usable for curves: ``init_label``, ``method_label`` added, rate-0 runs lent to noise types without any.
+
+    Returns ``(rows, n_left_out)``; ``n_left_out`` counts rows without a noise rate or a value of ``metric``.
+    """
+    import pandas as pd
+
+    if metric not in frame.columns:
+        numeric = [c for c in frame.columns if c.startswith("test_") and pd.api.types.is_numeric_dtype(frame[c])]
+        raise UserError(f"results table has no column {metric!r}; choose from: {', '.join(numeric)}")
+    frame = frame.copy()
+    frame["init_label"] = frame["encoder_id"].map(init_labels(frame["encoder_id"]))
+    lp = frame["protocol"].astype(str).eq("linear_probe")
+    frame["method_label"] = frame["method"].astype(str) + np.where(lp, " (linear probe)", "")
+    if "dataset" in frame.columns and frame["dataset"].nunique() > 1:  # never pool two datasets in one panel
+        frame["method_label"] = frame["dataset"].astype(str) + " · " + frame["method_label"]
+    usable = frame["noise_rate"].notna() & frame[metric].notna() & frame["noise_type"].ne("file")
+    rows, left_out = frame[usable].copy(), int((~usable).sum())
+    rows["noise_rate"] = rows["noise_rate"].astype(float)
+    clean = rows[rows["noise_rate"] == 0]
+    borrowed = []
+    for noise_type in sorted(rows["noise_type"].unique()):
+        if not ((rows["noise_type"] == noise_type) & (rows["noise_rate"] == 0)).any() and not clean.empty:
+            borrowed.append(clean.assign(noise_type=noise_type))
+    return pd.concat([rows, *borrowed], ignore_index=True), left_out
+
+
+def summarise(rows, metric: str = DEFAULT_METRIC):
+    """Mean, std (ddof 1; 0 for a single run) and n of ``metric`` per noise type, method, init and rate."""
+    keys = ["noise_type", "method_label", "init_label", "noise_rate"]
+    out = rows.groupby(keys)[metric].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n"}).fillna({"std": 0.0})
+
+
+def _check_out(out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise UserError(f"figure file {out} must end in {', '.join(FORMATS)}")
+    return out
+
+
+def _colours(labels: Sequence[str]) -> dict:
+    """A fixed colour per init; the random-init baseline is always black."""
+    import matplotlib
+
+    cycle = matplotlib.colormaps["tab10"].colors
+    others = [label for label in sorted(labels) if label != "random"]
+    colours = {label: cycle[i % len(cycle)] for i, label in enumerate(others)}
+    colours["random"] = (0.0, 0.0, 0.0)
+    return colours
+
+
+def _grid(n_rows: int, n_cols: int, *, sharey: bool = True):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.4 * n_rows), squeeze=False, sharey=sharey)
+    return fig, axes
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from ssl_noise.io import atomic_path
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix[1:].lower(), dpi=150, bbox_inches="tight")
+        share(tmp)
+    plt.close(fig)
+    return out
+
+
+def share(path: Path) -> None:
+    """Give a file written through a private temporary file the permissions of a plain ``open`` (umask)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def robustness_figure(frame, out: str | Path, *, metric: str = DEFAULT_METRIC) -> Path:
+    """Write the robustness curves of ``frame`` (a results table) to ``out`` (.png, .pdf or .svg)."""
+    out = _check_out(out)
+    rows, left_out = tidy(frame, metric)
+    if rows.empty:
+        raise UserError(f"no rows with a noise rate and a {metric} value to plot ({left_out} left out)")
+    stats = summarise(rows, metric)
+    types, methods = sorted(stats["noise_type"].unique()), sorted(stats["method_label"].unique())
+    colours = _colours(stats["init_label"].unique())
+    fig, axes = _grid(len(types), len(methods))
+    name = METRIC_NAMES.get(metric.removeprefix("test_"), metric)
+    for r, noise_type in enumerate(types):
+        for c, method in enumerate(methods):
+            ax = axes[r][c]
+            panel = stats[(stats["noise_type"] == noise_type) & (stats["method_label"] == method)]
+            for label in sorted(panel["init_label"].unique(), key=lambda s: (s != "random", s)):
+                line = panel[panel["init_label"] == label].sort_values("noise_rate")
+                x, y, s = line["noise_rate"].to_numpy(), line["mean"].to_numpy(), line["std"].to_numpy()
+                n = f"n={line['n'].min()}" if line["n"].min() == line["n"].max() else \
+                    f"n={line['n'].min()}-{line['n'].max()}"
+                ax.plot(x, y, marker="o", color=colours[label], ls="--" if label == "random" else "-",
+                        label=f"{label} ({n})")
+                ax.fill_between(x, y - s, y + s, color=colours[label], alpha=0.18, lw=0)
+            ax.set_title(f"{noise_type} noise · {method}", fontsize=10)
+            ax.set_xlabel("noise rate")
+            ax.grid(alpha=0.3)
+            if c == 0:
+                ax.set_ylabel(f"test {name}\n(validation-selected epoch)")
+            if not panel.empty:
+                ax.legend(fontsize=8, loc="best")
+    note = "lines: mean over seeds (noise seed × training seed), bands: ± std, n: runs per point"
+    if left_out:
+        note += f"; {left_out} run(s) without a noise rate left out"
+    fig.text(0.5, 0.0, note, ha="center", va="top", fontsize=7, wrap=True)
+    return _save(fig, out)
+
+
+def detection_columns(frame) -> List[str]:
+    """Detection-quality columns: ``detect_*`` / ``detection_*``, numeric, with values, all in [0, 1] (no counts)."""
+    def is_rate(column) -> bool:
+        values = frame[column].dropna()
+        return np.issubdtype(values.dtype, np.number) and not values.empty and values.between(0, 1).all()
+
+    return [c for c in frame.columns if str(c).startswith(DETECTION_PREFIXES) and is_rate(c)]
+
+
+def detection_figure(frame, out: str | Path) -> Optional[Path]:
+    """Detection quality against the noise rate (one panel per noise type x metric); None without such columns."""
+    out = _check_out(out)
+    columns = detection_columns(frame)
+    if not columns:
+        return None
+    rows, _ = tidy(frame, columns[0])
+    rows = rows[rows["noise_rate"] > 0]  # nothing to detect in clean labels
+    if rows.empty:
+        return None
+    types = sorted(rows["noise_type"].unique())
+    rows["line"] = rows["method_label"] + " · " + rows["init_label"]
+    colours = _colours(rows["line"].unique())
+    fig, axes = _grid(len(types), len(columns), sharey=False)
+    for r, noise_type in enumerate(types):
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            panel = rows[rows["noise_type"] == noise_type]
+            stats = panel.groupby(["line", "noise_rate"])[column].agg(["mean", "std", "count"]).reset_index()
+            for line in sorted(stats["line"].unique()):
+                part = stats[stats["line"] == line].sort_values("noise_rate")
+                x, y, s = part["noise_rate"].to_numpy(), part["mean"].to_numpy(), part["std"].fillna(0).to_numpy()
+                ax.plot(x, y, marker="o", color=colours[line], label=line)
+                ax.fill_between(x, y - s, y + s, color=colours[line], alpha=0.18, lw=0)
+            ax.set_title(f"{noise_type} noise · {column}", fontsize=10)
+            ax.set_xlabel("noise rate")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="best")
+    fig.text(0.5, 0.0, "detection of the flipped training labels; lines: mean over seeds, bands: ± std",
+             ha="center", va="top", fontsize=7)
+    return _save(fig, out)
+
+
+def detection_path(out: str | Path) -> Path:
+    """``robustness.png`` -> ``robustness_detection.png``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_detection{out.suffix}")
+
+
+def plot_results(source, out: str | Path, *, metric: str = DEFAULT_METRIC) -> List[Path]:
+    """Both figures of a results table (path or DataFrame); returns the files written.
+
+    >>> plot_results("runs/sweeps/demo.csv", "demo/robustness.png")   # doctest: +SKIP
+    [PosixPath('demo/robustness.png')]
+    """
+    frame = load_results(source)
+    written = [robustness_figure(frame, out, metric=metric)]
+    detection = detection_figure(frame, detection_path(out))
+    return written + ([detection] if detection else [])

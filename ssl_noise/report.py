@@ -1,0 +1,269 @@
+"""A study report from a results table: what each initialisation scored, and what SSL gained over random init.
+
+``write_report(results, "report.md")`` (or ``.html``) writes, next to the report, the figures of
+:mod:`ssl_noise.plots` and a document with
+
+1. mean ± std (n) of the metric (default ``test_acc``, clean test split at the validation-selected epoch) per noise
+   type, method and protocol: one row per init, one column per noise rate;
+2. the share of flipped training labels each init memorised (``train_memorised``), same layout;
+3. the gain of every other init over **random** init at each rate, paired: runs are matched on everything but the
+   init (dataset, protocol, method, noise type, rate, mode, epochs, ... and the pair (noise seed, training seed)),
+   so each pair saw identical noisy labels. Per rate: n pairs, mean and std of the difference, how many pairs the
+   SSL init won, and a two-sided paired t-test (scipy) or, without scipy, an exact sign test. With fewer than
+   five pairs the p-value is printed but is not evidence either way; the report says so next to the table.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+
+from ssl_noise import plots
+from ssl_noise.errors import UserError
+
+FORMATS = (".md", ".html")
+BASELINE = "random"
+MIN_PAIRS_FOR_EVIDENCE = 5
+
+
+# ============ statistics ============
+
+def paired_test(diffs: np.ndarray) -> Tuple[Optional[float], str]:
+    """Two-sided p-value of "mean difference = 0" and the test's name; (None, reason) when undefined.
+
+    >>> paired_test(np.array([0.1, 0.2, 0.15]))[1]
+    'paired t-test'
+    """
+    diffs = np.asarray(diffs, dtype=float)
+    if len(diffs) < 2:
+        return None, "needs 2 pairs"
+    try:
+        from scipy import stats
+    except ImportError:
+        return sign_test(diffs), "sign test"
+    if np.allclose(diffs, diffs[0]):
+        return (0.0 if diffs[0] != 0 else 1.0), "paired t-test (constant difference)"
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue), "paired t-test"
+
+
+def test_name() -> str:
+    """The test :func:`paired_test` uses here: a paired t-test with scipy, else an exact sign test."""
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        return "sign test"
+    return "paired t-test"
+
+
+def sign_test(diffs: np.ndarray) -> Optional[float]:
+    """Exact two-sided sign test (ties dropped): P(a split at least this uneven | fair coin).
+
+    >>> round(sign_test(np.array([1, 1, 1, 1, 1.0])), 4)
+    0.0625
+    """
+    wins, losses = int(np.sum(diffs > 0)), int(np.sum(diffs < 0))
+    n = wins + losses
+    if n == 0:
+        return None
+    k = min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_gains(frame, metric: str = plots.DEFAULT_METRIC, baseline: str = BASELINE):
+    """Per noise type, method, init (not the baseline) and rate: the paired difference init - baseline.
+
+    Pairs match on :data:`ssl_noise.plots.CONTEXT` plus (noise_seed, seed). Runs that repeat a key are averaged
+    first (their number is in ``n_runs``). Returns an empty frame when there is no baseline.
+    """
+    import pandas as pd
+
+    rows, _ = plots.tidy(frame, metric)
+    context = [c for c in plots.CONTEXT if c in rows.columns and c not in ("noise_type", "noise_rate", "method",
+                                                                            "protocol")]
+    keys = ["noise_type", "method_label", "noise_rate", *context, "noise_seed", "seed"]
+    rows = rows.assign(**{c: rows[c].astype(str) for c in context})  # NaN-safe grouping
+    per_key = rows.groupby([*keys, "init_label"], dropna=False)[metric].agg(["mean", "count"]).reset_index()
+    base = per_key[per_key["init_label"] == baseline].rename(columns={"mean": "base", "count": "base_n"})
+    if base.empty:
+        return pd.DataFrame()
+    others = per_key[per_key["init_label"] != baseline].merge(base.drop(columns="init_label"), on=keys)
+    others["diff"] = others["mean"] - others["base"]
+    out = []
+    for (noise_type, method, init, rate), part in others.groupby(["noise_type", "method_label", "init_label",
+                                                                  "noise_rate"]):
+        d = part["diff"].to_numpy()
+        p, test = paired_test(d)
+        out.append({"noise_type": noise_type, "method_label": method, "init_label": init, "noise_rate": rate,
+                    "n": len(d), "mean_diff": float(d.mean()), "std_diff": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                    "wins": int((d > 0).sum()), "p_value": p, "test": test,
+                    "n_runs": int(part["count"].sum() + part["base_n"].sum())})
+    return pd.DataFrame(out)
+
+
+# ============ document blocks ============
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    return f"{mean:.4f} ± {std:.4f} (n={n})"
+
+
+def _pivot(stats, value: str):
+    table = stats.pivot(index="init_label", columns="noise_rate", values=value)
+    table.columns = [f"rate {c:g}" for c in table.columns]
+    order = sorted(table.index, key=lambda s: (s != BASELINE, s))
+    return table.loc[order].fillna("–").rename_axis("init").reset_index()
+
+
+def _score_tables(rows, metric: str) -> List[Tuple[str, Any]]:
+    stats = plots.summarise(rows, metric)
+    stats["cell"] = [_fmt(m, s, n) for m, s, n in zip(stats["mean"], stats["std"], stats["n"])]
+    return [(f"{noise_type} noise · {method}", _pivot(part, "cell"))
+            for (noise_type, method), part in stats.groupby(["noise_type", "method_label"])]
+
+
+def _gain_tables(gains) -> List[Tuple[str, Any]]:
+    def cell(r) -> str:
+        missing = r.p_value is None or (isinstance(r.p_value, float) and math.isnan(r.p_value))
+        p = "–" if missing else f"{r.p_value:.3g}"
+        return f"{r.mean_diff:+.4f} ± {r.std_diff:.4f}; wins {r.wins}/{r.n}; p={p}"
+
+    gains = gains.assign(cell=[cell(r) for r in gains.itertuples()])
+    return [(f"{noise_type} noise · {method}: init − {BASELINE}", _pivot(part, "cell"))
+            for (noise_type, method), part in gains.groupby(["noise_type", "method_label"])]
+
+
+def build(frame, *, metric: str, figures: List[Path], out: Path, source: str) -> List[Tuple[str, Any]]:
+    """The report as blocks: ``("h1"|"h2"|"h3"|"p"|"img", text)`` and ``("table", DataFrame)``."""
+    rows, left_out = plots.tidy(frame, metric)
+    gains = paired_gains(frame, metric)
+    seeds = rows.groupby(["noise_seed", "seed"]).ngroups
+    blocks: List[Tuple[str, Any]] = [
+        ("h1", "ssl-noise report"),
+        ("p", f"Source: `{source}` — {len(frame)} run(s); {len(rows)} used (with rate-0 runs counted once per noise "
+              f"type panel), {left_out} without a noise rate or a {metric} value left out. Datasets: "
+              f"{', '.join(map(str, sorted(frame['dataset'].astype(str).unique())))}; inits: "
+              f"{', '.join(sorted(rows['init_label'].unique()))}; {seeds} (noise seed, training seed) pair(s)."),
+        ("p", f"Metric: `{metric}` on the clean test split at the epoch chosen on the (noisy, unless `clean_val`) "
+              "validation split. Cells: mean ± std over seeds (n runs)."),
+        *_pooling_note(rows),
+        ("h2", "Figures")]
+    blocks += [("img", Path(f).relative_to(out.parent).as_posix() if Path(f).is_relative_to(out.parent) else str(f))
+               for f in figures]
+    blocks.append(("h2", f"{metric}: mean ± std per init and noise rate"))
+    for title, table in _score_tables(rows, metric):
+        blocks += [("h3", title), ("table", table)]
+    if "train_memorised" in rows.columns and rows["train_memorised"].notna().any():
+        memorised = rows[rows["noise_rate"] > 0].dropna(subset=["train_memorised"])
+        blocks += [("h2", "Flipped training labels memorised (train_memorised, lower is more robust)")]
+        for title, table in _score_tables(memorised, "train_memorised"):
+            blocks += [("h3", title), ("table", table)]
+    blocks.append(("h2", f"Gain over {BASELINE} init (paired over noise seed × training seed)"))
+    if gains.empty:
+        blocks.append(("p", f"No {BASELINE}-init runs to compare with: add `{BASELINE}` to the sweep's inits."))
+    else:
+        small = int(gains["n"].max()) < MIN_PAIRS_FOR_EVIDENCE
+        blocks.append(("p", f"Each pair: same data, noisy labels, method, protocol and seeds; only the init differs. "
+                            f"Cells: mean ± std of (init − {BASELINE}), pairs won by the init, two-sided "
+                            f"{test_name()} p-value (– below 2 pairs). "
+                            + (f"**n = {int(gains['n'].max())} pair(s) per rate at most: the p-values cannot support "
+                               f"a claim at this n; the consistency of the sign across rates and the size of the "
+                               f"difference are what this shows.**" if small else "")))
+        for title, table in _gain_tables(gains):
+            blocks += [("h3", title), ("table", table)]
+    return blocks
+
+
+def _pooling_note(rows) -> List[Tuple[str, Any]]:
+    """Say so when runs that differ in more than init and seeds share a table cell (a mixed results.csv)."""
+    varied = [c for c in ("epochs", "n_train", "image_size", "noise_mode", "clean_val", "select_metric")
+              if c in rows.columns and rows[c].astype(str).nunique() > 1]
+    if not varied:
+        return []
+    values = "; ".join(f"{c}: {', '.join(sorted(rows[c].astype(str).unique()))}" for c in varied)
+    return [("p", f"**Note:** these runs also differ in {values}; they are pooled in the tables below. Report on a "
+                  "sweep's own table (`runs/sweeps/<name>.csv`) to compare like with like.")]
+
+
+# ============ rendering ============
+
+def _md_table(frame) -> str:
+    def esc(value: Any) -> str:
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(esc, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(esc(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def render_markdown(blocks) -> str:
+    out = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + value)
+        elif kind == "p":
+            out.append(value)
+        elif kind == "img":
+            out.append(f"![{Path(value).stem}]({value})")
+        elif kind == "table":
+            out.append(_md_table(value))
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks) -> str:
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    body = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{html.escape(value)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{inline(value)}</p>")
+        elif kind == "img":
+            body.append(f'<p><img src="{html.escape(value)}" alt="{html.escape(Path(value).stem)}" '
+                        f'style="max-width:100%"></p>')
+        elif kind == "table":
+            body.append(value.to_html(index=False, border=0, classes="results"))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ssl-noise report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
+                 figures: Optional[List[Path]] = None) -> List[Path]:
+    """Write the report (``.md`` or ``.html``); returns [report, *figures].
+
+    Args:
+        source: a results table (path or DataFrame).
+        out: the report file.
+        metric: a results column (default ``test_acc``).
+        figures: figures to link; by default :func:`ssl_noise.plots.plot_results` writes
+            ``<out stem>_robustness.png`` (and ``..._detection.png``) next to the report.
+
+    >>> write_report("runs/sweeps/demo.csv", "demo/report.md")      # doctest: +SKIP
+    [PosixPath('demo/report.md'), PosixPath('demo/report_robustness.png')]
+    """
+    from ssl_noise.io import atomic_path
+
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise UserError(f"report file {out} must end in {' or '.join(FORMATS)}")
+    frame = plots.load_results(source)
+    if figures is None:
+        figures = plots.plot_results(frame, out.with_name(f"{out.stem}_robustness.png"), metric=metric)
+    blocks = build(frame, metric=metric, figures=figures, out=out,
+                   source=str(source) if not hasattr(source, "columns") else "DataFrame")
+    text = render_html(blocks) if out.suffix.lower() == ".html" else render_markdown(blocks)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+        plots.share(tmp)
+    return [out, *figures]

@@ -1,0 +1,158 @@
+"""Co-teaching (Han et al. 2018, arXiv 1804.06872): two networks pick small-loss samples for each other.
+
+Both networks start from the same ``--init`` (heads drawn from different seeds, ``ctx.build_model(0)`` and
+``(1)``). In every batch each network ranks the samples by its own cross-entropy and keeps the
+``R = floor((1 - tau(e)) * B)`` smallest; its *peer* is updated on them (loss = sum of the peer's CE over the kept
+samples / R). Networks memorise noisy labels late, so early small-loss samples are mostly clean, and two networks
+with different heads filter different errors, which slows the drift a single self-selecting network would have.
+
+Forget rate: ``tau(e) = tau_max * min(e / T_k, 1)`` with 0-based epoch ``e`` (no samples dropped in the first
+epoch), ``tau_max = noise_estimate`` (default: ``ctx.noise_rate``, the expected wrong-label rate of the configured
+noise; a run on a noise file must give it) and ``T_k = num_gradual``. The paper and the ALR code use T_k = 10 (of
+200 and 50 epochs); with fewer epochs the default is ``min(10, max(1, epochs // 3))``, so the last two thirds of
+any run train at the full forget rate (30 epochs: 10, as in the paper).
+
+Evaluation and ``predict``: the sum of both networks' logits (as the ALR code). The history row is the softmax of
+that sum. ``selected`` (and so ``selected.npy``) is network 1's pick, which updates network 2; ALR's "clean set
+guessed by LNL" is network 1's pick in the last epoch: the ``kept`` output (int64 training rows), whose
+complement is the pool that ``ssl-noise refine`` relabels. Also ``selection_freq`` (share of epochs network 1
+picked the sample) and ``noise_score`` (network 1's eval-mode cross-entropy of the given label on un-augmented
+images after the last epoch; higher = more likely noisy). A run that outputs ``kept`` also saves its
+selected-epoch state as ``model.safetensors`` and gets a ``detection`` block in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_noise.errors import UserError
+from ssl_noise.robust import ROBUST
+from ssl_noise.robust.base import Batch, Classifier, RobustMethod, label_prob
+
+
+@dataclass
+class CoteachingArgs:
+    noise_estimate: Optional[float] = None  # tau_max; None: the configured noise's expected rate (ctx.noise_rate)
+    num_gradual: Optional[int] = None       # T_k epochs of linear ramp; None: min(10, max(1, epochs // 3))
+
+    def validate(self) -> None:
+        if self.noise_estimate is not None and not 0 <= self.noise_estimate < 1:
+            raise UserError(f"noise_estimate must be in [0, 1), got {self.noise_estimate}")
+        if self.num_gradual is not None and self.num_gradual < 1:
+            raise UserError(f"num_gradual must be at least 1, got {self.num_gradual}")
+
+
+def forget_rate(epoch: int, tau_max: float, num_gradual: int) -> float:
+    """``tau_max * min(epoch / num_gradual, 1)`` for a 0-based epoch.
+
+    >>> [forget_rate(e, 0.4, 4) for e in (0, 2, 4, 9)]
+    [0.0, 0.2, 0.4, 0.4]
+    """
+    return tau_max * min(epoch / num_gradual, 1.0)
+
+
+def keep_count(batch_size: int, tau: float) -> int:
+    """``floor((1 - tau) * B)``, at least 1 (a loss over no sample is undefined).
+
+    >>> keep_count(128, 0.4), keep_count(3, 0.9)
+    (76, 1)
+    """
+    return max(1, math.floor((1.0 - tau) * batch_size + 1e-9))
+
+
+def small_loss_pick(loss: torch.Tensor, keep: int) -> torch.Tensor:
+    """(B,) bool mask of the ``keep`` smallest losses (ties: the earlier position)."""
+    order = torch.sort(loss, stable=True).indices
+    mask = torch.zeros_like(loss, dtype=torch.bool)
+    mask[order[:keep]] = True
+    return mask
+
+
+@ROBUST.register("coteaching")
+class CoTeaching(RobustMethod):
+    """Two classifiers, per-batch small-loss selection, cross update (Han et al. 2018, arXiv 1804.06872).
+
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["coteaching"].Args().num_gradual is None
+    True
+    """
+
+    Args = CoteachingArgs
+
+    def setup(self) -> None:
+        ctx, args = self.ctx, self.args
+        self.net1, self.net2 = ctx.build_model(0), ctx.build_model(1)
+        ctx.build_optimizer(self.net1)
+        ctx.build_optimizer(self.net2)
+        tau = args.noise_estimate if args.noise_estimate is not None else ctx.noise_rate
+        if tau is None:
+            raise UserError(f"{type(self).__name__} needs a noise-rate estimate when the noise rate is unknown "
+                            f"(labels from a noise file): --set method_args.noise_estimate=RATE")
+        if not 0 <= tau < 1:
+            raise UserError(f"the noise-rate estimate {tau} is not in [0, 1); set method_args.noise_estimate")
+        self.tau_max = float(tau)
+        self.num_gradual = args.num_gradual or min(10, max(1, ctx.epochs // 3))
+        n = len(ctx.labels)
+        self._picked = torch.zeros(n, dtype=torch.int32, device=ctx.device)   # epochs network 1 picked i
+        self._seen = torch.zeros(n, dtype=torch.int32, device=ctx.device)     # epochs i was in a batch
+        self._last = torch.zeros(n, dtype=torch.bool, device=ctx.device)      # picked in the latest epoch
+        self._epoch = -1
+
+    @property
+    def nets(self) -> List[Classifier]:
+        return [self.net1, self.net2]
+
+    def forget_rate(self, epoch: int) -> float:
+        return forget_rate(epoch, self.tau_max, self.num_gradual)
+
+    def pick(self, k: int, loss: torch.Tensor, batch: Batch, keep: int, epoch: int) -> torch.Tensor:
+        """Network ``k``'s clean pick of the batch from its own detached per-sample loss."""
+        return small_loss_pick(loss, keep)
+
+    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
+        if epoch != self._epoch:  # a new epoch: the latest pick is rebuilt from this epoch's batches
+            self._epoch = epoch
+            self._last.zero_()
+        out = [net(batch.x, return_features=True) for net in self.nets]      # [(logits (B, K), h (B, D))] x 2
+        losses = [F.cross_entropy(logits.float(), batch.y, reduction="none") for logits, _ in out]  # (B,) x 2
+        self.observe(batch, out, epoch)
+        keep = keep_count(len(batch.y), self.forget_rate(epoch))
+        picks = [self.pick(k, loss.detach(), batch, keep, epoch) for k, loss in enumerate(losses)]
+        # Cross update: network 1 learns from network 2's pick and vice versa.
+        loss = (losses[0][picks[1]].sum() + losses[1][picks[0]].sum()) / keep
+        self._seen[batch.index] += 1
+        self._picked[batch.index] += picks[0].int()
+        self._last[batch.index] = picks[0]
+        logits = out[0][0].detach() + out[1][0].detach()
+        return {"loss": loss, "prob": label_prob(logits, batch.y), "pred": logits.argmax(dim=1),
+                "selected": picks[0]}
+
+    def observe(self, batch: Batch, out, epoch: int) -> None:
+        """Hook for per-sample bookkeeping on the training forward pass (VoG); nothing here."""
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        return {"forget_rate": self.forget_rate(epoch)}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net1(x) + self.net2(x)
+
+    @torch.no_grad()
+    def noise_score(self) -> np.ndarray:
+        """(N,) network 1's eval-mode cross-entropy of the given label on the un-augmented training images."""
+        self.eval()
+        with self.ctx.autocast():
+            logits = torch.from_numpy(self.ctx.predict_train(lambda x: self.net1(x).float()))
+        self.train()
+        return F.cross_entropy(logits, torch.as_tensor(self.ctx.labels), reduction="none").numpy()
+
+    def outputs(self) -> Dict[str, np.ndarray]:
+        seen = self._seen.cpu().numpy()
+        freq = np.where(seen > 0, self._picked.cpu().numpy() / np.maximum(seen, 1), np.nan).astype(np.float32)
+        return {"kept": np.flatnonzero(self._last.cpu().numpy()).astype(np.int64), "selection_freq": freq,
+                "noise_score": self.noise_score().astype(np.float32)}

@@ -1,0 +1,90 @@
+"""k-NN filter: drop (or relabel by neighbour vote) the samples whose neighbours in the frozen embedding of the
+run's initialisation disagree with their label, then train plain cross-entropy on the rest.
+
+The training-free ``knn`` detector of :mod:`ssl_noise.detect` (weighted share of the k nearest neighbours, faiss,
+self excluded) run on the encoder the fine-tuning starts from, before any training: with an SSL encoder the
+neighbourhoods reflect the images only, so the filter uses exactly what self-supervised pretraining adds. A sample
+is flagged when its score is among the top ``noise_estimate`` share (default: the configured noise rate) or, with
+``threshold``, above it (0.5: the weighted majority of its neighbours disagrees). With nothing flagged the run is
+identical to ``--method ce``. Outputs: ``knn_scores``, ``flagged`` (indices) and ``knn_labels`` (labels trained on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_noise.errors import UserError
+from ssl_noise.robust import ROBUST
+from ssl_noise.robust.ce import CrossEntropy
+
+
+@dataclass
+class KNNFilterArgs:
+    k: int = 20                             # neighbours (excluding the sample itself)
+    t: float = 0.1                          # vote temperature: weight exp(cosine / t)
+    mode: str = "drop"                      # drop | relabel (to the neighbours' weighted vote)
+    noise_estimate: Optional[float] = None  # share flagged; None: the configured noise's expected rate
+    threshold: Optional[float] = None       # flag score > threshold instead of a share
+
+    def validate(self) -> None:
+        if self.mode not in ("drop", "relabel"):
+            raise UserError(f"unknown knn_filter mode {self.mode!r}; choose from: drop, relabel")
+        if self.k < 1 or self.t <= 0:
+            raise UserError(f"knn_filter needs k >= 1 and t > 0, got k={self.k}, t={self.t}")
+        if self.noise_estimate is not None and not 0 <= self.noise_estimate < 1:
+            raise UserError(f"noise estimate must be in [0, 1), got {self.noise_estimate}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise UserError(f"threshold must be in [0, 1], got {self.threshold}")
+
+
+@ROBUST.register("knn_filter")
+class KNNFilter(CrossEntropy):
+    """Flag by k-NN disagreement in the init's embedding, drop or relabel, then cross-entropy.
+
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["knn_filter"].Args().k
+    20
+    """
+
+    Args = KNNFilterArgs
+
+    def setup(self) -> None:
+        from ssl_noise.detect import knn_scores, top_fraction  # lazy: ssl_noise.detect imports this package
+
+        a, ctx = self.args, self.ctx
+        encoder = ctx.build_model(0).encoder.eval()  # the init's encoder, untouched by training
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            with ctx.autocast():
+                return F.normalize(encoder(x).float(), dim=1)  # (B, D) L2-normalised
+
+        features = ctx.predict_train(embed)
+        self.scores, votes = knn_scores(features, ctx.labels, ctx.num_classes, k=a.k, t=a.t)
+        if a.threshold is not None:
+            flagged = self.scores > a.threshold
+        else:
+            rate = ctx.noise_rate if a.noise_estimate is None else a.noise_estimate
+            if rate is None:
+                raise UserError("knn_filter on labels from a noise file needs method_args.noise_estimate or "
+                                "method_args.threshold")
+            if not 0 <= rate < 1:
+                raise UserError(f"noise estimate must be in [0, 1), got {rate:g}; set method_args.noise_estimate")
+            flagged = top_fraction(self.scores, rate)
+        self.flagged = flagged
+        self.labels = ctx.labels.copy()
+        if a.mode == "relabel":
+            self.labels[flagged] = votes[flagged].argmax(axis=1)
+        super().setup()
+
+    def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
+        keep = ~self.flagged if self.args.mode == "drop" else np.ones(len(self.labels), dtype=bool)
+        return keep, self.labels
+
+    def outputs(self) -> Dict[str, np.ndarray]:
+        return {"knn_scores": self.scores.astype(np.float32), "flagged": np.flatnonzero(self.flagged),
+                "knn_labels": self.labels}

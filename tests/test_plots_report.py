@@ -1,0 +1,174 @@
+"""Figures and reports from a synthetic results table, the paired statistics, their CLI, and `demo --quick`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ssl_noise import plots, report
+from ssl_noise.cli import main
+
+SIMCLR = "simclr-resnet18-bloodmnist-e5-s0-1a2b3c4d"
+RATES = (0.0, 0.2, 0.4)
+
+
+def _table(detection: bool = True) -> pd.DataFrame:
+    """Two inits x two methods x symmetric (with clean runs) and pairflip (without) x 2 noise seeds x 2 seeds."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for noise_type, rates in (("symmetric", RATES), ("pairflip", RATES[1:])):
+        for rate in rates:
+            for method, protocol in (("ce", "linear_probe"), ("coteaching", "finetune")):
+                for noise_seed in (1, 2):
+                    for seed in (0, 1):
+                        for encoder, top, slope in (("random-resnet18", 0.70, 0.50), (SIMCLR, 0.90, 0.20)):
+                            row = {"run_id": f"r{len(rows)}", "dataset": "bloodmnist", "image_size": 28,
+                                   "n_train": 2000, "init": encoder.split("-")[0], "encoder_id": encoder,
+                                   "protocol": protocol, "method": method, "noise_type": noise_type,
+                                   "noise_rate": rate, "noise_mode": "sampled", "noise_seed": noise_seed, "seed": seed,
+                                   "clean_val": False, "epochs": 5, "select_metric": "acc",
+                                   "test_acc": top - slope * rate + rng.normal(0, 0.01),
+                                   "train_memorised": rate * slope if rate else None}
+                            if detection and method == "coteaching" and rate > 0:
+                                row.update(detect_precision=0.9 - rate / 2, detect_recall=0.8, detect_auroc=0.85)
+                            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def table_path(tmp_path) -> Path:
+    path = tmp_path / "results.csv"
+    _table().to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_figures_are_written_in_each_format(table_path, tmp_path, suffix, magic) -> None:
+    written = plots.plot_results(table_path, tmp_path / f"fig{suffix}")
+    assert [p.name for p in written] == [f"fig{suffix}", f"fig_detection{suffix}"]
+    for path in written:
+        assert path.read_bytes().startswith(magic) and path.stat().st_size > 5000
+
+
+def test_no_detection_figure_without_detection_columns(tmp_path) -> None:
+    written = plots.plot_results(_table(detection=False), tmp_path / "fig.png")
+    assert [p.name for p in written] == ["fig.png"]
+    assert plots.detection_columns(_table()) == ["detect_precision", "detect_recall", "detect_auroc"]
+
+
+def test_tidy_lends_clean_runs_and_summarises_over_seeds() -> None:
+    frame = _table()
+    rows, left_out = plots.tidy(frame)
+    assert left_out == 0 and set(rows["init_label"]) == {"random", "simclr"}
+    assert set(rows["method_label"]) == {"ce (linear probe)", "coteaching"}
+    pair_clean = rows[(rows["noise_type"] == "pairflip") & (rows["noise_rate"] == 0)]
+    assert len(pair_clean) == 16  # the symmetric clean runs, lent to the pairflip panels
+    stats = plots.summarise(rows)
+    one = stats[(stats["noise_type"] == "symmetric") & (stats["method_label"] == "coteaching")
+                & (stats["init_label"] == "simclr") & (stats["noise_rate"] == 0.4)].iloc[0]
+    raw = frame[(frame["noise_type"] == "symmetric") & (frame["method"] == "coteaching")
+                & (frame["encoder_id"] == SIMCLR) & (frame["noise_rate"] == 0.4)]["test_acc"]
+    assert one["n"] == 4 and one["mean"] == pytest.approx(raw.mean()) and one["std"] == pytest.approx(raw.std())
+    # a file-noise run has no rate: left out and counted
+    extra = frame.iloc[[0]].assign(run_id="file-run", noise_type="file", noise_rate=None)
+    assert plots.tidy(pd.concat([frame, extra]))[1] == 1
+    assert plots.init_labels([SIMCLR, SIMCLR[:-1] + "e", "random-resnet18"])["random-resnet18"] == "random"
+    assert plots.init_labels([SIMCLR, SIMCLR[:-1] + "e"])[SIMCLR] == SIMCLR  # two simclr encoders: full ids
+
+
+def test_paired_gains_match_a_hand_computation() -> None:
+    from scipy import stats
+
+    frame = _table()
+    gains = report.paired_gains(frame)
+    row = gains[(gains["noise_type"] == "symmetric") & (gains["method_label"] == "ce (linear probe)")
+                & (gains["noise_rate"] == 0.2)].iloc[0]
+    part = frame[(frame["noise_type"] == "symmetric") & (frame["method"] == "ce") & (frame["noise_rate"] == 0.2)]
+    ssl = part[part["encoder_id"] == SIMCLR].set_index(["noise_seed", "seed"])["test_acc"].sort_index()
+    rnd = part[part["encoder_id"] == "random-resnet18"].set_index(["noise_seed", "seed"])["test_acc"].sort_index()
+    diff = ssl - rnd
+    assert row["init_label"] == "simclr" and row["n"] == 4 and row["wins"] == 4
+    assert row["mean_diff"] == pytest.approx(diff.mean()) and row["std_diff"] == pytest.approx(diff.std())
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(ssl, rnd).pvalue)
+    assert set(gains["init_label"]) == {"simclr"} and len(gains) == 2 * 3 + 2 * 3  # clean runs lent to pairflip
+    assert report.paired_gains(frame[frame["encoder_id"] == SIMCLR]).empty  # no baseline, no gains
+
+
+def test_sign_test_and_small_n() -> None:
+    assert report.sign_test(np.array([1.0, 2, 3, 4, 5])) == pytest.approx(0.0625)
+    assert report.sign_test(np.array([1.0, -1.0])) == pytest.approx(1.0)
+    assert report.sign_test(np.array([0.0, 0.0])) is None
+    assert report.paired_test(np.array([0.3]))[0] is None
+
+
+@pytest.mark.parametrize("suffix", [".md", ".html"])
+def test_report_tables_gains_and_figures(table_path, tmp_path, suffix) -> None:
+    out = tmp_path / "out" / f"report{suffix}"
+    written = report.write_report(table_path, out)
+    assert written[0] == out and all(p.exists() for p in written)
+    text = out.read_text()
+    for needle in ("Gain over random", "rate 0.4", "n=4", "wins 4/4", "paired t-test", "report_robustness.png",
+                   "memorised", "pairflip noise · coteaching"):
+        assert needle in text, needle
+    if suffix == ".html":
+        assert text.startswith("<!DOCTYPE html>") and "<table" in text and '<img src="report_robustness.png"' in text
+    else:
+        assert "| init | rate 0 | rate 0.2 | rate 0.4 |" in text
+        assert "![report_robustness](report_robustness.png)" in text
+
+
+def _cli(capsys, *args: str) -> tuple:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_cli_plot_and_report_and_their_errors(table_path, tmp_path, capsys) -> None:
+    code, out, err = _cli(capsys, "plot", str(table_path), "--out", str(tmp_path / "a.svg"), "--metric", "test_acc")
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "a.svg"), str(tmp_path / "a_detection.svg")]
+    code, out, err = _cli(capsys, "report", str(table_path), "--out", str(tmp_path / "r.md"))
+    assert code == 0 and out.split()[0] == str(tmp_path / "r.md"), err
+    bad = [("plot", str(table_path), "--out", str(tmp_path / "a.jpg")),
+           ("plot", str(tmp_path / "none.csv"), "--out", str(tmp_path / "a.png")),
+           ("plot", str(table_path), "--out", str(tmp_path / "a.png"), "--metric", "test_nothing"),
+           ("report", str(table_path), "--out", str(tmp_path / "r.txt"))]
+    for args in bad:
+        code, out, err = _cli(capsys, *args)
+        assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_demo_quick_runs_the_whole_path_and_reruns_reuse_everything(tmp_path, capsys) -> None:
+    out_dir = tmp_path / "demo"
+    code, out, err = _cli(capsys, "demo", "--quick", "--quiet", "--out", str(out_dir))
+    assert code == 0, err
+    for name in ("robustness.png", "report.md", "runs/sweeps/demo.csv"):
+        assert (out_dir / name).exists() and str(out_dir / name) in out, name
+    assert "gain over random" in out and "simclr" in out
+    frame = pd.read_csv(out_dir / "runs" / "sweeps" / "demo.csv")
+    assert len(frame) == 4 and set(frame["init"].str.split("-").str[0]) == {"random", "simclr"}
+    code, out, err = _cli(capsys, "demo", "--quick", "--quiet", "--out", str(out_dir))
+    assert code == 0 and "reusing the SimCLR encoder" in err and "trained in" not in err
+
+
+def test_detection_is_read_from_the_run_folders_next_to_the_table(tmp_path) -> None:
+    """Selecting methods write detection into metrics.json, not results.csv: the figure finds it there."""
+    import json
+
+    runs = tmp_path / "runs"
+    frame = _table(detection=False)
+    (runs / "sweeps").mkdir(parents=True)
+    frame.to_csv(runs / "sweeps" / "t.csv", index=False)
+    for row in frame[(frame["method"] == "coteaching") & (frame["noise_rate"] > 0)].itertuples():
+        (runs / row.run_id).mkdir()
+        (runs / row.run_id / "metrics.json").write_text(json.dumps(
+            {"detection": {"precision": 0.8, "recall": 0.6, "f1": 0.7, "auroc": None, "n_flagged": 50}}))
+    loaded = plots.load_results(runs / "sweeps" / "t.csv")
+    assert plots.detection_columns(loaded) == ["detect_precision", "detect_recall", "detect_f1"]
+    assert loaded["detect_recall"].notna().sum() == 32
+    written = plots.plot_results(runs / "sweeps" / "t.csv", tmp_path / "f.png")
+    assert [p.name for p in written] == ["f.png", "f_detection.png"]
