@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ssl_noise import io, noise
+from ssl_noise.io import derive_seed
 from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, to_dict
 from ssl_noise.data import ImageDataset, catalogue, load_dataset
 from ssl_noise.errors import UserError
@@ -61,10 +62,6 @@ RESULT_COLUMNS = (
     + ["val_acc", "val_macro_f1", "train_acc_noisy", "train_acc_clean", "train_memorised", "train_memorised_last",
        "wall_time_s", "created_at"])
 
-
-def _seed(*parts: int) -> int:
-    """A reproducible 63-bit seed for a (run seed, epoch, stream) tuple."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 # ============ preparation: every user-input check, before anything is written ============
@@ -278,8 +275,9 @@ class Inputs:
                 shuffle: bool = False, epoch: int = 0) -> Iterator[Batch]:
         cfg = self.cfg
         if shuffle:
-            rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0)))]
-        g = torch.Generator(device=self.device).manual_seed(_seed(cfg.seed, epoch, 1)) if augment else None
+            order = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, 0))
+            rows = rows[torch.randperm(len(rows), generator=order)]
+        g = torch.Generator(device=self.device).manual_seed(derive_seed(cfg.seed, epoch, 1)) if augment else None
         for idx in _chunks(rows, cfg.batch_size):
             yield Batch(self.to_input(images[idx], g), labels[idx].to(self.device), idx.to(self.device))
 
@@ -322,7 +320,7 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     train_set = {"rows": torch.arange(N), "labels": torch.from_numpy(prep.train_noise.noisy)}
 
     def build_model(k: int) -> Classifier:
-        torch.manual_seed(_seed(cfg.seed, k, 2))  # head init
+        torch.manual_seed(derive_seed(cfg.seed, k, 2))  # head init
         model = Classifier(copy.deepcopy(prep.encoder), prep.feat_dim, data.num_classes, freeze=cfg.freeze)
         return model.to(device, memory_format=inputs.fmt)
 

@@ -67,6 +67,38 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def derive_seed(*parts: int) -> int:
+    """A reproducible 63-bit seed for a tuple such as (run seed, epoch, stream), via numpy's SeedSequence.
+
+    Every per-epoch or per-stream generator in ssl-noise is seeded from this, so a resumed or re-run job draws
+    exactly the same numbers, and streams that share a run seed are still statistically independent.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def read_csv_strict(path: str | os.PathLike, *, what: str, columns: tuple = ()):
+    """Read a user-supplied CSV as strings; a missing file, a parse error or missing ``columns`` is a UserError
+    naming the file and ``what`` it is (e.g. "noise file"). Column names are stripped of spaces."""
+    import pandas as pd
+
+    from ssl_noise.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot parse {what} {path}: {str(e).strip().splitlines()[0]}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{what} {path} lacks column(s) {', '.join(missing)} (expected {','.join(columns)})")
+    return frame
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented, key-sorted JSON."""
     with atomic_path(path) as tmp:

@@ -32,7 +32,7 @@ import numpy as np
 
 from ssl_noise._registry import Registry
 from ssl_noise.errors import UserError
-from ssl_noise.io import atomic_path
+from ssl_noise.io import atomic_path, read_csv_strict
 
 PathLike = Union[str, os.PathLike]
 ClassMap = Mapping[int, Union[int, Sequence[int]]]
@@ -634,20 +634,8 @@ def read_noise_csv(path: PathLike, *, num_samples: Optional[int] = None, num_cla
     >>> read_noise_csv("noisy.csv", num_samples=11959, num_classes=8).noisy[:3]   # doctest: +SKIP
     array([7, 3, 6])
     """
-    import pandas as pd
-
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"noise file {path} does not exist")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot parse noise file {path}: {str(e).strip().splitlines()[0]}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in NOISE_CSV_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UserError(f"noise file {path} lacks column(s) {', '.join(missing)} "
-                        f"(expected {','.join(NOISE_CSV_COLUMNS)})")
+    frame = read_csv_strict(path, what="noise file", columns=NOISE_CSV_COLUMNS)
     if frame.empty:
         raise UserError(f"noise file {path} has no rows")
     index, clean, noisy = (_int_column(frame, c, path) for c in NOISE_CSV_COLUMNS)

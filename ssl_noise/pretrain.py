@@ -57,11 +57,6 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A distinct, reproducible seed for each (run seed, epoch, process)."""
-    return (seed * 1_000_003 + epoch * 1009 + rank) % (2**63)
-
-
 def work_dir(runs_root: Path, cfg: PretrainConfig) -> Path:
     """Where the resumable state of this exact config lives (a hash of the resolved config)."""
     digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
@@ -227,7 +222,7 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
     knn_acc: Optional[float] = None
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        g.manual_seed(_epoch_seed(cfg.seed, epoch, rank))
+        g.manual_seed(io.derive_seed(cfg.seed, epoch, rank))
         stats = train_one_epoch(model, loader, optimizer, method, g, epoch=epoch, steps_per_epoch=steps_per_epoch,
                                 total_steps=total_steps, warmup_steps=warmup_steps, cfg=cfg, device=device,
                                 world=world, show=show_progress and rank == 0)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ssl_noise import io, noise
+from ssl_noise.io import derive_seed, read_csv_strict
 from ssl_noise.acquisition import ACQUISITION
 from ssl_noise.config import FinetuneConfig, resolve
 from ssl_noise.errors import UserError
@@ -116,9 +117,6 @@ class RefineConfig:
     def default_name(self) -> str:
         return f"{'expert-' if self.oracle == 'expert' else ''}{self.acquisition}-b{self.budget}-s{self.seed}"
 
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 # ============ the LNL run ============
@@ -337,7 +335,7 @@ class Session:
         """The next ``budget`` pool rows to relabel, with their acquisition scores and the model's prediction."""
         model, pool = self.model(), self.pool_rows
         view = PoolView(self, model, pool, np.flatnonzero(self.source != POOL))
-        rng = np.random.default_rng(_seed(self.config.seed, self.round + 1))
+        rng = np.random.default_rng(derive_seed(self.config.seed, self.round + 1))
         picks, scores = ACQUISITION[self.config.acquisition](view, self.config.budget, rng)
         probs = view.probs()[picks] if view._probs is not None else PoolView(self, model, pool[picks], pool).probs()
         return {"rows": pool[picks], "score": np.asarray(scores, np.float64)[picks], "probs": probs}
@@ -362,7 +360,7 @@ class Session:
         self.labels[rows], self.source[rows] = oracle_labels, ORACLE
         keep, labels = self.source != POOL, self.labels.copy()
         cfg = dataclasses.replace(run.cfg, epochs=self.config.epochs, lr=self.config.lr, warmup_epochs=0.0,
-                                  method="ce", method_args={}, seed=_seed(self.config.seed, r))
+                                  method="ce", method_args={}, seed=derive_seed(self.config.seed, r))
         start = self.model()
         state = {k: v.detach().clone() for k, v in start.state_dict().items()}
         prep = Prepared(cfg, data, start.encoder, start.head.in_features, run.init,
@@ -554,18 +552,8 @@ def _png(image: np.ndarray) -> str:
 
 def read_answers(path: str | Path, session: Session) -> np.ndarray:
     """The expert's labels for the samples awaiting review, in their order; UserError on any problem."""
-    import pandas as pd
-
     path, run = Path(path), session.run
-    if not path.is_file():
-        raise UserError(f"answer file {path} does not exist")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot parse answer file {path}: {str(e).strip().splitlines()[0]}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if not {"index", "label"} <= set(frame.columns):
-        raise UserError(f"answer file {path} needs the columns index,label")
+    frame = read_csv_strict(path, what="answer file", columns=("index", "label"))
     rows = np.asarray(session.state["pending"]["rows"], np.int64)
     wanted = {int(i): k for k, i in enumerate(run.index[rows])}
     names = {n: k for k, n in enumerate(run.class_names)}

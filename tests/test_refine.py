@@ -204,7 +204,7 @@ def test_bad_inputs_exit_2_and_change_nothing(run, tmp_path, capsys) -> None:
     fails("answers 2 of the 3", "import", str(run), answers("short", good[:-1]))
     fails("answered twice", "import", str(run), answers("twice", good + good[:1]))
     (tmp_path / "cols.csv").write_text("idx,lbl\n1,2\n")
-    fails("needs the columns index,label", "import", str(run), str(tmp_path / "cols.csv"))
+    fails("lacks column(s) index, label", "import", str(run), str(tmp_path / "cols.csv"))
     fails("started with budget=3", "export", str(run), "--out", str(tmp_path / "r2"), "--budget", "5",
           "--name", "expert-entropy-b3-s0")
     (run / "kept.npy").unlink()
