@@ -107,7 +107,8 @@ def paired_gains(frame, metric: str = plots.DEFAULT_METRIC, baseline: str = BASE
 # ============ document blocks ============
 
 def _fmt(mean: float, std: float, n: int) -> str:
-    return f"{mean:.4f} ± {std:.4f} (n={n})"
+    """``mean ± std (n)``; a single run has no spread to show, so no ``± 0``."""
+    return f"{mean:.4f} (n=1)" if n == 1 else f"{mean:.4f} ± {std:.4f} (n={n})"
 
 
 def _pivot(stats, value: str):
@@ -128,7 +129,8 @@ def _gain_tables(gains) -> List[Tuple[str, Any]]:
     def cell(r) -> str:
         missing = r.p_value is None or (isinstance(r.p_value, float) and math.isnan(r.p_value))
         p = "–" if missing else f"{r.p_value:.3g}"
-        return f"{r.mean_diff:+.4f} ± {r.std_diff:.4f}; wins {r.wins}/{r.n}; p={p}"
+        spread = f" ± {r.std_diff:.4f}" if r.n > 1 else ""
+        return f"{r.mean_diff:+.4f}{spread}; wins {r.wins}/{r.n}; p={p}"
 
     gains = gains.assign(cell=[cell(r) for r in gains.itertuples()])
     return [(f"{noise_type} noise · {method}: init − {BASELINE}", _pivot(part, "cell"))
