@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import yaml
 
@@ -38,13 +37,6 @@ QUICK_PRETRAIN = {"dataset": QUICK_DATA, "image_size": 16, "subset": None, "epoc
 QUICK_BASE = {"dataset": QUICK_DATA, "image_size": 16, "subset": None, "epochs": 1, "batch_size": 16,
               "precision": "fp32"}
 QUICK_GRID = {"noise_rate": [0.0, 0.5], "noise_seed": [1]}
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 @dataclass
 class DemoResult:
@@ -69,7 +61,7 @@ def _existing_entry(checkpoints: Path, cfg: PretrainConfig) -> Optional[str]:
     return None
 
 
-def _check_data(data_root: Optional[str], log: Log) -> None:
+def _check_data(data_root: Optional[str], log: sweep.Log) -> None:
     """Find or download BloodMNIST (28 px) and insist on the official md5."""
     from ssl_noise.data import get_entry
     from ssl_noise.data.medmnist import fetch, md5_status
@@ -100,7 +92,7 @@ def summary_table(table: Path, metric: str = "test_acc") -> str:
 
 
 def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, device: str = "cpu", jobs: int = 1,
-             quick: bool = False, show_progress: bool = True, log: Log = _stderr) -> DemoResult:
+             quick: bool = False, show_progress: bool = True, log: sweep.Log = sweep.log_stderr) -> DemoResult:
     """Data check, SimCLR pretraining, paired sweep, plot and report under ``out``; see the module docstring."""
     from ssl_noise import plots, report
     from ssl_noise.pretrain import pretrain

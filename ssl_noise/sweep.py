@@ -77,7 +77,8 @@ NOISE_SHORT = {"symmetric": "sym", "uniform": "uni", "pairflip": "pair", "asymme
 Log = Callable[[str], None]
 
 
-def _stderr(message: str) -> None:
+def log_stderr(message: str) -> None:
+    """The default progress logger of sweeps and the demo: one flushed line on stderr."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -275,7 +276,7 @@ def _save_pins(path: Path, new: Dict[str, str]) -> None:
 
 def expand(spec: SweepSpec, *, checkpoints: Path, overrides: Optional[Dict[str, Any]] = None,
            skip_missing: bool = False, runs: Optional[Path] = None, pin: bool = False,
-           log: Log = _stderr) -> List[Cell]:
+           log: Log = log_stderr) -> List[Cell]:
     """All cells of ``spec`` in grid order (duplicates, i.e. equal ids, kept once).
 
     Init references (a method name, an id prefix) resolve to concrete registry ids. With ``runs``, references the
@@ -434,7 +435,7 @@ class _Locked:
 
 
 def claim(runs: Path, cid: str, *, started_at: float, retry_failed: bool = True,
-          stale_after: float = DEFAULT_STALE_AFTER_S, log: Log = _stderr) -> Tuple[str, Optional[str]]:
+          stale_after: float = DEFAULT_STALE_AFTER_S, log: Log = log_stderr) -> Tuple[str, Optional[str]]:
     """Try to take a cell: ``("claimed", token)`` or ``(reason, None)`` with reason done/running/failed."""
     p = _paths(runs, cid)
     with _Locked(p["lock"]):
@@ -551,7 +552,7 @@ def run_cell(cell: Cell, *, runs: Path, checkpoints: Path, data_root: Optional[s
 
 def work(cells: Sequence[Cell], *, runs: Path, checkpoints: Path, data_root: Optional[str], device: str = "cpu",
          started_at: Optional[float] = None, retry_failed: bool = True, stale_after: float = DEFAULT_STALE_AFTER_S,
-         command: Optional[List[str]] = None, show_progress: bool = False, log: Log = _stderr) -> WorkerReport:
+         command: Optional[List[str]] = None, show_progress: bool = False, log: Log = log_stderr) -> WorkerReport:
     """One worker: go through ``cells`` in order, claim each free one, run it, record done or failed.
 
     Any number of workers (processes, machines) may run this over the same cells and runs folder at once.
@@ -604,7 +605,7 @@ def _worker_main(index: int, gpu: Optional[int], threads: Optional[int], cells: 
         torch.set_num_threads(threads)
 
     def log(message: str) -> None:
-        _stderr(f"worker {index}: {message}")
+        log_stderr(f"worker {index}: {message}")
 
     try:
         queue.put((index, dataclasses.asdict(work(cells, log=log, **kwargs))))
@@ -615,7 +616,7 @@ def _worker_main(index: int, gpu: Optional[int], threads: Optional[int], cells: 
 def run_sweep(cells: Sequence[Cell], *, runs: Path, checkpoints: Path, data_root: Optional[str], device: str = "cpu",
               jobs: int = 1, threads: Optional[int] = None, retry_failed: bool = True,
               stale_after: float = DEFAULT_STALE_AFTER_S, command: Optional[List[str]] = None,
-              show_progress: bool = False, log: Log = _stderr) -> WorkerReport:
+              show_progress: bool = False, log: Log = log_stderr) -> WorkerReport:
     """Run ``cells`` with ``jobs`` workers on this machine.
 
     ``jobs == 1`` runs in this process. Otherwise ``jobs`` spawned processes each run :func:`work` over all cells
