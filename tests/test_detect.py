@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from ssl_noise import registry
-from ssl_noise.backbones import build_backbone
 from ssl_noise.cli import main
 from ssl_noise.config import FinetuneConfig, resolve
 from ssl_noise.detect import (DETECTORS, correction_metrics, knn_scores, out_of_fold_probs, top_fraction)
@@ -92,15 +89,6 @@ def test_correction_metrics() -> None:
 
 # ---------------------------------------------------------------- the command
 
-def _entry(root: Path, *, channels: int = 3, seed: int = 0) -> str:
-    meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": "cifar", "feat_dim": 512,
-            "dataset": "synthetic", "image_size": 16, "channels": channels,
-            "normalisation": {"mean": [0.5] * channels, "std": [0.25] * channels}, "epochs": 1, "batch_size": 16,
-            "optimizer": {"name": "sgd", "lr": 0.1}, "seed": seed}
-    torch.manual_seed(seed)
-    return registry.save_entry(root, build_backbone("resnet18", stem="cifar", in_channels=channels)[0], meta,
-                               config={})
-
 
 def _detect(capsys, tmp_path: Path, *args: str) -> tuple:
     with pytest.raises(SystemExit) as exit_info:
@@ -114,8 +102,8 @@ FEATURES = ["--dataset", SPEC, "--noise", "0.4", "--noise-mode", "exact"]
 
 
 @pytest.mark.parametrize("detector", ["knn", "cleanlab"])
-def test_detect_writes_scores_and_metrics(tmp_path, capsys, detector) -> None:
-    entry = _entry(tmp_path / "ck")
+def test_detect_writes_scores_and_metrics(make_entry, tmp_path, capsys, detector) -> None:
+    entry = make_entry(tmp_path / "ck")
     code, out, err = _detect(capsys, tmp_path, "--detector", detector, "--init", "simclr", "--k", "5", *FEATURES)
     assert code == 0, err
     folder = Path(out.strip().splitlines()[-1])
@@ -147,9 +135,9 @@ def test_loss_detector_scores_a_ce_runs_history(tmp_path, capsys) -> None:
     assert "run_wall_time_s" in json.loads((folder / "run.json").read_text())["timing"]
 
 
-def test_bad_detect_inputs_exit_2_and_write_nothing(tmp_path, capsys) -> None:
-    _entry(tmp_path / "ck")
-    grey = _entry(tmp_path / "ck", channels=1, seed=1)
+def test_bad_detect_inputs_exit_2_and_write_nothing(make_entry, tmp_path, capsys) -> None:
+    make_entry(tmp_path / "ck")
+    grey = make_entry(tmp_path / "ck", channels=1, seed=1)
     ce_run, _ = finetune(resolve(FinetuneConfig, TINY, {"noise_rate": 0.25, "epochs": 1}), data_root=None,
                          checkpoints=tmp_path / "ck", runs=tmp_path / "ce", show_progress=False)
     noise_file = str(ce_run / "noisy_labels.csv")

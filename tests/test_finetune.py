@@ -11,7 +11,6 @@ import torch
 
 from ssl_noise import noise, registry
 from ssl_noise.augment import normalize, to_float
-from ssl_noise.backbones import build_backbone
 from ssl_noise.cli import main
 from ssl_noise.config import FinetuneConfig, resolve
 from ssl_noise.data import load_dataset
@@ -37,15 +36,6 @@ def one_thread():
 def _cfg(**overrides) -> FinetuneConfig:
     return resolve(FinetuneConfig, TINY, overrides)
 
-
-def _entry(root: Path, *, channels: int = 3, image_size: int = 16, seed: int = 0) -> str:
-    meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": "cifar", "feat_dim": 512,
-            "dataset": "synthetic", "image_size": image_size, "channels": channels,
-            "normalisation": {"mean": [0.5] * channels, "std": [0.25] * channels}, "epochs": 1, "batch_size": 16,
-            "optimizer": {"name": "sgd", "lr": 0.1}, "seed": seed}
-    torch.manual_seed(seed)
-    return registry.save_entry(root, build_backbone("resnet18", stem="cifar", in_channels=channels)[0], meta,
-                               config={})
 
 
 def _cli(capsys, tmp_path: Path, *args: str) -> tuple:
@@ -160,8 +150,8 @@ def test_same_seeds_identical_metrics_and_reruns_are_detected(tmp_path) -> None:
                    data_root=None, checkpoints=tmp_path / "ck").run_id != a.name
 
 
-def test_cli_runs_from_random_and_from_a_registry_entry(tmp_path, capsys) -> None:
-    entry = _entry(tmp_path / "ck")
+def test_cli_runs_from_random_and_from_a_registry_entry(make_entry, tmp_path, capsys) -> None:
+    entry = make_entry(tmp_path / "ck")
     code, out, err = _cli(capsys, tmp_path, "--init", "random", "--noise", "0.25", *CLI_TINY)
     assert code == 0, err
     random_run = Path(out.strip().splitlines()[-1])
@@ -179,14 +169,14 @@ def test_cli_runs_from_random_and_from_a_registry_entry(tmp_path, capsys) -> Non
     assert (random_run / "noisy_labels.csv").read_bytes() == (folder / "noisy_labels.csv").read_bytes()
 
 
-def test_noise_file_reuse_gives_identical_noisy_labels(tmp_path, capsys) -> None:
+def test_noise_file_reuse_gives_identical_noisy_labels(make_entry, tmp_path, capsys) -> None:
     noisy_csv = tmp_path / "noisy.csv"
     with pytest.raises(SystemExit) as exit_info:
         main(["noise", "--dataset", SPEC, "--size", "16", "--type", "pairflip", "--rate", "0.3", "--seed", "5",
               "--subset", "24", "--out", str(noisy_csv)])
     assert exit_info.value.code == 0
     capsys.readouterr()
-    _entry(tmp_path / "ck")
+    make_entry(tmp_path / "ck")
     folders = []
     for init in ("random", "simclr"):
         code, out, err = _cli(capsys, tmp_path, "--init", init, "--noise-file", str(noisy_csv), "--subset", "24",
@@ -217,12 +207,12 @@ def _write_rows(path: Path, rows) -> str:
     return str(path)
 
 
-def _bad_inputs(tmp_path: Path) -> dict:
+def _bad_inputs(tmp_path: Path, make_entry) -> dict:
     labels = load_dataset(SPEC, size=16).train.labels
     good = [(i, int(c), int(c)) for i, c in enumerate(labels)]
     ck = tmp_path / "ck"
-    grey = _entry(ck, channels=1, seed=1)
-    big = _entry(ck, image_size=28, seed=2)
+    grey = make_entry(ck, channels=1, seed=1)
+    big = make_entry(ck, image_size=28, seed=2)
     return {
         "unknown init": (["--init", "nosuch"], "no entry matches"),
         "unknown method": (["--method", "nosuch"], "unknown robust method"),
@@ -244,8 +234,8 @@ def _bad_inputs(tmp_path: Path) -> dict:
     }
 
 
-def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch) -> None:
-    cases = _bad_inputs(tmp_path)
+def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, make_entry) -> None:
+    cases = _bad_inputs(tmp_path, make_entry)
     for name, (args, needle) in cases.items():
         code, out, err = _cli(capsys, tmp_path, *args, *CLI_TINY)
         assert code == 2, (name, err)

@@ -21,7 +21,6 @@ from ssl_noise.config import resolve
 from ssl_noise.errors import UserError
 from ssl_noise.methods import METHODS, InputSpec
 from ssl_noise.methods.jigsaw import Jigsaw, hamming_permutations, shuffle_tiles
-from ssl_noise.methods.moco import MoCo
 from ssl_noise.methods.rotation import Rotation, rotate_batch
 
 SIZE, BATCH = 16, 8

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from ssl_noise import noise, registry, sweep
-from ssl_noise.backbones import build_backbone
 from ssl_noise.cli import main
 from ssl_noise.config import FinetuneConfig
 from ssl_noise.errors import UserError
@@ -31,15 +29,6 @@ def _spec(tmp_path: Path, grid: dict, base: dict | None = None, name: str = "t",
     path.write_text(yaml.safe_dump({"name": name, "base": {**BASE, **(base or {})}, "grid": grid, **extra}))
     return path
 
-
-def _entry(root: Path, seed: int = 0) -> str:
-    """A registry entry named simclr (random weights) for 16 px synthetic images."""
-    meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": "cifar", "feat_dim": 512,
-            "dataset": "synthetic", "image_size": 16, "channels": 3,
-            "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}, "epochs": 1, "batch_size": 8,
-            "optimizer": {"name": "sgd", "lr": 0.1}, "seed": seed}
-    torch.manual_seed(seed)
-    return registry.save_entry(root, build_backbone("resnet18", stem="cifar")[0], meta, config={})
 
 
 def _cells(path: Path, ck: Path, **kw):
@@ -55,9 +44,9 @@ def _cli(capsys, tmp_path: Path, *args: str) -> tuple:
 
 # ============ expansion and ids ============
 
-def test_grid_expansion_layers_and_inits_resolved_once(tmp_path) -> None:
+def test_grid_expansion_layers_and_inits_resolved_once(make_entry, tmp_path) -> None:
     ck = tmp_path / "ck"
-    entry = _entry(ck)
+    entry = make_entry(ck)
     (tmp_path / "recipe.yaml").write_text("lr: 0.2\nweight_decay: 0.001\nepochs: 7\n")
     path = _spec(tmp_path, {"init": ["random", "simclr"], "noise_rate": [0.0, 0.4], "noise_seed": [1, 2],
                             "method_args": [{}]}, base={"recipe": "recipe.yaml", "weight_decay": 0.002})
@@ -74,7 +63,7 @@ def test_grid_expansion_layers_and_inits_resolved_once(tmp_path) -> None:
     assert simclr[0].cell_id.startswith("simclr-synthetic-cleann1-ce-s0-")
     # a newer simclr entry gives other ids on the next expansion: the cells name the encoder they run
     time.sleep(0.01)
-    newer = _entry(ck, seed=1)
+    newer = make_entry(ck, seed=1)
     again = {c.cell_id for c in _cells(path, ck, overrides={"batch_size": 4})}
     assert {c.cell_id for c in cells if c.config.init == "random"} < again
     assert not {c.cell_id for c in simclr} & again and newer != entry
@@ -149,8 +138,8 @@ def test_bad_specs_exit_2_with_one_line(tmp_path, capsys, doc, needle) -> None:
     assert out == "" and not (tmp_path / "runs").exists()
 
 
-def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys) -> None:
-    _entry(tmp_path / "ck")
+def test_dry_run_lists_cells_and_writes_nothing(make_entry, tmp_path, capsys) -> None:
+    make_entry(tmp_path / "ck")
     path = _spec(tmp_path, {"init": ["random", "simclr", "moco"], "noise_rate": [0.0, 0.4]})
     code, out, err = _cli(capsys, tmp_path, "sweep", str(path), "--dry-run", "--skip-missing", "--shard", "0/2")
     assert code == 0, err
@@ -163,11 +152,11 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys) -> None:
 # ============ running ============
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, make_entry):
     """A finished 8-cell sweep: random + simclr x rates 0 / 0.5 x noise seeds 1, 2, linear probe."""
     root = tmp_path_factory.mktemp("sweep")
     ck, runs = root / "ck", root / "runs"
-    entry = _entry(ck)
+    entry = make_entry(ck)
     path = _spec(root, {"init": ["random", "simclr"], "noise_rate": [0.0, 0.5], "noise_seed": [1, 2],
                         "freeze": [True]})
     cells = _cells(path, ck)
@@ -290,16 +279,16 @@ def test_cell_ids_are_the_same_in_another_process(tmp_path) -> None:
     assert out == [c.cell_id for c in _cells(path, tmp_path / "ck")]
 
 
-def test_inits_stay_pinned_to_the_first_resolution(tmp_path, capsys) -> None:
+def test_inits_stay_pinned_to_the_first_resolution(make_entry, tmp_path, capsys) -> None:
     """A resumed sweep must not switch to an encoder added to the registry since it started."""
-    first = _entry(tmp_path / "ck")
+    first = make_entry(tmp_path / "ck")
     path = _spec(tmp_path, {"init": ["simclr"], "noise_rate": [0.0]})
     code, _, err = _cli(capsys, tmp_path, "sweep", str(path), "--quiet")
     assert code == 0, err
     pins = tmp_path / "runs" / "sweeps" / "t.inits.json"
     assert json.loads(pins.read_text()) == {f"simclr@{SPEC}": first}
     time.sleep(0.01)
-    newer = _entry(tmp_path / "ck", seed=1)
+    newer = make_entry(tmp_path / "ck", seed=1)
     code, out, err = _cli(capsys, tmp_path, "sweep", str(path), "--dry-run")
     assert code == 0 and "done" in out and f"simclr -> {first}" in err
     pins.unlink()  # re-resolve: the newest simclr entry, i.e. new cells
