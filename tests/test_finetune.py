@@ -123,6 +123,58 @@ def test_history_is_the_training_pass_probability_of_the_given_label(tmp_path) -
         assert torch.equal(result.method.model.encoder.state_dict()[key].cpu(), value), key
 
 
+def test_linear_probe_on_cached_features_equals_the_image_path(tmp_path, monkeypatch) -> None:
+    """A frozen encoder without augmentation is encoded once (encoded_splits); training the head on those features
+    must give the run that pushing every batch of images through the encoder gives."""
+    import ssl_noise.finetune as ft
+
+    cfg = _cfg(noise_rate=0.4, freeze=True, augmentation=False, epochs=3, optimizer="adam", lr=1e-2,
+               method="coteaching")
+    prep = prepare(cfg, data_root=None, checkpoints=tmp_path / "ck")
+    cached = fit(prep, show_progress=False)
+    x_train = ft.encoded_splits(prep, ft.Inputs(cfg, prep.init["normalisation"], "cpu"), "cpu",
+                                cached.method.ctx.autocast)[0]
+    assert x_train.shape == (32, prep.feat_dim) and x_train.dtype == np.float32
+    monkeypatch.setattr(ft, "encoded_splits", lambda prep, *_: (prep.data.train.images, prep.data.val.images,
+                                                                prep.data.test.images))
+    plain = fit(prep, show_progress=False)
+    np.testing.assert_allclose(cached.history, plain.history, atol=1e-4)
+    np.testing.assert_allclose(cached.test_probs, plain.test_probs, atol=1e-4)
+    assert [m["acc"] for m in cached.test] == [m["acc"] for m in plain.test]
+
+
+def test_encoded_splits_are_reused_for_subsets_of_the_training_split(tmp_path) -> None:
+    """HSA-NRL's stages train on subsets of the split: their features come from the full split's encoding."""
+    import dataclasses
+
+    import ssl_noise.finetune as ft
+    from ssl_noise.data.dataset import Split
+
+    prep = prepare(_cfg(freeze=True, augmentation=False), data_root=None, checkpoints=tmp_path / "ck")
+    inputs = ft.Inputs(prep.cfg, prep.init["normalisation"], "cpu")
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    full = ft.encoded_splits(prep, inputs, "cpu", autocast)
+    rows = np.array([7, 3, 30, 0])
+    data = prep.data
+    sub = dataclasses.replace(prep, data=dataclasses.replace(
+        data, train=Split(data.train.images[rows], data.train.labels[rows]), train_indices=data.train_indices[rows]))
+    cached = ft.encoded_splits(sub, inputs, "cpu", autocast)
+    assert np.array_equal(cached[0], full[0][rows]) and cached[1] is full[1]
+    ft._ENCODED.clear()
+    fresh = ft.encoded_splits(sub, inputs, "cpu", autocast)
+    np.testing.assert_allclose(fresh[0], cached[0], atol=1e-5)
+
+
+def test_pre_computed_features_need_a_frozen_encoder() -> None:
+    from ssl_noise.backbones import build_backbone
+    from ssl_noise.robust.base import Classifier
+
+    encoder, _ = build_backbone("resnet18", stem="cifar", in_channels=3)
+    assert Classifier(encoder, 512, 4, freeze=True)(torch.randn(2, 512)).shape == (2, 4)
+    with pytest.raises(ValueError, match="frozen"):
+        Classifier(encoder, 512, 4, freeze=False)(torch.randn(2, 512))
+
+
 def test_same_seeds_identical_metrics_and_reruns_are_detected(tmp_path) -> None:
     cfg = resolve(FinetuneConfig, TINY, {"noise_rate": 0.4, "epochs": 2, "precision": "bf16"})
     a, _ = finetune(cfg, data_root=None, checkpoints=tmp_path / "ck", runs=tmp_path / "a", show_progress=False)

@@ -91,6 +91,10 @@ class Classifier(nn.Module):
     parameter-free BatchNorm for the same purpose; this keeps the training pass identical to the evaluation
     pass (no batch statistics), has no parameters, and so is still a linear probe. ``return_features`` gives the
     rescaled features, i.e. the exact input of ``head``.
+
+    A linear probe without augmentation sees each image through the same fixed function, so ``fit`` encodes every
+    split once and feeds (B, feat_dim) features instead of images (:meth:`encode` passes them through): an epoch
+    then costs a matrix product instead of a ResNet forward pass.
     """
 
     def __init__(self, encoder: nn.Module, feat_dim: int, num_classes: int, *, freeze: bool = False):
@@ -104,8 +108,17 @@ class Classifier(nn.Module):
         self.encoder.train(mode and not self.freeze)
         return self
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, feat_dim) encoder output for images (B, C, H, W); (B, feat_dim) inputs are already-encoded features
+        of the frozen encoder (the cached linear-probe path) and pass through."""
+        if x.dim() != 2:
+            return self.encoder(x)
+        if not self.freeze:
+            raise ValueError("pre-computed features need a frozen encoder (freeze=True)")
+        return x
+
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        h = self.encoder(x)                      # (B, feat_dim)
+        h = self.encode(x)                       # (B, feat_dim)
         if self.feature_scale is not None:      # linear probe: features at a fixed scale (see the docstring)
             h = F.normalize(h.float(), dim=1) * self.feature_scale
         logits = self.head(h)                    # (B, K)

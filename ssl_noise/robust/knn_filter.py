@@ -57,11 +57,11 @@ class KNNFilter(CrossEntropy):
         from ssl_noise.detect import knn_scores, top_fraction  # lazy: ssl_noise.detect imports this package
 
         a, ctx = self.args, self.ctx
-        encoder = ctx.build_model(0).encoder.eval()  # the init's encoder, untouched by training
+        model = ctx.build_model(0).eval()  # the init's encoder, untouched by training
 
         def embed(x: torch.Tensor) -> torch.Tensor:
             with ctx.autocast():
-                return F.normalize(encoder(x).float(), dim=1)  # (B, D) L2-normalised
+                return F.normalize(model.encode(x).float(), dim=1)  # (B, D) L2-normalised
 
         features = ctx.predict_train(embed)
         self.scores, votes = knn_scores(features, ctx.labels, ctx.num_classes, k=a.k, t=a.t)
