@@ -102,6 +102,7 @@ def test_sign_test_and_small_n() -> None:
     assert report.sign_test(np.array([1.0, -1.0])) == pytest.approx(1.0)
     assert report.sign_test(np.array([0.0, 0.0])) is None
     assert report.paired_test(np.array([0.3]))[0] is None
+    assert report.paired_test(np.array([0.07, 0.07])) == (None, "identical differences")  # duplicate runs: no test
 
 
 @pytest.mark.parametrize("suffix", [".md", ".html"])
