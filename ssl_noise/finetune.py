@@ -255,10 +255,11 @@ class FitResult:
 
 
 class Inputs:
-    """uint8 (N, H, W, C) images (or :func:`encoded_splits` features) -> float model inputs on the device: shuffled, augmented training
+    """uint8 (N, H, W, C) images -> normalised float model inputs on the device: shuffled, augmented training
     batches (order and augmentation re-seeded from (seed, epoch), so every epoch is reproducible on its own) and
-    plain evaluation passes. Batches are index lookups into in-memory tensors (one gather per batch, no
-    per-sample ``__getitem__``/collate as a DataLoader over a TensorDataset would do)."""
+    plain evaluation passes; float (N, feat_dim) features from :func:`encoded_splits` pass through unchanged.
+    Batches are index lookups into in-memory tensors (one gather per batch, no per-sample
+    ``__getitem__``/collate as a DataLoader over a TensorDataset would do)."""
 
     def __init__(self, cfg: FinetuneConfig, normalisation: Dict[str, List[float]], device: str):
         from ssl_noise.augment import AugmentConfig
@@ -352,9 +353,12 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     cfg, data = prep.cfg, prep.data
     inputs = Inputs(cfg, prep.init["normalisation"], device)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    autocast = lambda: torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
+
+    def autocast():
+        return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+
     x_train, x_val, x_test = encoded_splits(prep, inputs, device, autocast)
-    images, N = torch.from_numpy(x_train), len(data.train)
+    train_inputs, N = torch.from_numpy(x_train), len(data.train)
     train_set = {"rows": torch.arange(N), "labels": torch.from_numpy(prep.train_noise.noisy)}
 
     def build_model(k: int) -> Classifier:
@@ -376,7 +380,7 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
         num_classes=data.num_classes, labels=prep.train_noise.noisy.copy(), epochs=cfg.epochs,
         steps_per_epoch=len(_chunks(torch.arange(N), cfg.batch_size)), device=device, seed=cfg.seed,
         build_model=build_model, build_optimizer=register_optimizer,
-        batches=lambda **kw: inputs.batches(images, train_set["labels"], train_set["rows"], **kw),
+        batches=lambda **kw: inputs.batches(train_inputs, train_set["labels"], train_set["rows"], **kw),
         predict_train=lambda fn: inputs.apply(fn, x_train), autocast=autocast,
         noise_rate=None if prep.noise["source"] == "file" else prep.noise["expected_rate"], run_stage=run_stage)
     method = make_method(ctx) if make_method is not None else ROBUST[cfg.method](ctx, cfg.method_args)
