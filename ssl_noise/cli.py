@@ -756,9 +756,13 @@ def detect_cmd(settings, detector, init, run_dir, dataset, image_size, subset, n
               help="Override a base field of the spec, e.g. --set epochs=5 (a grid key cannot be overridden). "
                    "Changes the cell ids: a different config is a different run.")
 @click.option("-v", "--verbose", is_flag=True, help="With --dry-run: also print every cell's full config (YAML).")
+@click.option("--collect", is_flag=True,
+              help="Train nothing: write runs/sweeps/<name>.csv from the cells finished so far (a partial table of "
+                   "a long or interrupted sweep) and print its path.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @pass_settings
-def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale_after, overrides, verbose, quiet):
+def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale_after, overrides, verbose, collect,
+          quiet):
     """Run a grid of fine-tuning runs declared in a YAML spec.
 
     \b
@@ -783,9 +787,18 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
     from ssl_noise.config import parse_overrides
 
     parsed = sweeps.load_spec(spec)
+    # --collect only reads finished cells: an init missing from this registry has no cell to collect here
     cells = sweeps.expand(parsed, checkpoints=settings.checkpoints, overrides=parse_overrides(overrides),
-                          skip_missing=skip_missing, runs=settings.runs, pin=not dry_run,
+                          skip_missing=skip_missing or collect, runs=settings.runs, pin=not (dry_run or collect),
                           log=lambda m: click.echo(m, err=True))
+    if collect:
+        table = sweeps.write_table(cells, settings.runs, parsed.name)
+        if table is None:
+            raise UserError(f"no cell of sweep {parsed.name} has finished in {settings.runs} yet")
+        click.echo(f"sweep {parsed.name}: {len(sweeps.collect(cells, settings.runs))} of {len(cells)} cells "
+                   f"finished", err=True)
+        click.echo(str(table))
+        return
     mine = cells
     if shard:
         index, count = sweeps.parse_shard(shard)

@@ -209,6 +209,25 @@ def test_interrupted_sweep_resumes_and_lost_records_are_rebuilt(finished, tmp_pa
     assert (runs / lost_run / "metrics.json").exists() and sweep.done_record(runs, cells[1].cell_id)
 
 
+def test_collect_writes_the_table_of_the_finished_cells_and_trains_nothing(finished, tmp_path, capsys) -> None:
+    import shutil
+
+    shutil.copytree(finished["runs"], tmp_path / "runs")
+    shutil.copytree(finished["ck"], tmp_path / "ck")
+    cells = finished["cells"]
+    shutil.rmtree(tmp_path / "runs" / sweep.done_record(tmp_path / "runs", cells[0].cell_id)["run_id"])
+    (tmp_path / "runs" / ".done" / f"{cells[0].cell_id}.json").unlink()  # cell 0: not finished (yet)
+    code, out, err = _cli(capsys, tmp_path, "sweep", str(finished["path"]), "--collect")
+    assert code == 0 and "7 of 8 cells finished" in err
+    table = pd.read_csv(out.strip().splitlines()[-1])
+    assert sorted(table["cell_id"]) == sorted(c.cell_id for c in cells[1:])
+    assert sweep.done_record(tmp_path / "runs", cells[0].cell_id) is None  # nothing trained
+    empty = tmp_path / "empty"
+    code, out, err = _cli(capsys, empty, "sweep", str(finished["path"]), "--collect")
+    assert code == 2 and not (empty / "runs").exists()
+    assert err.splitlines()[-1].startswith("error: no cell of sweep t has finished")  # after the skipped-init note
+
+
 def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys) -> None:
     path = _spec(tmp_path, {"noise_rate": [0.0, 0.9]})  # 0.9 symmetric on 4 classes: a wrong class outnumbers
     code, out, err = _cli(capsys, tmp_path, "--threads", "1", "sweep", str(path), "--quiet")
