@@ -792,11 +792,11 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
                           skip_missing=skip_missing or collect, runs=settings.runs, pin=not (dry_run or collect),
                           log=lambda m: click.echo(m, err=True))
     if collect:
-        table = sweeps.write_table(cells, settings.runs, parsed.name)
+        finished = sweeps.collect(cells, settings.runs)
+        table = sweeps.save_table(finished, settings.runs, parsed.name)
         if table is None:
             raise UserError(f"no cell of sweep {parsed.name} has finished in {settings.runs} yet")
-        click.echo(f"sweep {parsed.name}: {len(sweeps.collect(cells, settings.runs))} of {len(cells)} cells "
-                   f"finished", err=True)
+        click.echo(f"sweep {parsed.name}: {len(finished)} of {len(cells)} cells finished", err=True)
         click.echo(str(table))
         return
     mine = cells

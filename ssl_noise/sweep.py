@@ -696,9 +696,13 @@ def collect(cells: Sequence[Cell], runs: Path):
 
 def write_table(cells: Sequence[Cell], runs: Path, name: str) -> Optional[Path]:
     """Write ``<runs>/sweeps/<name>.csv`` (the finished cells' rows, atomically); None when nothing finished."""
+    return save_table(collect(cells, runs), runs, name)
+
+
+def save_table(frame, runs: Path, name: str) -> Optional[Path]:
+    """Write the rows :func:`collect` returned to ``<runs>/sweeps/<name>.csv`` (atomically); None when empty."""
     from ssl_noise.io import atomic_path
 
-    frame = collect(cells, runs)
     if frame.empty:
         return None
     path = Path(runs) / "sweeps" / f"{name}.csv"
