@@ -168,7 +168,7 @@ def quality_run(seed: int, args) -> dict:
     """Both loops for ``--quality-epochs`` epochs from the same initial weights on one seed's subset; prints a line.
 
     Each loop keeps one optimiser for the whole schedule (constant lr, as in lightly's examples), and every epoch
-    draws a new shuffle and new augmentations (seed, epoch) - the same draws for both loops' data order.
+    seeds both loops' shuffle and augmentations with (seed, epoch), so no epoch repeats the previous one's draws.
     """
     from ssl_noise.data import load_dataset
 
