@@ -96,6 +96,14 @@ def ssl_noise_optimizer(method, batch_size: int, lr: float):
     return build_optimizer(method, cfg), cfg
 
 
+def two_loops(init, args):
+    """Independent copies of ``init`` for both loops with their optimisers: (ref, ref_opt, ours, our_opt, cfg)."""
+    ref = copy.deepcopy(init)
+    ours = copy.deepcopy(init).to(memory_format=torch.channels_last)
+    our_opt, cfg = ssl_noise_optimizer(ours, args.batch_size, args.lr)
+    return ref, reference_optimizer(ref, args.lr), ours, our_opt, cfg
+
+
 def ssl_noise_steps(method, images: np.ndarray, steps: int | None, opt, cfg, seed: int):
     """ssl-noise's own epoch function, limited to ``steps`` batches; returns (seconds, samples).
 
@@ -143,13 +151,11 @@ def main() -> None:
     init = build(args.seed, images.shape[-1])
     result = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size}
 
-    ref = copy.deepcopy(init)
+    ref, ref_opt, ours, our_opt, cfg = two_loops(init, args)
     t, n = reference_steps(ref, reference_loader(images, args.batch_size, args.workers, args.seed), args.steps,
-                           reference_optimizer(ref, args.lr))
+                           ref_opt)
     result["reference_samples_per_s"] = round(n / t, 1)
-    ours = copy.deepcopy(init).to(memory_format=torch.channels_last)
-    opt, cfg = ssl_noise_optimizer(ours, args.batch_size, args.lr)
-    t, n = ssl_noise_steps(ours, images, args.steps, opt, cfg, args.seed)
+    t, n = ssl_noise_steps(ours, images, args.steps, our_opt, cfg, args.seed)
     result["ssl_noise_samples_per_s"] = round(n / t, 1)
     result["speedup"] = round(result["ssl_noise_samples_per_s"] / result["reference_samples_per_s"], 2)
     print(json.dumps(result), flush=True)
@@ -157,27 +163,24 @@ def main() -> None:
     if args.quality_epochs:
         gaps = []
         for seed in args.seeds or [args.seed]:
-            gaps.append(quality_run(seed, args)["knn_gap_points"])
+            gaps.append(quality_run(data, seed, args)["knn_gap_points"])
         summary = {"seeds": len(gaps), "knn_gap_points_mean": round(float(np.mean(gaps)), 2),
                    "knn_gap_points_std": round(float(np.std(gaps, ddof=1)), 2) if len(gaps) > 1 else None,
                    "knn_gap_points_min": round(float(np.min(gaps)), 2)}
         print(json.dumps(summary), flush=True)
 
 
-def quality_run(seed: int, args) -> dict:
+def quality_run(data, seed: int, args) -> dict:
     """Both loops for ``--quality-epochs`` epochs from the same initial weights on one seed's subset; prints a line.
 
     Each loop keeps one optimiser for the whole schedule (constant lr, as in lightly's examples), and every epoch
     seeds both loops' shuffle and augmentations with (seed, epoch), so no epoch repeats the previous one's draws.
     """
-    from ssl_noise.data import load_dataset
+    from ssl_noise.data import subset_train
 
-    small = load_dataset("bloodmnist", subset=args.subset, seed=seed)
+    small = subset_train(data, args.subset, seed)
     init = build(seed, small.train.images.shape[-1])
-    ref = copy.deepcopy(init)
-    ours = copy.deepcopy(init).to(memory_format=torch.channels_last)
-    ref_opt = reference_optimizer(ref, args.lr)
-    our_opt, cfg = ssl_noise_optimizer(ours, args.batch_size, args.lr)
+    ref, ref_opt, ours, our_opt, cfg = two_loops(init, args)
     for epoch in range(args.quality_epochs):
         epoch_seed = 1000 * seed + epoch
         reference_steps(ref, reference_loader(small.train.images, args.batch_size, args.workers, epoch_seed),
