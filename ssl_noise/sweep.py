@@ -277,7 +277,7 @@ def _save_pins(path: Path, new: Dict[str, str]) -> None:
 def expand(spec: SweepSpec, *, checkpoints: Path, overrides: Optional[Dict[str, Any]] = None,
            skip_missing: bool = False, runs: Optional[Path] = None, pin: bool = False,
            log: Log = log_stderr) -> List[Cell]:
-    """All cells of ``spec`` in grid order (duplicates, i.e. equal ids, kept once).
+    """All cells of ``spec`` in grid order (duplicates, i.e. equal ids or the same clean run, kept once).
 
     Init references (a method name, an id prefix) resolve to concrete registry ids. With ``runs``, references the
     sweep resolved in an earlier invocation keep that resolution (``<runs>/sweeps/<name>.inits.json``), so a
@@ -312,7 +312,7 @@ def expand(spec: SweepSpec, *, checkpoints: Path, overrides: Optional[Dict[str, 
 
     pins_file = pins_path(runs, spec.name) if runs is not None else None
     pinned = (_read_json(pins_file) or {}) if pins_file is not None else {}
-    inits, cells, seen = _Inits(checkpoints, pinned), [], set()
+    inits, cells, seen, collapsed = _Inits(checkpoints, pinned), [], {}, 0
     keys = list(spec.grid)
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         values = dict(zip(keys, combo))
@@ -328,9 +328,15 @@ def expand(spec: SweepSpec, *, checkpoints: Path, overrides: Optional[Dict[str, 
         entry, label, sha = resolved
         cfg = dataclasses.replace(cfg, init=entry)
         cid = cell_id(cfg, init_label=label, encoder_sha256=sha)
-        if cid not in seen:
-            seen.add(cid)
-            cells.append(Cell(cid, cfg, tuple(values.items()), sha))
+        same_run = cell_id(_without_noise_draw(cfg), init_label=label, encoder_sha256=sha)
+        if same_run in seen:
+            collapsed += seen[same_run] != cid  # an equal id (a name and the id it resolves to) is no news
+            continue
+        seen[same_run] = cid
+        cells.append(Cell(cid, cfg, tuple(values.items()), sha))
+    if collapsed:
+        log(f"sweep {spec.name}: {collapsed} clean cell(s) differ from an earlier one only in noise seed, type or "
+            f"mode, which draw nothing without noise: each is run once")
     if inits.missing:
         reasons: Dict[str, List[str]] = {}
         for ref, why in inits.missing.items():
@@ -347,6 +353,22 @@ def expand(spec: SweepSpec, *, checkpoints: Path, overrides: Optional[Dict[str, 
     if pin and pins_file is not None and inits.new:
         _save_pins(pins_file, {k: v for k, v in inits.new.items() if k.split("@")[0] != v})
     return cells
+
+
+def _without_noise_draw(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with the noise fields that draw nothing reset, so cells that are the same run compare equal.
+
+    Without noise (rate 0 or unset, no noise matrix or file) the training and validation labels are the clean ones
+    for every noise seed, type and mode; only a ``subset`` still depends on the noise seed (it draws the subset).
+    A grid ``noise_seed: [1, 2]`` x ``noise_rate: [0, 0.4]`` would otherwise train the clean cell twice, and a
+    report would count one run as two seeds with a spread of zero. The first such cell in grid order is kept,
+    under its own id, so ids of finished cells do not change.
+    """
+    if cfg.noise_rate or cfg.noise_matrix is not None or cfg.noise_file is not None:
+        return cfg
+    drawn = {"noise_seed": cfg.noise_seed} if cfg.subset is not None else {}
+    return dataclasses.replace(cfg, **{"noise_seed": 0, "noise_type": "symmetric", "noise_mode": "sampled",
+                                       "noise_rate": None, "class_map": None, "noise_force": False, **drawn})
 
 
 def parse_shard(text: str) -> Tuple[int, int]:

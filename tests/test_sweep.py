@@ -51,14 +51,15 @@ def test_grid_expansion_layers_and_inits_resolved_once(make_entry, tmp_path) -> 
     path = _spec(tmp_path, {"init": ["random", "simclr"], "noise_rate": [0.0, 0.4], "noise_seed": [1, 2],
                             "method_args": [{}]}, base={"recipe": "recipe.yaml", "weight_decay": 0.002})
     cells = sweep.expand(sweep.load_spec(path), checkpoints=ck, overrides={"batch_size": 4})
-    assert len(cells) == 8 and len({c.cell_id for c in cells}) == 8
+    # 2 inits x (clean once: its noise seeds draw nothing + 0.4 x 2 noise seeds)
+    assert len(cells) == 6 and len({c.cell_id for c in cells}) == 6
     first = cells[0].config
     # defaults < recipe < base < --set < grid; the recipe path is found next to the spec
     assert (first.lr, first.weight_decay, first.epochs, first.batch_size) == (0.2, 0.002, 1, 4)
-    assert [dict(c.values)["noise_rate"] for c in cells[:4]] == [0.0, 0.0, 0.4, 0.4]  # grid order, last key fastest
+    assert [dict(c.values)["noise_rate"] for c in cells[:3]] == [0.0, 0.4, 0.4]  # grid order, last key fastest
     # a method name is resolved once, at expansion, to the concrete id (and hashed with the encoder's sha256)
     simclr = [c for c in cells if c.cell_id.startswith("simclr-")]
-    assert len(simclr) == 4 and {c.config.init for c in simclr} == {entry}
+    assert len(simclr) == 3 and {c.config.init for c in simclr} == {entry}
     assert simclr[0].encoder_sha256 == registry.read_meta(ck, entry)["sha256"]
     assert simclr[0].cell_id.startswith("simclr-synthetic-cleann1-ce-s0-")
     # a newer simclr entry gives other ids on the next expansion: the cells name the encoder they run
@@ -70,6 +71,23 @@ def test_grid_expansion_layers_and_inits_resolved_once(make_entry, tmp_path) -> 
     # duplicates (an id and the method name resolving to it) are one cell
     dup = _spec(tmp_path, {"init": [newer, "simclr"]}, name="dup")
     assert len(_cells(dup, ck)) == 1
+
+
+def test_clean_cells_that_differ_only_in_noise_draws_run_once(tmp_path) -> None:
+    grid = {"noise_type": ["symmetric", "pairflip"], "noise_rate": [0.0, 0.3], "noise_seed": [1, 2]}
+    cells = _cells(_spec(tmp_path, grid), tmp_path / "ck")
+    clean = [c for c in cells if not c.config.noise_rate]
+    assert len(cells) == 1 + 2 * 2 and len(clean) == 1
+    # the one kept is the first in grid order, under the id it has on its own (finished cells keep their ids)
+    assert dict(clean[0].values) == {"noise_type": "symmetric", "noise_rate": 0.0, "noise_seed": 1}
+    alone = _cells(_spec(tmp_path, {"noise_rate": [0.0], "noise_seed": [1]}, name="alone"), tmp_path / "ck")
+    assert clean[0].cell_id == alone[0].cell_id
+    # a subset is drawn with the noise seed: there, clean cells of two noise seeds are different runs
+    subset = _cells(_spec(tmp_path, {"noise_rate": [0.0], "noise_seed": [1, 2]}, base={"subset": 8}, name="sub"),
+                    tmp_path / "ck")
+    assert len(subset) == 2
+    # so are two training seeds
+    assert len(_cells(_spec(tmp_path, {"noise_rate": [0.0], "seed": [0, 1]}, name="seeds"), tmp_path / "ck")) == 2
 
 
 def test_ids_are_stable_and_hash_every_field(tmp_path, monkeypatch) -> None:
@@ -107,7 +125,7 @@ def test_shards_are_disjoint_and_cover_the_grid(tmp_path) -> None:
                    tmp_path / "ck")
     shards = [sweep.shard(cells, i, 4) for i in range(4)]
     ids = [c.cell_id for s in shards for c in s]
-    assert len(ids) == len(set(ids)) == len(cells) == 18
+    assert len(ids) == len(set(ids)) == len(cells) == 2 + 2 * 3 * 2  # clean: one cell per training seed
     assert sorted(ids) == sorted(c.cell_id for c in cells)
     assert [c.cell_id for c in sweep.shard(list(reversed(cells)), 1, 4)] == [c.cell_id for c in shards[1]]
     assert sweep.parse_shard("3/4") == (3, 4)
@@ -153,7 +171,7 @@ def test_dry_run_lists_cells_and_writes_nothing(make_entry, tmp_path, capsys) ->
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, make_entry):
-    """A finished 8-cell sweep: random + simclr x rates 0 / 0.5 x noise seeds 1, 2, linear probe."""
+    """A finished 6-cell sweep: random + simclr x (clean once + rate 0.5 x noise seeds 1, 2), linear probe."""
     root = tmp_path_factory.mktemp("sweep")
     ck, runs = root / "ck", root / "runs"
     entry = make_entry(ck)
@@ -168,7 +186,7 @@ def test_sweep_runs_every_cell_once_and_skips_finished(finished) -> None:
     cells, runs, report = finished["cells"], finished["runs"], finished["report"]
     assert sorted(report.trained) == sorted(c.cell_id for c in cells) and not report.failed
     frame = pd.read_csv(runs / "results.csv")
-    assert len(frame) == len(cells) == 8 and frame["run_id"].is_unique
+    assert len(frame) == len(cells) == 6 and frame["run_id"].is_unique
     for cell in cells:  # the run folder holds exactly the cell's config (init = the concrete registry id)
         record = sweep.done_record(runs, cell.cell_id)
         saved = yaml.safe_load((runs / record["run_id"] / "config.yaml").read_text())
@@ -176,9 +194,9 @@ def test_sweep_runs_every_cell_once_and_skips_finished(finished) -> None:
     assert set(frame["noise_type"]) == {"symmetric"} and set(frame["noise_rate"]) == {0.0, 0.5}
     again = sweep.run_sweep(cells, runs=runs, checkpoints=finished["ck"], data_root=None, log=lambda m: None)
     assert not again.trained and set(again.skipped.values()) == {"done"}
-    assert len(pd.read_csv(runs / "results.csv")) == 8
+    assert len(pd.read_csv(runs / "results.csv")) == 6
     table = pd.read_csv(sweep.write_table(cells, runs, "t"))
-    assert sorted(table["cell_id"]) == sorted(c.cell_id for c in cells) and len(table) == 8
+    assert sorted(table["cell_id"]) == sorted(c.cell_id for c in cells) and len(table) == 6
 
 
 def test_every_init_of_a_noise_seed_trains_on_the_same_labels(finished) -> None:
@@ -192,7 +210,7 @@ def test_every_init_of_a_noise_seed_trains_on_the_same_labels(finished) -> None:
         by_key.setdefault((cell.config.noise_rate, cell.config.noise_seed), []).append(labels.noisy)
     assert all(len(v) == 2 for v in by_key.values())  # random and simclr share each noise file
     assert (by_key[(0.5, 1)][0] != by_key[(0.5, 2)][0]).any()  # another noise seed is other noise
-    assert len(list((runs / "noise").glob("*.csv"))) == 4
+    assert len(list((runs / "noise").glob("*.csv"))) == 3
 
 
 def test_interrupted_sweep_resumes_and_lost_records_are_rebuilt(finished, tmp_path) -> None:
@@ -218,7 +236,7 @@ def test_collect_writes_the_table_of_the_finished_cells_and_trains_nothing(finis
     shutil.rmtree(tmp_path / "runs" / sweep.done_record(tmp_path / "runs", cells[0].cell_id)["run_id"])
     (tmp_path / "runs" / ".done" / f"{cells[0].cell_id}.json").unlink()  # cell 0: not finished (yet)
     code, out, err = _cli(capsys, tmp_path, "sweep", str(finished["path"]), "--collect")
-    assert code == 0 and "7 of 8 cells finished" in err
+    assert code == 0 and "5 of 6 cells finished" in err
     table = pd.read_csv(out.strip().splitlines()[-1])
     assert sorted(table["cell_id"]) == sorted(c.cell_id for c in cells[1:])
     assert sweep.done_record(tmp_path / "runs", cells[0].cell_id) is None  # nothing trained
