@@ -147,12 +147,11 @@ def ssl_noise_steps(method, images: np.ndarray, steps: int | None, opt, cfg, see
 
 
 def knn_acc(method, data) -> float:
-    from ssl_noise.knn import extract_features, knn_accuracy
+    """The pretraining loop's own k-NN monitor (bf16 features, k=200, t=0.1), the same for every loop."""
+    from ssl_noise.config import PretrainConfig
+    from ssl_noise.pretrain import knn_monitor
 
-    kw = dict(mean=[0.5] * 3, std=[0.5] * 3, device="cpu")
-    bank = extract_features(method.backbone, data.train.images, **kw)
-    query = extract_features(method.backbone, data.val.images, **kw)
-    return knn_accuracy(bank, data.train.labels, query, data.val.labels, len(data.class_names))
+    return knn_monitor(method.backbone, data, method.spec, PretrainConfig(), "cpu")
 
 
 def main() -> None:
