@@ -552,8 +552,11 @@ class WorkerReport:
     skipped: Dict[str, str] = field(default_factory=dict)  # cell id -> done | running | failed
 
     def merge(self, other: "WorkerReport") -> "WorkerReport":
-        return WorkerReport(self.trained + other.trained, self.reused + other.reused, self.failed + other.failed,
-                            {**self.skipped, **other.skipped})
+        """Both reports as one; a cell one worker skipped because the other ran it counts only as run."""
+        trained, reused, failed = self.trained + other.trained, self.reused + other.reused, self.failed + other.failed
+        ran = set(trained) | set(reused) | set(failed)
+        skipped = {cid: why for cid, why in {**self.skipped, **other.skipped}.items() if cid not in ran}
+        return WorkerReport(trained, reused, failed, skipped)
 
 
 def run_cell(cell: Cell, *, runs: Path, checkpoints: Path, data_root: Optional[str], device: str,

@@ -336,3 +336,11 @@ def test_inits_stay_pinned_to_the_first_resolution(make_entry, tmp_path, capsys)
     registry.remove_entry(tmp_path / "ck", newer)
     code, _, err = _cli(capsys, tmp_path, "sweep", str(path), "--dry-run")
     assert code == 2 and "no longer in the registry" in err
+
+
+def test_merged_worker_reports_count_each_cell_once() -> None:
+    # worker a trained c1 and saw c2 running; worker b trained c2 and then saw c1 done, and skipped c3 (done before)
+    a = sweep.WorkerReport(trained=["c1"], skipped={"c2": "running", "c3": "done"})
+    b = sweep.WorkerReport(trained=["c2"], skipped={"c1": "done", "c3": "done"})
+    for merged in (a.merge(b), b.merge(a)):
+        assert sorted(merged.trained) == ["c1", "c2"] and merged.skipped == {"c3": "done"}
