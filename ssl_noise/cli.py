@@ -835,7 +835,7 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
 
 
 @cli.command("plot")
-@click.argument("results", type=click.Path(dir_okay=False))
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="Figure file: .png, .pdf or .svg. Detection quality (if any) goes to FILE_detection.<ext>.")
 @click.option("--metric", default="test_acc", show_default=True,
@@ -844,17 +844,18 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
 def plot(settings, results, out, metric):
     """Draw robustness curves from a results table.
 
-    RESULTS is runs/results.csv or a sweep's runs/sweeps/<name>.csv. One panel per noise type x method, one line
-    per init: mean ± std over seeds against the noise rate. Prints the files written.
+    RESULTS is runs/results.csv or a sweep's runs/sweeps/<name>.csv, or several tables to be read as one (the
+    pieces of a study run without a shared runs folder; a run id in two of them counts once). One panel per noise
+    type x method, one line per init: mean ± std over seeds against the noise rate. Prints the files written.
     """
     from ssl_noise.plots import plot_results
 
-    for path in plot_results(results, out, metric=metric):
+    for path in plot_results(list(results), out, metric=metric):
         click.echo(str(path))
 
 
 @cli.command("report")
-@click.argument("results", type=click.Path(dir_okay=False))
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="report.md or report.html; the figures are written next to it.")
 @click.option("--metric", default="test_acc", show_default=True, help="A results column (see `ssl-noise plot`).")
@@ -864,11 +865,12 @@ def report_cmd(settings, results, out, metric):
 
     Tables per noise type and method (one row per init, one column per rate), the share of flipped labels
     memorised, the paired gain of each init over random init (pairs share noise seed and training seed, so
-    identical noisy labels; paired t-test, n stated), and the figures. Prints the files written.
+    identical noisy labels; paired t-test, n stated), and the figures. RESULTS: one or more tables, as for
+    `ssl-noise plot`. Prints the files written.
     """
     from ssl_noise.report import write_report
 
-    for path in write_report(results, out, metric=metric):
+    for path in write_report(list(results), out, metric=metric):
         click.echo(str(path))
 
 

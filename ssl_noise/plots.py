@@ -36,32 +36,54 @@ METRIC_NAMES = {"acc": "accuracy", "auc": "AUC", "balanced_acc": "balanced accur
 
 
 def load_results(source) -> "pd.DataFrame":  # noqa: F821
-    """A results table from a path (read under finetune's lock) or a DataFrame; checked and de-duplicated."""
+    """A results table from a path (read under finetune's lock), several paths or a DataFrame; checked and
+    de-duplicated by run id.
+
+    Several tables are concatenated: the pieces of one study run where no runs folder is shared (two clusters,
+    or a session whose runs folder is gone but whose committed table is not).
+    """
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    elif isinstance(source, (str, Path)):
+        frame = _read_table(Path(source))
+    else:
+        frames = [_read_table(Path(path)) for path in source]
+        if not frames:
+            raise UserError("no results table given")
+        frame = pd.concat(frames, ignore_index=True, sort=False)
+    _check_columns(frame)
+    return frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
+
+
+def _read_table(path: Path) -> "pd.DataFrame":  # noqa: F821
+    """One results.csv, with the detection columns of the run folders next to it (where there are any)."""
     import pandas as pd
 
     from ssl_noise.sweep import read_results
 
-    if isinstance(source, pd.DataFrame):
-        frame = source.copy()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"results table {path} does not exist (ssl-noise finetune/sweep write runs/results.csv)")
-        try:
-            frame = read_results(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read results table {path}: {str(e).strip().splitlines()[0]}") from None
+    if not path.is_file():
+        raise UserError(f"results table {path} does not exist (ssl-noise finetune/sweep write runs/results.csv)")
+    try:
+        frame = read_results(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read results table {path}: {str(e).strip().splitlines()[0]}") from None
+    _check_columns(frame, path)
+    frame = frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
+    for runs in (path.parent, path.parent.parent):  # runs/results.csv or runs/sweeps/<name>.csv
+        if any((runs / str(r)).is_dir() for r in frame["run_id"]):
+            return add_detection(frame, runs)
+    return frame
+
+
+def _check_columns(frame, path: Path | None = None) -> None:
+    where = f" {path}" if path else ""
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        raise UserError(f"results table lacks column(s) {', '.join(missing)}; is it a results.csv of ssl-noise?")
+        raise UserError(f"results table{where} lacks column(s) {', '.join(missing)}; is it a results.csv of ssl-noise?")
     if frame.empty:
-        raise UserError("results table has no rows")
-    frame = frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
-    if not isinstance(source, pd.DataFrame):  # runs/results.csv or runs/sweeps/<name>.csv: run folders nearby
-        for runs in (Path(source).parent, Path(source).parent.parent):
-            if any((runs / str(r)).is_dir() for r in frame["run_id"]):
-                return add_detection(frame, runs)
-    return frame
+        raise UserError(f"results table{where} has no rows")
 
 
 def add_detection(frame, runs: Path):
@@ -269,7 +291,7 @@ def detection_path(out: str | Path) -> Path:
 
 
 def plot_results(source, out: str | Path, *, metric: str = DEFAULT_METRIC) -> List[Path]:
-    """Both figures of a results table (path or DataFrame); returns the files written.
+    """Both figures of a results table (path, paths or DataFrame); returns the files written.
 
     >>> plot_results("runs/sweeps/demo.csv", "demo/robustness.png")   # doctest: +SKIP
     [PosixPath('demo/robustness.png')]

@@ -137,6 +137,15 @@ def _gain_tables(gains) -> List[Tuple[str, Any]]:
             for (noise_type, method), part in gains.groupby(["noise_type", "method_label"])]
 
 
+def describe_source(source) -> str:
+    """How the report names its input: a path, the paths joined, or "DataFrame"."""
+    if hasattr(source, "columns"):
+        return "DataFrame"
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return "`, `".join(str(path) for path in source)
+
+
 def build(frame, *, metric: str, figures: List[Path], out: Path, source: str) -> List[Tuple[str, Any]]:
     """The report as blocks: ``("h1"|"h2"|"h3"|"p"|"img", text)`` and ``("table", DataFrame)``."""
     rows, left_out = plots.tidy(frame, metric)
@@ -245,7 +254,7 @@ def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
     """Write the report (``.md`` or ``.html``); returns [report, *figures].
 
     Args:
-        source: a results table (path or DataFrame).
+        source: a results table (path, several paths read as one, or DataFrame).
         out: the report file.
         metric: a results column (default ``test_acc``).
         figures: figures to link; by default :func:`ssl_noise.plots.plot_results` writes
@@ -263,7 +272,7 @@ def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
     if figures is None:
         figures = plots.plot_results(frame, out.with_name(f"{out.stem}_robustness.png"), metric=metric)
     blocks = build(frame, metric=metric, figures=figures, out=out,
-                   source=str(source) if not hasattr(source, "columns") else "DataFrame")
+                   source=describe_source(source))
     text = render_html(blocks) if out.suffix.lower() == ".html" else render_markdown(blocks)
     with atomic_path(out) as tmp:
         tmp.write_text(text)

@@ -143,6 +143,28 @@ def test_cli_plot_and_report_and_their_errors(table_path, tmp_path, capsys) -> N
         assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, (args, err)
 
 
+def test_tables_given_in_pieces_report_as_the_whole(tmp_path, capsys) -> None:
+    """A study run where no runs folder is shared: its pieces, overlapping in one run, read as one table."""
+    whole = _table()
+    half = len(whole) // 2
+    whole.iloc[: half + 1].to_csv(tmp_path / "a.csv", index=False)
+    whole.iloc[half:].to_csv(tmp_path / "b.csv", index=False)
+    merged = plots.load_results([tmp_path / "a.csv", tmp_path / "b.csv"])
+    pd.testing.assert_frame_equal(merged, plots.load_results(whole))
+    code, out, err = _cli(capsys, "report", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),
+                          "--out", str(tmp_path / "pieces" / "report.md"))
+    assert code == 0, err
+    report.write_report(whole, tmp_path / "whole" / "report.md")
+    pieces, one = ((tmp_path / name / "report.md").read_text() for name in ("pieces", "whole"))
+    assert f"`{tmp_path / 'a.csv'}`, `{tmp_path / 'b.csv'}` — {len(whole)} run(s)" in pieces
+    assert [line for line in pieces.splitlines() if not line.startswith("Source:")] == \
+        [line for line in one.splitlines() if not line.startswith("Source:")]
+    pd.DataFrame({"run_id": ["x"]}).to_csv(tmp_path / "c.csv", index=False)
+    code, out, err = _cli(capsys, "report", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"),
+                          "--out", str(tmp_path / "bad.md"))
+    assert code == 2 and "c.csv lacks column(s)" in err and not (tmp_path / "bad.md").exists()
+
+
 def test_demo_quick_runs_the_whole_path_and_reruns_reuse_everything(tmp_path, capsys) -> None:
     out_dir = tmp_path / "demo"
     code, out, err = _cli(capsys, "demo", "--quick", "--quiet", "--out", str(out_dir))
