@@ -171,13 +171,14 @@ def _colours(labels: Sequence[str]) -> dict:
     return colours
 
 
-def _grid(n_rows: int, n_cols: int, *, sharey: bool = True):
+def _grid(n_rows: int, n_cols: int, *, sharey: bool = True, extra_width: float = 0.0):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.4 * n_rows), squeeze=False, sharey=sharey)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=((4.2 + extra_width) * n_cols, 3.4 * n_rows), squeeze=False,
+                             sharey=sharey)
     return fig, axes
 
 
@@ -213,7 +214,10 @@ def robustness_figure(frame, out: str | Path, *, metric: str = DEFAULT_METRIC) -
     stats = summarise(rows, metric)
     types, methods = sorted(stats["noise_type"].unique()), sorted(stats["method_label"].unique())
     colours = _colours(stats["init_label"].unique())
-    fig, axes = _grid(len(types), len(methods))
+    crowded = stats.groupby(["noise_type", "method_label"])["init_label"].nunique().max() > 4
+    # a crowded legend would cover the high-noise end of the curves: it goes beside the panel, which grows for it
+    extra = 0.06 * (max(len(str(label)) for label in stats["init_label"].unique()) + 8) if crowded else 0.0
+    fig, axes = _grid(len(types), len(methods), extra_width=extra)
     name = METRIC_NAMES.get(metric.removeprefix("test_"), metric)
     for r, noise_type in enumerate(types):
         for c, method in enumerate(methods):
@@ -232,7 +236,9 @@ def robustness_figure(frame, out: str | Path, *, metric: str = DEFAULT_METRIC) -
             ax.grid(alpha=0.3)
             if c == 0:
                 ax.set_ylabel(f"test {name}\n(validation-selected epoch)")
-            if not panel.empty:
+            if crowded and not panel.empty:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            elif not panel.empty:
                 ax.legend(fontsize=8, loc="best")
     note = "lines: mean over seeds (noise seed × training seed), bands: ± std, n: runs per point"
     if left_out:
