@@ -46,14 +46,12 @@ def load_results(source) -> "pd.DataFrame":  # noqa: F821
 
     if isinstance(source, pd.DataFrame):
         frame = source.copy()
-    elif isinstance(source, (str, Path)):
-        frame = _read_table(Path(source))
+        _check_columns(frame)
     else:
-        frames = [_read_table(Path(path)) for path in source]
-        if not frames:
+        paths = [source] if isinstance(source, (str, Path)) else list(source)
+        if not paths:
             raise UserError("no results table given")
-        frame = pd.concat(frames, ignore_index=True, sort=False)
-    _check_columns(frame)
+        frame = pd.concat([_read_table(Path(path)) for path in paths], ignore_index=True, sort=False)
     return frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
 
 
@@ -70,7 +68,6 @@ def _read_table(path: Path) -> "pd.DataFrame":  # noqa: F821
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read results table {path}: {str(e).strip().splitlines()[0]}") from None
     _check_columns(frame, path)
-    frame = frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
     for runs in (path.parent, path.parent.parent):  # runs/results.csv or runs/sweeps/<name>.csv
         if any((runs / str(r)).is_dir() for r in frame["run_id"]):
             return add_detection(frame, runs)
@@ -78,10 +75,12 @@ def _read_table(path: Path) -> "pd.DataFrame":  # noqa: F821
 
 
 def _check_columns(frame, path: Path | None = None) -> None:
+    """Exit 2 on a table that is not an ssl-noise results table or is empty, naming the file where there is one."""
     where = f" {path}" if path else ""
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        raise UserError(f"results table{where} lacks column(s) {', '.join(missing)}; is it a results.csv of ssl-noise?")
+        raise UserError(f"results table{where} lacks column(s) {', '.join(missing)}; "
+                        "is it a results.csv of ssl-noise?")
     if frame.empty:
         raise UserError(f"results table{where} has no rows")
 
