@@ -403,7 +403,8 @@ def knn(settings, ref, dataset, seed, k, t, as_json):
     else:
         entry_id = registry.resolve(settings.checkpoints, ref)
         encoder, meta = registry.load_encoder(settings.checkpoints, entry_id)
-        data = load_dataset(dataset or meta["dataset"], data_root=settings.data_root, size=meta["image_size"])
+        data = load_dataset(dataset or registry.pretrain_data_spec(settings.checkpoints, entry_id),
+                            data_root=settings.data_root, size=meta["image_size"])
         if data.channels != meta["channels"]:
             raise UserError(f"encoder {entry_id} expects {meta['channels']}-channel images; "
                             f"{data.name} has {data.channels}")

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import safetensors
 import safetensors.torch
 import torch
+import yaml
 from torch import nn
 
 from ssl_noise import backbones
@@ -337,6 +338,19 @@ def read_meta(root: PathLike, ref: str) -> Dict[str, Any]:
     '3f2a9c1d...'
     """
     return _read_meta(Path(root) / resolve(root, ref))
+
+
+def pretrain_data_spec(root: PathLike, ref: str) -> str:
+    """The data spec the entry was pretrained on, as ``pretrain --dataset`` was given it (its ``config.yaml``).
+
+    ``meta.json``'s ``dataset`` is the data set's *name*, which is all a MedMNIST flag needs, but only the stem of a
+    file spec (``../data/pneumoniamnist_balanced.npz`` is named ``pneumoniamnist_balanced``): to load the images
+    again, callers need the spec itself. Falls back to the name for an entry without a recorded one.
+    """
+    path = Path(root) / resolve(root, ref)
+    config = yaml.safe_load((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else None
+    spec = config.get("dataset") if isinstance(config, dict) else None
+    return str(spec) if spec else str(_read_meta(path)["dataset"])
 
 
 # ============ loading and verifying ============

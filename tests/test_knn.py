@@ -69,3 +69,26 @@ def test_knn_command_on_random_init_and_a_registry_entry(tmp_path, capsys):
         assert e.value.code == 0
         result = json.loads(capsys.readouterr().out)
         assert 0.0 <= result["knn_test_acc"] <= 1.0 and 0.0 <= result["linear_probe_test_acc"] <= 1.0
+
+
+def test_knn_command_finds_the_file_an_entry_was_pretrained_on(tmp_path, capsys):
+    """An entry pretrained on an ``.npz`` path is named after the file's stem (``tiny_gray``), which is no loadable
+    spec; without ``--dataset`` the command must evaluate on the file the encoder was trained on."""
+    from ssl_noise.config import PretrainConfig, resolve
+    from ssl_noise.data.synthetic import make_synthetic
+    from ssl_noise.pretrain import pretrain
+
+    data = make_synthetic(n_train=64, n_val=16, n_test=16, num_classes=3, channels=1, size=16, seed=0)
+    npz = tmp_path / "tiny_gray.npz"
+    np.savez(npz, **{f"{name}_{part}": getattr(split, part) for name, split in data.splits.items()
+                     for part in ("images", "labels")})
+    cfg = resolve(PretrainConfig, dict(method="rotation", dataset=str(npz), image_size=16, epochs=1, batch_size=32,
+                                       knn_k=10))
+    root = tmp_path / "checkpoints"
+    entry = pretrain(cfg, data_root=None, checkpoints=root, runs=tmp_path / "runs", show_progress=False)
+    assert entry.startswith("rotation-resnet18-tiny_gray-")
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoints", str(root), "knn", "--init", entry, "--k", "10", "--json"])
+    assert e.value.code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dataset"] == "tiny_gray" and 0.0 <= result["knn_test_acc"] <= 1.0
