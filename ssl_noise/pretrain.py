@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from ssl_noise import io
 from ssl_noise.augment import AugmentConfig, to_float
 from ssl_noise.config import PretrainConfig, to_dict
+from ssl_noise.data import spec_label
 from ssl_noise.errors import UserError
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
 
@@ -60,7 +61,7 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
 def work_dir(runs_root: Path, cfg: PretrainConfig) -> Path:
     """Where the resumable state of this exact config lives (a hash of the resolved config)."""
     digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(runs_root) / "pretrain" / f"{cfg.method}-{cfg.dataset}-s{cfg.seed}-{digest}"
+    return Path(runs_root) / "pretrain" / f"{cfg.method}-{spec_label(cfg.dataset)}-s{cfg.seed}-{digest}"
 
 
 # ============ optimiser and schedule ============

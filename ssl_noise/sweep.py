@@ -64,6 +64,7 @@ import numpy as np
 import yaml
 
 from ssl_noise.config import FinetuneConfig, load_recipe, resolve, to_dict
+from ssl_noise.data import spec_label
 from ssl_noise.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -184,12 +185,6 @@ def _sha256_file(path: Optional[str]) -> Optional[str]:
         raise UserError(f"file {path} named in the sweep cannot be read") from None
 
 
-def _dataset_label(spec: str) -> str:
-    kind, _, rest = spec.partition(":")
-    label = kind if kind == "synthetic" else Path(rest or spec).stem if (rest or spec.endswith(".npz")) else spec
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", label).strip("._") or "data"
-
-
 def noise_label(cfg: FinetuneConfig) -> str:
     """``clean``, ``sym0.4``, ``pair0.3``, ``asym`` (matrix) ...: the noise part of cell and run ids."""
     if cfg.noise_matrix:
@@ -208,7 +203,7 @@ def cell_id(cfg: FinetuneConfig, *, init_label: str, encoder_sha256: Optional[st
     identity = {"schema": SCHEMA_VERSION, "config": to_dict(cfg), "encoder_sha256": encoder_sha256,
                 "files": {k: _sha256_file(getattr(cfg, k)) for k in ("class_map", "noise_matrix")}}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return "-".join([init_label, _dataset_label(cfg.dataset), f"{noise_label(cfg)}n{cfg.noise_seed}",
+    return "-".join([init_label, spec_label(cfg.dataset), f"{noise_label(cfg)}n{cfg.noise_seed}",
                      cfg.method + ("_lp" if cfg.freeze else ""), f"s{cfg.seed}", digest])
 
 
@@ -219,7 +214,7 @@ def noise_key(cfg: FinetuneConfig) -> str:
               "class_map": _sha256_file(cfg.class_map), "noise_matrix": _sha256_file(cfg.noise_matrix)}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     subset = f"-sub{cfg.subset}" if cfg.subset else ""
-    return f"{_dataset_label(cfg.dataset)}-{noise_label(cfg)}-{cfg.noise_mode}-n{cfg.noise_seed}{subset}-{digest}"
+    return f"{spec_label(cfg.dataset)}-{noise_label(cfg)}-{cfg.noise_mode}-n{cfg.noise_seed}{subset}-{digest}"
 
 
 class _Inits:

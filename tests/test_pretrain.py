@@ -63,6 +63,16 @@ def test_resume_reaches_the_same_weights_bitwise(tmp_path, method):
     assert straight == resumed  # the id ends in the weights' sha256, so identical weights give the same id
 
 
+
+@pytest.mark.parametrize("spec, label", [("bloodmnist", "bloodmnist"),
+                                         ("../data/pneumoniamnist_balanced.npz", "pneumoniamnist_balanced"),
+                                         ("folder:/srv/my cells", "my_cells"), ("synthetic:n_train=64", "synthetic")])
+def test_work_folder_is_one_folder_under_runs_for_every_data_spec(tmp_path, spec, label):
+    """A file spec used to go into the folder name as it was typed, so ``../x.npz`` nested the work folder under
+    ``runs/pretrain/simclr-..``; the resumable state must live in one folder named after the data set."""
+    work = work_dir(tmp_path, _cfg(dataset=spec))
+    assert work.parent == tmp_path / "pretrain" and work.name.startswith(f"simclr-{label}-s0-")
+
 def test_resume_without_state_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--checkpoints", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"), "pretrain",

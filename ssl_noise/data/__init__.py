@@ -23,6 +23,7 @@ test images are the same in every compared run; ``seed`` only picks the optional
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -31,12 +32,25 @@ from ssl_noise.data.dataset import (MD5_MISMATCH, MD5_NA, MD5_OK, MD5_UNOFFICIAL
                                     stratified_split, stratified_subset_indices, subset_train)
 from ssl_noise.errors import UserError
 
-__all__ = ["load_dataset", "ImageDataset", "Split", "CatalogueEntry", "catalogue", "get_entry", "SIZES",
+__all__ = ["load_dataset", "spec_label", "ImageDataset", "Split", "CatalogueEntry", "catalogue", "get_entry", "SIZES",
            "subset_train", "stratified_split", "stratified_subset_indices", "MD5_OK", "MD5_MISMATCH",
            "MD5_UNOFFICIAL", "MD5_NA"]
 
 FILE_KINDS = ("folder", "csv", "chaoyang", "npz")
 SYNTHETIC_PARAMS = ("n_train", "n_val", "n_test", "num_classes", "channels", "size", "seed")
+
+
+def spec_label(spec: str) -> str:
+    """A data spec as one safe file-name component, for ids and work folders: a flag stays itself, a file or
+    folder spec becomes its stem, ``synthetic:...`` becomes ``synthetic`` (a path must never nest or escape the
+    folder it names).
+
+    >>> spec_label("bloodmnist"), spec_label("../data/pneumoniamnist_balanced.npz"), spec_label("folder:/x/my set")
+    ('bloodmnist', 'pneumoniamnist_balanced', 'my_set')
+    """
+    kind, _, rest = spec.partition(":")
+    label = kind if kind == "synthetic" else Path(rest or spec).stem if (rest or spec.endswith(".npz")) else spec
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", label).strip("._") or "data"
 
 
 def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, size: int = 28,
