@@ -835,14 +835,21 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
         sys.exit(1)  # not click's Exit: main() runs click with standalone_mode=False, which would return 0
 
 
+POOL_ENCODERS = click.option(
+    "--pool-encoders", "pool", is_flag=True,
+    help="One row/line per pretraining command: entries whose ids differ only in the hash (re-runs of one command) "
+         "are pooled, so the spread includes the pretraining run.")
+
+
 @cli.command("plot")
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="Figure file: .png, .pdf or .svg. Detection quality (if any) goes to FILE_detection.<ext>.")
 @click.option("--metric", default="test_acc", show_default=True,
               help="A results column: test_acc, test_auc, test_macro_f1, test_acc_last5, ...")
+@POOL_ENCODERS
 @pass_settings
-def plot(settings, results, out, metric):
+def plot(settings, results, out, metric, pool):
     """Draw robustness curves from a results table.
 
     RESULTS is runs/results.csv or a sweep's runs/sweeps/<name>.csv, or several tables to be read as one (the
@@ -851,7 +858,7 @@ def plot(settings, results, out, metric):
     """
     from ssl_noise.plots import plot_results
 
-    for path in plot_results(list(results), out, metric=metric):
+    for path in plot_results(list(results), out, metric=metric, pool=pool):
         click.echo(str(path))
 
 
@@ -860,8 +867,9 @@ def plot(settings, results, out, metric):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="report.md or report.html; the figures are written next to it.")
 @click.option("--metric", default="test_acc", show_default=True, help="A results column (see `ssl-noise plot`).")
+@POOL_ENCODERS
 @pass_settings
-def report_cmd(settings, results, out, metric):
+def report_cmd(settings, results, out, metric, pool):
     """Write mean ± std tables and paired gains over random init.
 
     Tables per noise type and method (one row per init, one column per rate), the share of flipped labels
@@ -871,7 +879,7 @@ def report_cmd(settings, results, out, metric):
     """
     from ssl_noise.report import write_report
 
-    for path in write_report(list(results), out, metric=metric):
+    for path in write_report(list(results), out, metric=metric, pool=pool):
         click.echo(str(path))
 
 

@@ -14,6 +14,7 @@ and are left out (the figures say how many). Same seeds give the same figure; no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -116,6 +117,23 @@ def init_labels(encoder_ids: Sequence[str]) -> dict:
     short = {i: i.split("-")[0] for i in ids}
     counts = {s: sum(v == s for v in short.values()) for s in short.values()}
     return {i: short[i] if counts[short[i]] == 1 else i for i in ids}
+
+
+def pool_reruns(frame):
+    """Give registry entries that differ only in their content hash one encoder id: the id without the hash.
+
+    ``simclr-resnet18-bloodmnist-e20-s0-5c88f352`` and ``...-0ad3dce3`` (method, backbone, data, epochs and seed
+    alike) become ``simclr-resnet18-bloodmnist-e20-s0``. Meant for re-runs of one pretraining command whose
+    weights differ (another machine's bf16 kernels, a registry that was lost and rebuilt): pooled, their runs form
+    one row and one curve, and the spread over seeds then includes the pretraining run. The id does not show
+    method options (``--set method_args...``), so pool only entries you know come from one command.
+
+    Returns ``(frame, pooled)``; ``pooled`` maps each new id that joins two or more entries to their ids.
+    """
+    ids = frame["encoder_id"].astype(str)
+    stem = ids.map(lambda i: re.sub(r"-[0-9a-f]{8}$", "", i))
+    pooled = {key: sorted(part.unique()) for key, part in ids.groupby(stem) if part.nunique() > 1}
+    return frame.assign(encoder_id=stem), pooled
 
 
 def tidy(frame, metric: str = DEFAULT_METRIC):
@@ -295,13 +313,17 @@ def detection_path(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}_detection{out.suffix}")
 
 
-def plot_results(source, out: str | Path, *, metric: str = DEFAULT_METRIC) -> List[Path]:
+def plot_results(source, out: str | Path, *, metric: str = DEFAULT_METRIC, pool: bool = False) -> List[Path]:
     """Both figures of a results table (path, paths or DataFrame); returns the files written.
+
+    ``pool``: one line per pretraining command rather than per registry entry (:func:`pool_reruns`).
 
     >>> plot_results("runs/sweeps/demo.csv", "demo/robustness.png")   # doctest: +SKIP
     [PosixPath('demo/robustness.png')]
     """
     frame = load_results(source)
+    if pool:
+        frame, _ = pool_reruns(frame)
     written = [robustness_figure(frame, out, metric=metric)]
     detection = detection_figure(frame, detection_path(out))
     return written + ([detection] if detection else [])

@@ -146,8 +146,12 @@ def describe_source(source) -> str:
     return "`, `".join(str(path) for path in source)
 
 
-def build(frame, *, metric: str, figures: List[Path], out: Path, source: str) -> List[Tuple[str, Any]]:
-    """The report as blocks: ``("h1"|"h2"|"h3"|"p"|"img", text)`` and ``("table", DataFrame)``."""
+def build(frame, *, metric: str, figures: List[Path], out: Path, source: str,
+          pooled: Optional[dict] = None) -> List[Tuple[str, Any]]:
+    """The report as blocks: ``("h1"|"h2"|"h3"|"p"|"img", text)`` and ``("table", DataFrame)``.
+
+    ``pooled``: the groups of :func:`ssl_noise.plots.pool_reruns` when the frame's entries were pooled.
+    """
     rows, left_out = plots.tidy(frame, metric)
     gains = paired_gains(frame, metric)
     seeds = rows.groupby(["noise_seed", "seed"]).ngroups
@@ -160,6 +164,7 @@ def build(frame, *, metric: str, figures: List[Path], out: Path, source: str) ->
         ("p", f"Metric: `{metric}` on the clean test split at the epoch chosen on the (noisy, unless `clean_val`) "
               "validation split. Cells: mean ± std over seeds (n runs)."),
         *_pooling_note(rows),
+        *_reruns_note(pooled or {}),
         ("h2", "Figures")]
     blocks += [("img", Path(f).relative_to(out.parent).as_posix() if Path(f).is_relative_to(out.parent) else str(f))
                for f in figures]
@@ -196,6 +201,16 @@ def _pooling_note(rows) -> List[Tuple[str, Any]]:
     values = "; ".join(f"{c}: {', '.join(sorted(rows[c].astype(str).unique()))}" for c in varied)
     return [("p", f"**Note:** these runs also differ in {values}; they are pooled in the tables below. Report on a "
                   "sweep's own table (`runs/sweeps/<name>.csv`) to compare like with like.")]
+
+
+def _reruns_note(pooled: dict) -> List[Tuple[str, Any]]:
+    """Name the registry entries that share a row, so that nobody reads a pooled spread as seeds alone."""
+    if not pooled:
+        return []
+    groups = "; ".join(f"`{key}` = " + ", ".join(f"`{i.rsplit('-', 1)[-1]}`" for i in ids)
+                       for key, ids in sorted(pooled.items()))
+    return [("p", f"**Pooled re-runs** (`--pool-encoders`): the entries of one pretraining command share a row, so "
+                  f"its spread includes the pretraining run as well as the seeds: {groups}.")]
 
 
 # ============ rendering ============
@@ -250,7 +265,7 @@ def render_html(blocks) -> str:
 
 
 def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
-                 figures: Optional[List[Path]] = None) -> List[Path]:
+                 figures: Optional[List[Path]] = None, pool: bool = False) -> List[Path]:
     """Write the report (``.md`` or ``.html``); returns [report, *figures].
 
     Args:
@@ -259,6 +274,7 @@ def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
         metric: a results column (default ``test_acc``).
         figures: figures to link; by default :func:`ssl_noise.plots.plot_results` writes
             ``<out stem>_robustness.png`` (and ``..._detection.png``) next to the report.
+        pool: one row per pretraining command rather than per registry entry (:func:`ssl_noise.plots.pool_reruns`).
 
     >>> write_report("runs/sweeps/demo.csv", "demo/report.md")      # doctest: +SKIP
     [PosixPath('demo/report.md'), PosixPath('demo/report_robustness.png')]
@@ -269,10 +285,10 @@ def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
     if out.suffix.lower() not in FORMATS:
         raise UserError(f"report file {out} must end in {' or '.join(FORMATS)}")
     frame = plots.load_results(source)
+    frame, pooled = plots.pool_reruns(frame) if pool else (frame, {})
     if figures is None:
         figures = plots.plot_results(frame, out.with_name(f"{out.stem}_robustness.png"), metric=metric)
-    blocks = build(frame, metric=metric, figures=figures, out=out,
-                   source=describe_source(source))
+    blocks = build(frame, metric=metric, figures=figures, out=out, source=describe_source(source), pooled=pooled)
     text = render_html(blocks) if out.suffix.lower() == ".html" else render_markdown(blocks)
     with atomic_path(out) as tmp:
         tmp.write_text(text)

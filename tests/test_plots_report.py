@@ -165,6 +165,36 @@ def test_tables_given_in_pieces_report_as_the_whole(tmp_path, capsys) -> None:
     assert code == 2 and "c.csv lacks column(s)" in err and not (tmp_path / "bad.md").exists()
 
 
+def test_pooled_reruns_of_one_command_report_as_one_init(tmp_path, capsys) -> None:
+    """Noise seed 2 used a re-run of SimCLR's command (same id but for the hash): pooled, the pairs are whole again."""
+    rerun = SIMCLR[:-8] + "9f9f9f9f"
+    whole = _table()
+    split = whole.assign(encoder_id=np.where((whole["encoder_id"] == SIMCLR) & (whole["noise_seed"] == 2), rerun,
+                                             whole["encoder_id"]))
+    apart = report.paired_gains(split)
+    assert set(apart["init_label"]) == {SIMCLR, rerun} and apart["n"].max() == 2
+    pooled_frame, groups = plots.pool_reruns(split)
+    assert groups == {SIMCLR[:-9]: sorted([SIMCLR, rerun])}
+    pd.testing.assert_frame_equal(report.paired_gains(pooled_frame), report.paired_gains(whole))
+    other_recipe = SIMCLR.replace("-e5-", "-e10-")  # another epoch count is another command: never pooled
+    assert plots.pool_reruns(split.assign(encoder_id=split["encoder_id"].replace(rerun, other_recipe)))[1] == {}
+
+    split.to_csv(tmp_path / "split.csv", index=False)
+    code, out, err = _cli(capsys, "report", str(tmp_path / "split.csv"), "--pool-encoders",
+                          "--out", str(tmp_path / "pooled" / "report.md"))
+    assert code == 0, err
+    report.write_report(whole, tmp_path / "whole" / "report.md")
+    pooled, one = ((tmp_path / name / "report.md").read_text() for name in ("pooled", "whole"))
+    assert "**Pooled re-runs**" in pooled and "`1a2b3c4d`, `9f9f9f9f`" in pooled and "wins 4/4" in pooled
+    def body(text: str) -> list:
+        return [line for line in text.splitlines() if line and not line.startswith(("Source:", "**Pooled"))]
+
+    assert body(pooled) == body(one)  # the same tables as if one encoder had served both noise seeds
+    code, out, err = _cli(capsys, "plot", str(tmp_path / "split.csv"), "--pool-encoders",
+                          "--out", str(tmp_path / "pooled.png"))
+    assert code == 0 and out.split() == [str(tmp_path / "pooled.png"), str(tmp_path / "pooled_detection.png")], err
+
+
 def test_demo_quick_runs_the_whole_path_and_reruns_reuse_everything(tmp_path, capsys) -> None:
     out_dir = tmp_path / "demo"
     code, out, err = _cli(capsys, "demo", "--quick", "--quiet", "--out", str(out_dir))
