@@ -32,6 +32,9 @@ REQUIRED = ("run_id", "encoder_id", "method", "protocol", "noise_type", "noise_r
 #: Columns that must match for two runs to differ only in their initialisation (the pairing key of the report).
 CONTEXT = ("dataset", "n_train", "image_size", "protocol", "method", "noise_type", "noise_rate", "noise_mode",
            "clean_val", "epochs", "select_metric")
+#: The ``-<sha256[:8]>`` that :func:`ssl_noise.registry.make_id` ends an entry id with (matched here rather than
+#: imported: the registry module loads torch, which figures and reports do not need).
+ENTRY_HASH = re.compile(r"-[0-9a-f]{8}$")
 METRIC_NAMES = {"acc": "accuracy", "auc": "AUC", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1",
                 "mcc": "MCC"}
 
@@ -131,7 +134,7 @@ def pool_reruns(frame):
     Returns ``(frame, pooled)``; ``pooled`` maps each new id that joins two or more entries to their ids.
     """
     ids = frame["encoder_id"].astype(str)
-    stem = ids.map(lambda i: re.sub(r"-[0-9a-f]{8}$", "", i))
+    stem = ids.map(lambda i: ENTRY_HASH.sub("", i))
     pooled = {key: sorted(part.unique()) for key, part in ids.groupby(stem) if part.nunique() > 1}
     return frame.assign(encoder_id=stem), pooled
 

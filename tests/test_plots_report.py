@@ -176,6 +176,10 @@ def test_pooled_reruns_of_one_command_report_as_one_init(tmp_path, capsys) -> No
     pooled_frame, groups = plots.pool_reruns(split)
     assert groups == {SIMCLR[:-9]: sorted([SIMCLR, rerun])}
     pd.testing.assert_frame_equal(report.paired_gains(pooled_frame), report.paired_gains(whole))
+    from ssl_noise.registry import make_id
+
+    meta = {"method": "simclr", "backbone": "resnet18", "dataset": "bloodmnist", "epochs": 5, "seed": 0}
+    assert plots.ENTRY_HASH.sub("", make_id(meta, "ab" * 32)) == SIMCLR[:-9]  # the registry's id format
     other_recipe = SIMCLR.replace("-e5-", "-e10-")  # another epoch count is another command: never pooled
     assert plots.pool_reruns(split.assign(encoder_id=split["encoder_id"].replace(rerun, other_recipe)))[1] == {}
 
