@@ -5,6 +5,10 @@ A sweep spec (``finetune/sweeps/*.yaml``) has a ``base`` (a fine-tuning ``recipe
 key too). Every combination is a *cell*: its config is resolved in the order dataclass defaults < recipe < base <
 ``--set`` overrides < grid values, exactly like ``ssl-noise finetune`` resolves a recipe and flags.
 
+A grid key may join fields with ``+`` to vary them together rather than crosswise, e.g.
+``noise_type+noise_rate: [[symmetric, 0.4], [pairflip, 0.3]]`` is two settings, not four: the way a study names
+the settings it compares (HSA-NRL's are symmetric 0.4 and pair-flip 0.3) without paying for the cross product.
+
 Ids. An init given by method name (``simclr``) or id prefix is resolved **once, at expansion**, to a concrete registry
 id, which is written into the cell's config, and pinned in ``<runs>/sweeps/<name>.inits.json`` the first time the
 sweep runs, so later invocations (a resumed sweep, shards started later) keep that encoder even after newer
@@ -128,18 +132,39 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raise UserError(f"sweep spec {path}: empty grid; give grid: {{field: [values, ...]}} with at least one field")
     checked_grid: Dict[str, List[Any]] = {}
     for key, values in grid.items():
-        key = _check_key(key, f"sweep spec {path}: grid")
+        joined = [_check_key(k.strip(), f"sweep spec {path}: grid") for k in str(key).split("+")]
+        key = "+".join(joined)
         if not isinstance(values, list):
             raise UserError(f"sweep spec {path}: grid.{key} must be a list (put a single value in base)")
         if not values:
             raise UserError(f"sweep spec {path}: empty grid: grid.{key} has no values")
+        if len(joined) > 1 and any(not isinstance(v, list) or len(v) != len(joined) for v in values):
+            raise UserError(f"sweep spec {path}: grid.{key} joins {len(joined)} fields, so each value must be a list "
+                            f"of {len(joined)} (e.g. [{', '.join(joined)}])")
         checked_grid[key] = values
+    fields = grid_fields(checked_grid)
+    repeated = sorted({k for k in fields if fields.count(k) > 1})
+    if repeated:
+        raise UserError(f"sweep spec {path}: {', '.join(repeated)} appears in more than one grid key; keep it in one")
     checked_base = {_check_key(k, f"sweep spec {path}: base"): v for k, v in base.items()}
-    both = sorted(set(checked_base) & set(checked_grid))
+    both = sorted(set(checked_base) & set(fields))
     if both:
         raise UserError(f"sweep spec {path}: {', '.join(both)} is in both base and grid; keep it in one")
     return SweepSpec(name=str(data.get("name") or path.stem), path=path, base=checked_base, grid=checked_grid,
                      description=str(data.get("description") or ""))
+
+
+def grid_fields(grid: Dict[str, List[Any]]) -> List[str]:
+    """The config fields a grid sets, a joined key (``noise_type+noise_rate``) counting as each of its fields."""
+    return [k for key in grid for k in key.split("+")]
+
+
+def _grid_values(keys: Sequence[str], combo: Sequence[Any]) -> Dict[str, Any]:
+    """One grid point as field -> value: the value of a joined key is spread over its fields."""
+    values: Dict[str, Any] = {}
+    for key, value in zip(keys, combo):
+        values.update(zip(key.split("+"), value) if "+" in key else [(key, value)])
+    return values
 
 
 def find_file(name: str, spec_dir: Optional[Path] = None) -> Path:
@@ -292,7 +317,7 @@ def expand(spec: SweepSpec, *, checkpoints: Path, overrides: Optional[Dict[str, 
             that left the registry.
     """
     overrides = {_check_key(k, "--set"): v for k, v in (overrides or {}).items()}
-    clash = sorted(set(overrides) & set(spec.grid))
+    clash = sorted(set(overrides) & set(grid_fields(spec.grid)))
     if clash:
         raise UserError(f"--set {', '.join(clash)}: a grid key of {spec.path}; edit the grid instead")
     layers = {**spec.base, **overrides}
@@ -310,7 +335,7 @@ def expand(spec: SweepSpec, *, checkpoints: Path, overrides: Optional[Dict[str, 
     inits, cells, seen, collapsed = _Inits(checkpoints, pinned), [], {}, 0
     keys = list(spec.grid)
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
-        values = dict(zip(keys, combo))
+        values = _grid_values(keys, combo)
         chosen = {**layers, **values}
         fields = {k: v for k, v in chosen.items() if k != "recipe"}
         try:

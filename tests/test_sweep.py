@@ -90,6 +90,27 @@ def test_clean_cells_that_differ_only_in_noise_draws_run_once(tmp_path) -> None:
     assert len(_cells(_spec(tmp_path, {"noise_rate": [0.0], "seed": [0, 1]}, name="seeds"), tmp_path / "ck")) == 2
 
 
+def test_joined_grid_keys_vary_together_and_keep_the_ids_of_crossed_cells(tmp_path) -> None:
+    joined = _cells(_spec(tmp_path, {"noise_type+noise_rate": [["symmetric", 0.4], ["pairflip", 0.3]],
+                                     "seed": [0, 1]}, name="joined"), tmp_path / "ck")
+    settings = [(c.config.noise_type, c.config.noise_rate, c.config.seed) for c in joined]
+    assert settings == [("symmetric", 0.4, 0), ("symmetric", 0.4, 1), ("pairflip", 0.3, 0), ("pairflip", 0.3, 1)]
+    assert dict(joined[0].values) == {"noise_type": "symmetric", "noise_rate": 0.4, "seed": 0}
+    # each cell is the one the crossed grid holds, under the same id: joining only leaves the other pairs out
+    crossed = _cells(_spec(tmp_path, {"noise_type": ["symmetric", "pairflip"], "noise_rate": [0.3, 0.4],
+                                      "seed": [0, 1]}, name="crossed"), tmp_path / "ck")
+    assert {c.cell_id for c in joined} < {c.cell_id for c in crossed} and len(crossed) == 8
+    # each method with its own options (one base method_args would be refused by the methods it does not fit)
+    per_method = _cells(_spec(tmp_path, {"method+method_args": [["ce", {}], ["nshe", {"forget_rate": 0.05}]]},
+                              name="methods"), tmp_path / "ck")
+    assert [(c.config.method, c.config.method_args) for c in per_method] == [("ce", {}),
+                                                                             ("nshe", {"forget_rate": 0.05})]
+    # a --set on a joined field is refused like one on any grid key
+    with pytest.raises(UserError, match="grid key"):
+        _cells(_spec(tmp_path, {"noise_type+noise_rate": [["symmetric", 0.4]]}, name="set"), tmp_path / "ck",
+               overrides={"noise_rate": 0.2})
+
+
 def test_ids_are_stable_and_hash_every_field(tmp_path, monkeypatch) -> None:
     path = _spec(tmp_path, {"noise_rate": [0.2], "seed": [0, 1]})
     a, b = _cells(path, tmp_path / "ck"), _cells(path, tmp_path / "ck")
@@ -147,6 +168,11 @@ def test_shards_are_disjoint_and_cover_the_grid(tmp_path) -> None:
     ({"grid": {"seed": [0], "lr": ["fast"]}}, "expects a number"),
     ({"base": {"recipe": "nowhere.yaml"}, "grid": {"seed": [0]}}, "not found"),
     ({"grid": {"init": ["random", "simclr"]}}, "not in the registry"),
+    ({"grid": {"noise_type+noise_rte": [["symmetric", 0.4]]}}, "unknown key 'noise_rte'"),
+    ({"grid": {"noise_type+noise_rate": [["symmetric"]]}}, "each value must be a list of 2"),
+    ({"grid": {"noise_type+noise_rate": ["symmetric"]}}, "each value must be a list of 2"),
+    ({"grid": {"noise_type+noise_rate": [["pairflip", 0.3]], "noise_rate": [0.4]}}, "more than one grid key"),
+    ({"base": {"noise_rate": 0.2}, "grid": {"noise_type+noise_rate": [["pairflip", 0.3]]}}, "both base and grid"),
 ])
 def test_bad_specs_exit_2_with_one_line(tmp_path, capsys, doc, needle) -> None:
     path = tmp_path / "bad.yaml"
