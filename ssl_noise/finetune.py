@@ -560,12 +560,13 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
         if "kept" in result.outputs:  # a selecting method: `ssl-noise refine` continues its selected-epoch state
             import safetensors.torch
 
-            from ssl_noise.refine import detection_report
-
             safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in
                                          result.method.state_dict().items()}, str(tmp / "model.safetensors"))
         metrics = summarise(prep, result)
-        if "kept" in result.outputs:  # detection of the flipped labels (precision/recall/F1/AUROC, clean kept per class)
+        if "kept" in result.outputs or "flagged" in result.outputs:  # detection of the flipped labels
+            # (precision/recall/F1/AUROC, clean kept per class)
+            from ssl_noise.refine import detection_report
+
             metrics["detection"] = detection_report(result.outputs, data.train.labels, prep.train_noise.noisy,
                                                     data.num_classes)
         io.write_json(tmp / "metrics.json", metrics)

@@ -172,8 +172,17 @@ def test_knn_filter_drops_or_relabels_the_flagged_samples(tmp_path) -> None:
     assert len(flagged) == round(0.4 * 32)
     assert np.isnan(dropped.history[flagged]).all() and np.isfinite(np.delete(dropped.history, flagged, 0)).all()
     # The flags are the knn detector's on the init's features (same k, same labels).
-    scores = dropped.outputs["knn_scores"]
+    scores = dropped.outputs["noise_score"]
     assert np.array_equal(np.sort(flagged), np.flatnonzero(top_fraction(scores, 0.4)))
+    # The run folder gets the detection block of the selecting methods: the flags against the known flips.
+    folder, _ = finetune(prep.cfg, data_root=None, checkpoints=tmp_path / "ck", runs=tmp_path / "runs",
+                         show_progress=False)
+    detection = json.loads((folder / "metrics.json").read_text())["detection"]
+    is_noisy = prep.train_noise.noisy != prep.data.train.labels
+    flag_mask = np.isin(np.arange(32), flagged)
+    assert detection["n_flagged"] == len(flagged) and detection["n_noisy"] == is_noisy.sum()
+    assert detection["precision"] == pytest.approx((is_noisy & flag_mask).sum() / len(flagged))
+    assert detection["n_kept"] == 32 - len(flagged) and not (folder / "model.safetensors").exists()
     prep = prepare(resolve(FinetuneConfig, base, {"method": "knn_filter", "method_args": {"k": 5, "mode": "relabel"}}),
                    data_root=None, checkpoints=tmp_path / "ck")
     relabelled = fit(prep, show_progress=False)

@@ -6,7 +6,8 @@ self excluded) run on the encoder the fine-tuning starts from, before any traini
 neighbourhoods reflect the images only, so the filter uses exactly what self-supervised pretraining adds. A sample
 is flagged when its score is among the top ``noise_estimate`` share (default: the configured noise rate) or, with
 ``threshold``, above it (0.5: the weighted majority of its neighbours disagrees). With nothing flagged the run is
-identical to ``--method ce``. Outputs: ``knn_scores``, ``flagged`` (indices) and ``knn_labels`` (labels trained on).
+identical to ``--method ce``. Outputs: ``noise_score`` (the k-NN score), ``flagged`` (indices) and ``knn_labels`` (labels trained on); the run's
+``metrics.json`` gets the same ``detection`` block as the selecting methods (flagged against the known flips).
 """
 
 from __future__ import annotations
@@ -86,5 +87,5 @@ class KNNFilter(CrossEntropy):
         return keep, self.labels
 
     def outputs(self) -> Dict[str, np.ndarray]:
-        return {"knn_scores": self.scores.astype(np.float32), "flagged": np.flatnonzero(self.flagged),
+        return {"noise_score": self.scores.astype(np.float32), "flagged": np.flatnonzero(self.flagged),
                 "knn_labels": self.labels}
