@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
+from typing import Callable
 
 import click
 
@@ -915,10 +917,23 @@ def demo(settings, out, quick, jobs, quiet):
 # --- end sweep commands ---
 
 
+def _one_line_warnings(default: Callable) -> Callable:
+    """``warnings.showwarning`` that prints our own warnings (a setting that runs, but likely not as meant) as one
+    ``warning: ...`` line on stderr, like errors, and leaves other libraries' warnings to ``default``."""
+    def show(message, category, *args, **kwargs) -> None:
+        if category.__module__.startswith("ssl_noise"):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, *args, **kwargs)
+    return show
+
+
 def main(argv=None) -> None:
     """Console-script entry point: run the group and map exceptions to exit codes."""
     try:
-        cli.main(args=argv, prog_name="ssl-noise", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            cli.main(args=argv, prog_name="ssl-noise", standalone_mode=False)
     except (UserError, click.UsageError, click.BadParameter, FileExistsError) as e:
         message = e.format_message() if isinstance(e, click.ClickException) else str(e)
         click.echo(f"error: {message}", err=True)

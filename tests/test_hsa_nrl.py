@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from ssl_noise.finetune import finetune
 from ssl_noise.robust import Batch, Classifier, FinetuneContext
 from ssl_noise.robust.hsa_nrl import (ABSENT, EASY, HARD, NOISY, correct_labels, easy_score, ehn_noisy_prob,
                                       inject_anchor_noise, label_correction, split_easy_dirty, train_ehn)
-from ssl_noise.robust.nshe import NSHE, drop_mask, nshe_weights, weighted_ce
+from ssl_noise.robust.nshe import NSHE, NSHEWarning, drop_mask, nshe_weights, weighted_ce
 
 SPEC = "synthetic:n_train=32,n_val=16,n_test=32"
 TINY = dict(dataset=SPEC, image_size=16, epochs=2, batch_size=16, precision="fp32")
@@ -172,8 +173,19 @@ def _nshe_by_hand(args):
     return method, ctx
 
 
+def test_nshe_warns_when_the_evaluated_ema_copy_cannot_leave_its_init() -> None:
+    # 3 steps: 0.9 ** 3 = 73 % of the init left in the network that is evaluated
+    with pytest.warns(NSHEWarning, match=r"73% of its initial weights.*ema_momentum=0\.1000"):
+        _nshe_by_hand({"ema_momentum": 0.9})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NSHEWarning)
+        _nshe_by_hand({"ema_momentum": 0.4})                           # 6 % left: fine
+        _nshe_by_hand({"ema_momentum": 0.9, "eval_model": "student"})  # the EMA only ranks the drops
+
+
 def test_nshe_ema_follows_each_step_and_weights_use_dataset_indices() -> None:
-    method, ctx = _nshe_by_hand({"ema_momentum": 0.9, "warm_up": 1, "forget_rate": 0.25})
+    with pytest.warns(NSHEWarning):
+        method, ctx = _nshe_by_hand({"ema_momentum": 0.9, "warm_up": 1, "forget_rate": 0.25})
     x = torch.randn(8, 3, 2, 2, generator=torch.Generator().manual_seed(1))
     y = torch.from_numpy(ctx.labels)
     assert all(torch.equal(a, b) for a, b in zip(method.model.parameters(), method.ema.parameters()))
@@ -261,6 +273,13 @@ def test_bad_hsa_nrl_inputs_exit_2_and_write_no_run(tmp_path, capsys, args, need
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1 and needle in err, err
     assert out == "" and not list((tmp_path / "runs").glob("*/metrics.json"))
     assert not (tmp_path / "runs" / "results.csv").exists()
+
+
+def test_cli_shows_the_ema_warning_as_one_line_and_still_runs(tmp_path, capsys) -> None:
+    code, out, err = _finetune_cli(capsys, tmp_path, "--method", "nshe", "--noise", "0.4")
+    warned = [line for line in err.splitlines() if line.startswith("warning: nshe: after 2 steps")]
+    assert code == 0 and len(warned) == 1 and "NSHEWarning" not in err and "Traceback" not in err, err
+    assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 1
 
 
 def test_noise_file_without_estimate_exits_2(tmp_path, capsys) -> None:

@@ -26,6 +26,7 @@ turns the weighting off (ablation). Weights and drops are fixed per epoch, from 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Dict
 
@@ -96,6 +97,10 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, ke
     return (ce * weights.to(ce.dtype) * keep).sum() / keep.sum().clamp(min=1.0)
 
 
+class NSHEWarning(UserWarning):
+    """A setting that runs but cannot do what NSHE intends (see :meth:`NSHE._check_ema_horizon`)."""
+
+
 @ROBUST.register("nshe")
 class NSHE(RobustMethod):
     """Student + EMA copy with cross sample dropping and per-sample re-weighting (see the module docstring).
@@ -118,6 +123,22 @@ class NSHE(RobustMethod):
         self.weights = np.ones(n, dtype=np.float32)
         self.weighting = self.args.warm_up == 0
         self._stepped = False
+        self._check_ema_horizon()
+
+    def _check_ema_horizon(self) -> None:
+        """Warn when the EMA copy, the network evaluated, cannot leave its initialisation within the run.
+
+        After S steps the EMA still holds m**S of its initial weights: 7 % for 0.999 over the recipe's 30 BloodMNIST
+        epochs (2,670 steps), but 70 % over a 4-epoch pilot, whose EMA copy is then mostly the untrained init. The
+        suggestion 1 - 2.7 / S leaves the same 7 %, i.e. the momentum scaled to the run's length.
+        """
+        steps = self.ctx.epochs * self.ctx.steps_per_epoch
+        left = self.args.ema_momentum ** steps
+        if self.args.eval_model == "ema" and left > 0.1:
+            warnings.warn(f"nshe: after {steps} steps the EMA copy (momentum {self.args.ema_momentum:g}) still holds "
+                          f"{left:.0%} of its initial weights, and it is the network evaluated; for a run this short "
+                          f"set method_args.ema_momentum={1 - 2.7 / steps:.4f} (or eval_model=student)",
+                          NSHEWarning, stacklevel=2)
 
     def _follow(self) -> None:
         """EMA update after the loop's optimiser step (the loop steps after train_step returns)."""
