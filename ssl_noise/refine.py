@@ -70,10 +70,11 @@ def detection_report(outputs: Dict[str, np.ndarray], clean: np.ndarray, given: n
     """How well a selecting method's clean set (``outputs["kept"]``: training rows) separates the flipped labels.
 
     Flagged = not kept; a method that flags rather than selects (``knn_filter``) gives ``outputs["flagged"]`` instead,
-    and "kept" then means not flagged (in its relabel mode the flagged samples are trained on with new labels). Returns :func:`ssl_noise.metrics.detection_metrics` (AUROC from ``noise_score``) plus
-    ``auroc_selection_freq`` (score 1 - selection frequency), ``n_kept``, ``kept_purity`` (share of kept samples
-    whose label is right), ``clean_kept`` (share of truly clean samples kept) and ``clean_kept_per_class`` (the same
-    per clean class: the minority-class claim of ALR).
+    and "kept" then means not flagged (in its relabel mode the flagged samples are trained on with new labels).
+    Returns :func:`ssl_noise.metrics.detection_metrics` (AUROC from ``noise_score``) plus ``auroc_selection_freq``
+    (score 1 - selection frequency), ``n_kept``, ``kept_purity`` (share of kept samples whose label is right),
+    ``clean_kept`` (share of truly clean samples kept) and ``clean_kept_per_class`` (the same per clean class: the
+    minority-class claim of ALR).
     """
     clean, given = np.asarray(clean).reshape(-1), np.asarray(given).reshape(-1)
     kept = (kept_mask(outputs["kept"], len(given)) if "kept" in outputs

@@ -6,8 +6,9 @@ self excluded) run on the encoder the fine-tuning starts from, before any traini
 neighbourhoods reflect the images only, so the filter uses exactly what self-supervised pretraining adds. A sample
 is flagged when its score is among the top ``noise_estimate`` share (default: the configured noise rate) or, with
 ``threshold``, above it (0.5: the weighted majority of its neighbours disagrees). With nothing flagged the run is
-identical to ``--method ce``. Outputs: ``noise_score`` (the k-NN score), ``flagged`` (indices) and ``knn_labels`` (labels trained on); the run's
-``metrics.json`` gets the same ``detection`` block as the selecting methods (flagged against the known flips).
+identical to ``--method ce``. Outputs: ``noise_score`` (the k-NN score), ``flagged`` (indices) and ``knn_labels``
+(labels trained on); the run's ``metrics.json`` gets the same ``detection`` block as the selecting methods (the
+flags against the known flips).
 """
 
 from __future__ import annotations
