@@ -15,7 +15,7 @@ from typing import Callable
 import click
 
 from ssl_noise import __version__
-from ssl_noise.errors import UserError
+from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.settings import Settings, checkpoints_root, runs_root
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -150,8 +150,6 @@ def noise_cmd(settings: Settings, dataset, noise_type, rate, seed, out, mode, cl
     Example:
       ssl-noise noise --dataset bloodmnist --type symmetric --rate 0.4 --seed 1 --out noisy.csv
     """
-    import warnings
-
     import numpy as np
 
     from ssl_noise import noise
@@ -164,12 +162,7 @@ def noise_cmd(settings: Settings, dataset, noise_type, rate, seed, out, mode, cl
         raise UserError(f"{dataset} is multi-label; label noise needs one class per image")
     K = len(ds.class_names)
     mapping = noise.load_class_map(class_map, ds.class_names) if class_map else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", noise.NoiseWarning)
-        T = noise.transition_matrix(noise_type, K, rate, class_map=mapping, matrix=matrix, force=force)
-    for w in caught:
-        if issubclass(w.category, noise.NoiseWarning):
-            click.echo(f"warning: {w.message}", err=True)
+    T = noise.transition_matrix(noise_type, K, rate, class_map=mapping, matrix=matrix, force=force)
     clean = ds.train.labels
     result = noise.corrupt(clean, T, rng=np.random.default_rng(seed), mode=mode)
     noise.write_noise_csv(out, clean, result.noisy, indices=ds.train_indices)  # original indices under --subset
@@ -921,7 +914,7 @@ def _one_line_warnings(default: Callable) -> Callable:
     """``warnings.showwarning`` that prints our own warnings (a setting that runs, but likely not as meant) as one
     ``warning: ...`` line on stderr, like errors, and leaves other libraries' warnings to ``default``."""
     def show(message, category, *args, **kwargs) -> None:
-        if category.__module__.startswith("ssl_noise"):
+        if issubclass(category, SslNoiseWarning):
             click.echo(f"warning: {message}", err=True)
         else:
             default(message, category, *args, **kwargs)
@@ -932,6 +925,7 @@ def main(argv=None) -> None:
     """Console-script entry point: run the group and map exceptions to exit codes."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("always", SslNoiseWarning)  # each occurrence, not once per source line
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             cli.main(args=argv, prog_name="ssl-noise", standalone_mode=False)
     except (UserError, click.UsageError, click.BadParameter, FileExistsError) as e:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ssl_noise.augment import normalize, to_float
-from ssl_noise.errors import UserError
+from ssl_noise.errors import SslNoiseWarning, UserError
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def extract_features(encoder: nn.Module, images: np.ndarray, *, mean: Sequence[f
     bad = ~np.isfinite(feats).all(axis=1)
     if bad.any():  # a diverged encoder: say so instead of letting NaN votes turn into a silent accuracy
         warnings.warn(f"encoder produced non-finite features for {int(bad.sum())} of {len(feats)} images; "
-                      "they are set to zero for the k-NN search")
+                      "they are set to zero for the k-NN search", SslNoiseWarning)
         feats[bad] = 0.0
     return feats
 

@@ -31,7 +31,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ssl_noise._registry import Registry
-from ssl_noise.errors import UserError
+from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.io import atomic_path, read_csv_strict
 
 PathLike = Union[str, os.PathLike]
@@ -43,7 +43,7 @@ ROW_SUM_TOL = 1e-6
 NOISE_TYPES: Registry[Callable[..., np.ndarray]] = Registry("noise type")
 
 
-class NoiseWarning(UserWarning):
+class NoiseWarning(SslNoiseWarning):
     """Issued (with ``force=True``) when a matrix lets a wrong class match or outnumber the clean one."""
 
 

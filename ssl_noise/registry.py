@@ -39,7 +39,7 @@ import yaml
 from torch import nn
 
 from ssl_noise import backbones
-from ssl_noise.errors import UserError
+from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.io import atomic_dir, atomic_path, file_digest, write_json, write_yaml
 from ssl_noise.provenance import git_state, versions
 
@@ -250,7 +250,7 @@ def list_entries(root: PathLike) -> List[Dict[str, Any]]:
         try:
             metas.append(_read_meta(path))
         except UserError as e:
-            warnings.warn(f"skipping registry folder {path}: {e}", stacklevel=2)
+            warnings.warn(f"skipping registry folder {path}: {e}", SslNoiseWarning, stacklevel=2)
     return sorted(metas, key=lambda m: (str(m.get("created_at", "")), m["id"]), reverse=True)
 
 

@@ -203,3 +203,15 @@ def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert code == 2 and "without --yes" in err and (root / a).exists()
     code, out, _ = _cli(capsys, root, "registry", "rm", a, "--yes")
     assert code == 0 and out.strip() == f"removed {a}" and not (root / a).exists()
+
+
+def test_cli_warns_about_a_broken_folder_on_one_line_every_time(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "ckpt"
+    good = _save(root)
+    broken = root / "simclr-resnet18-bloodmnist-e1-s9-deadbeef"
+    broken.mkdir()
+    (broken / "meta.json").write_text("{not json")
+    for _ in range(2):  # our warnings are shown each time, not once per source line
+        code, out, err = _cli(capsys, root, "registry", "ls")
+        assert code == 0 and good in out and broken.name not in out
+        assert err.startswith(f"warning: skipping registry folder {broken}: ") and err.count("\n") == 1

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-from ssl_noise.errors import UserError
+from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.robust import ROBUST
 from ssl_noise.robust.base import Batch, RobustMethod, label_prob
 
@@ -97,7 +97,7 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, ke
     return (ce * weights.to(ce.dtype) * keep).sum() / keep.sum().clamp(min=1.0)
 
 
-class NSHEWarning(UserWarning):
+class NSHEWarning(SslNoiseWarning):
     """A setting that runs but cannot do what NSHE intends (see :meth:`NSHE._check_ema_horizon`)."""
 
 
