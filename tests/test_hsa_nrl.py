@@ -158,13 +158,13 @@ def test_weighted_ce_is_a_per_sample_weighted_sum_over_kept_samples() -> None:
         pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
 
 
-def _nshe_by_hand(args):
-    """NSHE with a hand-built context (linear encoder, 8 samples of 2x2x3 pixels)."""
+def _nshe_by_hand(args, epochs: int = 3):
+    """NSHE with a hand-built context (linear encoder, 8 samples of 2x2x3 pixels, one step an epoch)."""
     def build_model(k):
         torch.manual_seed(k)
         return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), 4, 3)
 
-    ctx = FinetuneContext(num_classes=3, labels=np.array([0, 1, 2, 0, 1, 2, 0, 1]), epochs=3, steps_per_epoch=1,
+    ctx = FinetuneContext(num_classes=3, labels=np.array([0, 1, 2, 0, 1, 2, 0, 1]), epochs=epochs, steps_per_epoch=1,
                           device="cpu", seed=0, build_model=build_model, build_optimizer=None, batches=None,
                           predict_train=None, autocast=contextlib.nullcontext)
     ctx.build_optimizer = lambda m: ctx.optimizers.append(torch.optim.SGD(m.parameters(), lr=0.5)) or ctx.optimizers[-1]
@@ -175,8 +175,10 @@ def _nshe_by_hand(args):
 
 def test_nshe_warns_when_the_evaluated_ema_copy_cannot_leave_its_init() -> None:
     # 3 steps: 0.9 ** 3 = 73 % of the init left in the network that is evaluated
-    with pytest.warns(NSHEWarning, match=r"73% of its initial weights.*ema_momentum=0\.1000"):
+    with pytest.warns(NSHEWarning, match=r"73% of its initial weights.*ema_momentum=0\.4066"):
         _nshe_by_hand({"ema_momentum": 0.9})
+    with pytest.warns(NSHEWarning, match=r"after 1 steps .*ema_momentum=0\.0672"):
+        _nshe_by_hand({"ema_momentum": 0.5}, epochs=1)  # the suggestion stays a momentum for the shortest run
     with warnings.catch_warnings():
         warnings.simplefilter("error", NSHEWarning)
         _nshe_by_hand({"ema_momentum": 0.4})                           # 6 % left: fine

@@ -26,6 +26,7 @@ turns the weighting off (ablation). Weights and drops are fixed per epoch, from 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Dict
@@ -130,14 +131,15 @@ class NSHE(RobustMethod):
 
         After S steps the EMA still holds m**S of its initial weights: 7 % for 0.999 over the recipe's 30 BloodMNIST
         epochs (2,670 steps), but 70 % over a 4-epoch pilot, whose EMA copy is then mostly the untrained init. The
-        suggestion 1 - 2.7 / S leaves the same 7 %, i.e. the momentum scaled to the run's length.
+        suggestion exp(-2.7 / S) (about 1 - 2.7 / S for long runs) leaves the same 7 %, i.e. the momentum scaled to
+        the run's length.
         """
         steps = self.ctx.epochs * self.ctx.steps_per_epoch
         left = self.args.ema_momentum ** steps
         if self.args.eval_model == "ema" and left > 0.1:
             warnings.warn(f"nshe: after {steps} steps the EMA copy (momentum {self.args.ema_momentum:g}) still holds "
                           f"{left:.0%} of its initial weights, and it is the network evaluated; for a run this short "
-                          f"set method_args.ema_momentum={1 - 2.7 / steps:.4f} (or eval_model=student)",
+                          f"set method_args.ema_momentum={math.exp(-2.7 / steps):.4f} (or eval_model=student)",
                           NSHEWarning, stacklevel=2)
 
     def _follow(self) -> None:
