@@ -48,9 +48,9 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, *, task: str = "mul
     >>> round(m["acc"], 4), m["auc"], m["per_class_acc"]
     (0.6667, 1.0, [1.0, 0.5])
     """
-    from medmnist.evaluator import getACC
     from sklearn.metrics import balanced_accuracy_score, f1_score, matthews_corrcoef
 
+    getACC = _medmnist_evaluator().getACC
     y = np.asarray(y, dtype=np.int64).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
     K = probs.shape[1]
@@ -71,9 +71,17 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, *, task: str = "mul
     return out
 
 
+def _medmnist_evaluator():
+    """``medmnist.evaluator`` (imported on first use: it pulls in torch), without medmnist's home-folder warning."""
+    from ssl_noise.data.catalogue import medmnist_quietly
+
+    with medmnist_quietly():
+        from medmnist import evaluator
+    return evaluator
+
+
 def _auc(y: np.ndarray, probs: np.ndarray, task: str) -> tuple:
     """MedMNIST's getAUC when every class is present with positives and negatives; else the mean over those that are."""
-    from medmnist.evaluator import getAUC
     from sklearn.metrics import roc_auc_score
 
     if not np.isfinite(probs).all():
@@ -81,7 +89,7 @@ def _auc(y: np.ndarray, probs: np.ndarray, task: str) -> tuple:
     K = probs.shape[1]
     defined = [k for k in range(K) if 0 < np.sum(y == k) < len(y)]
     if len(defined) == K:
-        return float(getAUC(y, probs, task)), K
+        return float(_medmnist_evaluator().getAUC(y, probs, task)), K
     if not defined:
         return None, 0
     return float(np.mean([roc_auc_score(y == k, probs[:, k]) for k in defined])), len(defined)

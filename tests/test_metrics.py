@@ -71,3 +71,24 @@ def test_mean_memorisation_and_detection() -> None:
     assert d["f1"] == pytest.approx(f1_score(truth, flagged))
     assert d["auroc"] == pytest.approx(roc_auc_score(truth, scores))
     assert detection_metrics(truth, np.zeros(6, bool))["precision"] is None
+
+
+def test_metrics_and_catalogue_stay_quiet_when_medmnist_cannot_make_its_home_folder(tmp_path) -> None:
+    """medmnist warns at import when ~/.medmnist cannot be created (read-only home, two workers racing); we never
+    use that folder, so neither path that imports medmnist may let the warning through."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.write_text("a file where medmnist wants a folder")  # makedirs(~/.medmnist) fails, as on a read-only home
+    code = ("import numpy as np\n"
+            "from ssl_noise.data.catalogue import get_entry\n"
+            "from ssl_noise.metrics import classification_metrics\n"
+            "assert get_entry('bloodmnist').n_channels == 3\n"
+            "print(classification_metrics(np.array([0, 1]), np.array([[.9, .1], [.2, .8]]))['auc'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1.0"
+    assert "default root" not in out.stderr, out.stderr

@@ -11,9 +11,11 @@ machines that reach a package index but not the web.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import sys
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Dict, Optional, Tuple
@@ -96,8 +98,23 @@ def _info_module() -> ModuleType:
     path = f"{list(spec.submodule_search_locations)[0]}/info.py"
     info_spec = importlib.util.spec_from_file_location("_ssl_noise_medmnist_info", path)
     module = importlib.util.module_from_spec(info_spec)
-    info_spec.loader.exec_module(module)
+    with medmnist_quietly():
+        info_spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def medmnist_quietly():
+    """Import (parts of) ``medmnist`` without its "Failed to setup default root." warning.
+
+    ``medmnist/info.py`` creates ``~/.medmnist`` at import time and warns when it cannot: on a read-only home (a
+    cluster container) and whenever two sweep workers import it at the same moment (its exists-then-makedirs races).
+    ssl-noise never uses that folder (data roots: :mod:`ssl_noise.data.medmnist`), so the warning says nothing
+    true about a run and would only be printed into every worker's log.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to setup default root", category=UserWarning)
+        yield
 
 
 def _entry(flag: str, info: dict) -> CatalogueEntry:
