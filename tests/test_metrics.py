@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from medmnist.evaluator import getACC, getAUC
@@ -76,10 +80,6 @@ def test_mean_memorisation_and_detection() -> None:
 def test_metrics_and_catalogue_stay_quiet_when_medmnist_cannot_make_its_home_folder(tmp_path) -> None:
     """medmnist warns at import when ~/.medmnist cannot be created (read-only home, two workers racing); we never
     use that folder, so neither path that imports medmnist may let the warning through."""
-    import os
-    import subprocess
-    import sys
-
     home = tmp_path / "home"
     home.write_text("a file where medmnist wants a folder")  # makedirs(~/.medmnist) fails, as on a read-only home
     code = ("import numpy as np\n"
