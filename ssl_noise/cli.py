@@ -553,6 +553,7 @@ def refine_group() -> None:
       ssl-noise refine run RUN --rounds 8 --budget 70 --acquisition entropy     # simulated oracle
       ssl-noise refine export RUN --out review/      # expert: to_review.csv + to_review.html
       ssl-noise refine import RUN review/to_review.csv                          # merge answers, run the round
+      ssl-noise refine plot RUN --out budget.png --reference CE=0.880           # accuracy against budget
     Results: RUN/refine/<session>/rounds.csv (budget vs. metrics), labels_r<r>.csv, acquired_r<r>.csv.
     """
 
@@ -623,6 +624,34 @@ def refine_import_cmd(settings: Settings, run, answers, name, quiet) -> None:
                                 show_progress=not quiet)
     _echo_round(row)
     click.echo(str(folder))
+
+
+@refine_group.command("plot")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(), metavar="SOURCE...")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Figure file: .png, .pdf or .svg.")
+@click.option("--metric", default="test_acc", show_default=True,
+              help="A rounds.csv column: test_acc, test_balanced_acc, test_macro_f1, test_auc, test_mcc.")
+@click.option("--label", "labels", multiple=True, metavar="NAME",
+              help="Legend name of each rounds table, in order (repeat; default: <LNL method> · <session name "
+                   "without its seed>).")
+@click.option("--reference", "references", multiple=True, metavar="NAME=VALUE",
+              help="A horizontal line, e.g. the CE run on the same noisy labels: --reference CE=0.880 (repeat).")
+@click.option("--title", default="active label refinement", show_default=True, help="Figure title.")
+def refine_plot_cmd(sources, out, metric, labels, references, title) -> None:
+    """Draw accuracy against the refinement budget.
+
+    SOURCE is a session's rounds.csv (or a copy of it), a session folder RUN/refine/<session>, or a run folder
+    (all its sessions). One line per session; sessions with the same legend name (seeds of one acquisition on one
+    run) are drawn as mean ± std. Prints the file written.
+    """
+    from ssl_noise.plots import budget_curves, budget_figure, parse_references
+
+    lines = parse_references(references)
+    curves = budget_curves(sources, metric=metric, labels=list(labels) or None)
+    click.echo(str(budget_figure(curves, out, metric=metric, references=lines, title=title)))
+
+
 # --- end refine commands ---
 
 # --- detect commands ---

@@ -6,6 +6,9 @@
   and noisy-label method + protocol (columns).
 * :func:`detection_figure`: detection quality (columns ``detect_*`` / ``detection_*`` that noisy-label detectors
   add, e.g. ``detect_precision``, ``detect_recall``, ``detect_auroc``) against the noise rate, when present.
+* :func:`budget_figure`: active label refinement's test metric against the labels an oracle has supplied, from the
+  ``rounds.csv`` of ``ssl-noise refine`` sessions (:func:`budget_curves`), with optional reference lines (the CE
+  run on the same noisy labels is the number refinement has to beat).
 
 Clean runs (rate 0) belong to no noise type, so a noise-type panel without its own rate-0 runs borrows the clean
 runs of the same init and method. Rows whose noise came from a user's file (type ``file``, no rate) have no x value
@@ -330,3 +333,118 @@ def plot_results(source, out: str | Path, *, metric: str = DEFAULT_METRIC, pool:
     written = [robustness_figure(frame, out, metric=metric)]
     detection = detection_figure(frame, detection_path(out))
     return written + ([detection] if detection else [])
+
+
+#: Columns of a refinement session's ``rounds.csv`` (ssl_noise.refine.Session._write_round) the budget curves need.
+ROUNDS_REQUIRED = ("round", "budget", "acquisition", "oracle")
+
+
+def rounds_tables(sources: Sequence[str | Path]) -> List[Path]:
+    """The ``rounds.csv`` files behind ``sources``: a rounds CSV itself, a session folder (``RUN/refine/<name>``)
+    or an LNL run folder (every session under ``RUN/refine/``)."""
+    tables: List[Path] = []
+    for source in map(Path, sources):
+        if source.is_file():
+            tables.append(source)
+        elif (source / "rounds.csv").is_file():
+            tables.append(source / "rounds.csv")
+        elif sessions := sorted((source / "refine").glob("*/rounds.csv")):
+            tables.extend(sessions)
+        else:
+            raise UserError(f"{source} is neither a rounds CSV nor a folder holding refinement sessions "
+                            "(ssl-noise refine run RUN writes RUN/refine/<session>/rounds.csv)")
+    return tables
+
+
+def rounds_label(path: Path) -> str:
+    """Legend name of one session: ``<LNL method> · <session name without its -s<seed>>`` for a rounds.csv inside
+    its run folder (``vog · entropy-b70``), the file name without ``_rounds`` for a copy elsewhere
+    (``vog_entropy_rounds.csv`` -> ``vog_entropy``).
+
+    The seed is cut so that sessions differing only in ``--seed`` share a line (mean ± std over seeds), while
+    another acquisition, budget or a named (expert) session gets its own.
+    """
+    import yaml
+
+    config = path.parent.parent.parent / "config.yaml"  # RUN/refine/<session>/rounds.csv -> RUN/config.yaml
+    if path.name == "rounds.csv" and path.parent.parent.name == "refine" and config.is_file():
+        method = (yaml.safe_load(config.read_text()) or {}).get("method", "?")
+        return f"{method} · {re.sub(r'-s[0-9]+$', '', path.parent.name)}"
+    return path.stem.removesuffix("_rounds") if path.stem != "rounds" else path.parent.name
+
+
+def budget_curves(sources: Sequence[str | Path], *, metric: str = DEFAULT_METRIC,
+                  labels: Optional[Sequence[str]] = None):
+    """Mean, std (ddof 1; 0 for one session) and n of ``metric`` per line and cumulative budget (labels supplied).
+
+    ``sources`` as :func:`rounds_tables`; ``labels``, if given, name the tables in that order (one per table).
+    Tables with the same label are pooled: refinement sessions on one LNL run that differ only in ``--seed``.
+    Returns a frame with columns ``label, budget, mean, std, n``.
+    """
+    import pandas as pd
+
+    paths = rounds_tables(sources)
+    if labels is not None and len(labels) != len(paths):
+        raise UserError(f"{len(labels)} label(s) given for {len(paths)} rounds table(s): give one per table")
+    parts = []
+    for i, path in enumerate(paths):
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read rounds table {path}: {str(e).strip().splitlines()[0]}") from None
+        missing = [c for c in ROUNDS_REQUIRED if c not in frame.columns]
+        if missing or frame.empty:
+            raise UserError(f"{path} is not a rounds.csv of ssl-noise refine "
+                            f"({'no rows' if not missing else 'no column ' + ', '.join(missing)})")
+        if metric not in frame.columns:
+            choices = [c for c in frame.columns if c.startswith("test_")]
+            raise UserError(f"{path} has no column {metric!r}; choose from: {', '.join(choices)}")
+        label = labels[i] if labels is not None else rounds_label(path)
+        parts.append(frame[["budget", metric]].assign(label=label))
+    rows = pd.concat(parts, ignore_index=True)
+    out = rows.groupby(["label", "budget"])[metric].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n"}).fillna({"std": 0.0})
+
+
+def parse_references(references: Sequence[str]) -> List[tuple]:
+    """``["CE=0.880"]`` -> ``[("CE", 0.88)]``: horizontal lines for :func:`budget_figure`."""
+    parsed = []
+    for text in references:
+        name, sep, value = str(text).rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name.strip() or not np.isfinite(number):
+            raise UserError(f"reference {text!r} must be NAME=VALUE with a number, e.g. CE=0.880")
+        parsed.append((name.strip(), number))
+    return parsed
+
+
+def budget_figure(curves, out: str | Path, *, metric: str = DEFAULT_METRIC, references: Sequence[tuple] = (),
+                  title: str = "active label refinement") -> Path:
+    """Write ``metric`` against the number of oracle labels (``curves`` from :func:`budget_curves`) to ``out``."""
+    out = _check_out(out)
+    colours = _colours(curves["label"].unique())
+    fig, axes = _grid(1, 1)
+    ax = axes[0][0]
+    for label in sorted(curves["label"].unique()):
+        line = curves[curves["label"] == label].sort_values("budget")
+        x, y, s = line["budget"].to_numpy(), line["mean"].to_numpy(), line["std"].to_numpy()
+        n = line["n"].max()
+        ax.plot(x, y, marker="o", color=colours[label], label=label + (f" (n={n})" if n > 1 else ""))
+        if n > 1:
+            ax.fill_between(x, y - s, y + s, color=colours[label], alpha=0.18, lw=0)
+    for i, (name, value) in enumerate(references):
+        ax.axhline(value, color="0.35", ls=(0, (4, 2 + 2 * i)), lw=1)
+        ax.annotate(f"{name} {value:.3f}", (1.0, value), xycoords=("axes fraction", "data"), ha="right",
+                    va="bottom", fontsize=8, color="0.3")
+    name = METRIC_NAMES.get(metric.removeprefix("test_"), metric)
+    ax.set_xlabel("labels supplied by the oracle (cumulative budget)")
+    ax.set_ylabel(f"test {name}\n(each round's validation-selected epoch)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.text(0.5, 0.0, "0 labels: the LNL run's network 1; lines with n > 1: mean over sessions, bands: ± std",
+             ha="center", va="top", fontsize=7)
+    return _save(fig, out)

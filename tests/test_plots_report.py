@@ -229,3 +229,67 @@ def test_detection_is_read_from_the_run_folders_next_to_the_table(tmp_path) -> N
     assert loaded["detect_recall"].notna().sum() == 32
     written = plots.plot_results(runs / "sweeps" / "t.csv", tmp_path / "f.png")
     assert [p.name for p in written] == ["f.png", "f_detection.png"]
+
+
+def _rounds(acc: list, acquisition: str = "entropy", oracle: str = "simulated") -> pd.DataFrame:
+    """A refinement session's rounds.csv: round 0 plus one row per round of 70 labels."""
+    n = len(acc)
+    return pd.DataFrame({"round": range(n), "budget": [70 * r for r in range(n)], "acquired": [0] + [70] * (n - 1),
+                         "test_acc": acc, "test_macro_f1": [a - 0.05 for a in acc],
+                         "acquisition": acquisition, "oracle": oracle})
+
+
+def _refine_run(tmp_path) -> Path:
+    """An LNL run folder with two entropy sessions (seeds 0, 1) and one random session."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: vog\nnoise_rate: 0.2\n")
+    for name, acc, acquisition in (("entropy-b70-s0", [0.80, 0.82, 0.86], "entropy"),
+                                   ("entropy-b70-s1", [0.80, 0.84, 0.88], "entropy"),
+                                   ("random-b70-s0", [0.80, 0.81, 0.83], "random")):
+        (run / "refine" / name).mkdir(parents=True)
+        _rounds(acc, acquisition).to_csv(run / "refine" / name / "rounds.csv", index=False)
+    return run
+
+
+def test_budget_curves_pool_seeds_of_one_acquisition_and_name_lines_by_the_run(tmp_path) -> None:
+    run = _refine_run(tmp_path)
+    curves = plots.budget_curves([run]).set_index(["label", "budget"])
+    assert sorted(curves.index.get_level_values(0).unique()) == ["vog · entropy-b70", "vog · random-b70"]
+    entropy = curves.loc["vog · entropy-b70"]
+    assert entropy["n"].tolist() == [2, 2, 2] and entropy.index.tolist() == [0, 70, 140]
+    assert np.allclose(entropy["mean"], [0.80, 0.83, 0.87])
+    assert np.allclose(entropy["std"], [0.0, np.std([0.82, 0.84], ddof=1), np.std([0.86, 0.88], ddof=1)])
+    random = curves.loc["vog · random-b70"]
+    assert random["n"].tolist() == [1, 1, 1] and (random["std"] == 0).all()
+    # a session folder, a copy of its table outside the run (named by its file), explicit labels, another metric
+    copy = tmp_path / "vog_random_rounds.csv"
+    copy.write_bytes((run / "refine" / "random-b70-s0" / "rounds.csv").read_bytes())
+    assert set(plots.budget_curves([run / "refine" / "random-b70-s0", copy])["label"]) == {"vog · random-b70",
+                                                                                          "vog_random"}
+    f1 = plots.budget_curves([copy], labels=["VoG, random"], metric="test_macro_f1")
+    assert f1["label"].unique().tolist() == ["VoG, random"] and np.allclose(f1["mean"], [0.75, 0.76, 0.78])
+    assert plots.parse_references(["CE=0.880", "Co-teaching = 0.87"]) == [("CE", 0.88), ("Co-teaching", 0.87)]
+
+
+def test_cli_refine_plot_draws_the_committed_study_and_refuses_bad_input(tmp_path, capsys) -> None:
+    study = Path(__file__).resolve().parents[1] / "finetune/studies/pneumonia_imbalanced_e30/refine"
+    tables = sorted(str(p) for p in study.glob("*_rounds.csv"))
+    assert len(tables) == 3
+    out = tmp_path / "budget.png"
+    code, stdout, err = _cli(capsys, "refine", "plot", *tables, "--out", str(out), "--reference", "CE=0.880")
+    assert code == 0, err
+    assert stdout.split() == [str(out)] and out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 5000
+    run = _refine_run(tmp_path)
+    results = tmp_path / "results.csv"
+    _table().to_csv(results, index=False)
+    bad = [(str(run), "--label", "only one"),                       # 3 tables, 1 label
+           (str(run), "--reference", "CE:0.88"), (str(run), "--reference", "CE=high"), (str(run), "--reference", "=1"),
+           (str(run), "--metric", "test_nothing"),
+           (str(results),),                                          # a results table, not a rounds table
+           (str(tmp_path / "missing"),)]
+    for args in bad:
+        target = tmp_path / "bad.png"
+        code, stdout, err = _cli(capsys, "refine", "plot", *args, "--out", str(target))
+        assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, (args, err)
+        assert not target.exists()

@@ -141,6 +141,23 @@ def test_ids_are_stable_and_hash_every_field(tmp_path, monkeypatch) -> None:
     assert sweep.cell_id(cfg, init_label="random", encoder_sha256="ab") != base_id
 
 
+def test_every_committed_spec_expands_and_the_method_grids_share_their_ce_cells(tmp_path, monkeypatch) -> None:
+    """The specs in finetune/sweeps/ are what the READMEs tell people to run: each loads and every cell's config
+    resolves (configs are checked before inits; with an empty registry the cells of SSL inits are then skipped)."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    specs = sorted((root / "finetune" / "sweeps").glob("*.yaml"))
+    assert len(specs) >= 10
+    cells = {}
+    for path in specs:
+        cells[path.stem] = _cells(path, tmp_path / "empty", skip_missing=True, log=lambda message: None)
+    methods, hsa = cells["bloodmnist_methods"], cells["bloodmnist_methods_hsa"]
+    assert len(methods) == len(hsa) == 12  # random init only here: 2 rates x 3 methods x 2 noise seeds
+    assert {c.config.epochs for c in methods + hsa} == {30}
+    shared = {c.cell_id for c in methods} & {c.cell_id for c in hsa}
+    assert len(shared) == 2 and all("-sym0.4n" in i and "-ce-" in i for i in shared)
+
+
 def test_shards_are_disjoint_and_cover_the_grid(tmp_path) -> None:
     cells = _cells(_spec(tmp_path, {"noise_rate": [0.0, 0.2, 0.4], "noise_seed": [1, 2, 3], "seed": [0, 1]}),
                    tmp_path / "ck")
