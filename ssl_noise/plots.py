@@ -194,6 +194,15 @@ def _colours(labels: Sequence[str]) -> dict:
     return colours
 
 
+def _spread(ax, x, y, s, colour) -> None:
+    """Draw ± std around a line: a band, or error bars where the line has a single x (a one-rate study, a
+    refinement session with only round 0), where a band would have no width and the spread would vanish."""
+    if len(x) > 1:
+        ax.fill_between(x, y - s, y + s, color=colour, alpha=0.18, lw=0)
+    else:
+        ax.errorbar(x, y, yerr=s, color=colour, capsize=4, lw=1, ls="none")
+
+
 def _grid(n_rows: int, n_cols: int, *, sharey: bool = True, extra_width: float = 0.0):
     import matplotlib
 
@@ -253,7 +262,7 @@ def robustness_figure(frame, out: str | Path, *, metric: str = DEFAULT_METRIC) -
                     f"n={line['n'].min()}-{line['n'].max()}"
                 ax.plot(x, y, marker="o", color=colours[label], ls="--" if label == "random" else "-",
                         label=f"{label} ({n})")
-                ax.fill_between(x, y - s, y + s, color=colours[label], alpha=0.18, lw=0)
+                _spread(ax, x, y, s, colours[label])
             ax.set_title(f"{noise_type} noise · {method}", fontsize=10)
             ax.set_xlabel("noise rate")
             ax.grid(alpha=0.3)
@@ -263,7 +272,7 @@ def robustness_figure(frame, out: str | Path, *, metric: str = DEFAULT_METRIC) -
                 ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             elif not panel.empty:
                 ax.legend(fontsize=8, loc="best")
-    note = "lines: mean over seeds (noise seed × training seed), bands: ± std, n: runs per point"
+    note = "lines: mean over seeds (noise seed × training seed), bands (bars at one rate): ± std, n: runs per point"
     if left_out:
         note += f"; {left_out} run(s) without a noise rate left out"
     fig.text(0.5, 0.0, note, ha="center", va="top", fontsize=7, wrap=True)
@@ -302,13 +311,13 @@ def detection_figure(frame, out: str | Path) -> Optional[Path]:
                 part = stats[stats["line"] == line].sort_values("noise_rate")
                 x, y, s = part["noise_rate"].to_numpy(), part["mean"].to_numpy(), part["std"].fillna(0).to_numpy()
                 ax.plot(x, y, marker="o", color=colours[line], label=line)
-                ax.fill_between(x, y - s, y + s, color=colours[line], alpha=0.18, lw=0)
+                _spread(ax, x, y, s, colours[line])
             ax.set_title(f"{noise_type} noise · {column}", fontsize=10)
             ax.set_xlabel("noise rate")
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="best")
-    fig.text(0.5, 0.0, "detection of the flipped training labels; lines: mean over seeds, bands: ± std",
+    fig.text(0.5, 0.0, "detection of the flipped training labels; lines: mean over seeds, bands or bars: ± std",
              ha="center", va="top", fontsize=7)
     return _save(fig, out)
 
@@ -434,7 +443,7 @@ def budget_figure(curves, out: str | Path, *, metric: str = DEFAULT_METRIC, refe
         n = line["n"].max()
         ax.plot(x, y, marker="o", color=colours[label], label=label + (f" (n={n})" if n > 1 else ""))
         if n > 1:
-            ax.fill_between(x, y - s, y + s, color=colours[label], alpha=0.18, lw=0)
+            _spread(ax, x, y, s, colours[label])
     for i, (name, value) in enumerate(references):
         ax.axhline(value, color="0.35", ls=(0, (4, 2 + 2 * i)), lw=1)
         ax.annotate(f"{name} {value:.3f}", (1.0, value), xycoords=("axes fraction", "data"), ha="right",

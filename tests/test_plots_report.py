@@ -59,6 +59,28 @@ def test_no_detection_figure_without_detection_columns(tmp_path) -> None:
     assert plots.detection_columns(_table()) == ["detect_precision", "detect_recall", "detect_auroc"]
 
 
+def test_spread_of_a_one_rate_line_is_drawn_as_error_bars_not_an_invisible_band() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+    from matplotlib.container import ErrorbarContainer
+
+    fig, ax = plt.subplots()
+    plots._spread(ax, np.array([0.2]), np.array([0.87]), np.array([0.014]), "k")
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1 and not [c for c in ax.collections if isinstance(c, PolyCollection)]  # no band
+    segment = bars[0].lines[2][0].get_segments()[0]
+    assert np.allclose(segment[:, 1], [0.87 - 0.014, 0.87 + 0.014])
+    plt.close(fig)
+
+    fig, ax = plt.subplots()
+    plots._spread(ax, np.array([0.2, 0.4]), np.array([0.87, 0.8]), np.array([0.01, 0.02]), "k")
+    assert not ax.containers and [type(c) for c in ax.collections if isinstance(c, PolyCollection)]  # a band
+    plt.close(fig)
+
+
 def test_tidy_lends_clean_runs_and_summarises_over_seeds() -> None:
     frame = _table()
     rows, left_out = plots.tidy(frame)
