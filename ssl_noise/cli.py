@@ -705,7 +705,8 @@ def detect_cmd(settings, detector, init, run_dir, dataset, image_size, subset, n
       ssl-noise detect --run runs/<ce run> --detector loss
       ssl-noise detect --run runs/<hsa_nrl run> --detector ehn
 
-    Prints precision, recall, F1, AUROC and wall time; writes <runs>/detect/<id>/ (scores.csv: index, given_label,
+    Prints precision, recall, F1, AUROC, wall time and the share of the truly clean samples each class keeps
+    (where a detector can empty a minority class while its F1 looks fine); writes <runs>/detect/<id>/ (scores.csv: index, given_label,
     clean_label, score, flagged; metrics.json; run.json). The last line on stdout is that folder.
     """
     import json
@@ -751,6 +752,9 @@ def detect_cmd(settings, detector, init, run_dir, dataset, image_size, subset, n
                    f"{num(d['recall'])} f1 {num(d['f1'])} auroc {num(d['auroc'])} (flagged {d['n_flagged']}, "
                    f"noisy {d['n_noisy']} of {metrics['n']}; {metrics['flag_rule']}); wall time "
                    f"{run['wall_time_s']:.1f} s ({costs})")
+        if d.get("clean_kept_per_class"):  # absent from detections written before it was recorded
+            click.echo(f"kept {d['n_kept']} (purity {num(d['kept_purity'])}); clean kept per class: "
+                       + " / ".join(num(v) for v in d["clean_kept_per_class"]))
         if "correction" in metrics:
             c = metrics["correction"]
             click.echo(f"label correction: {c['n_relabelled']} relabelled (accuracy {num(c['relabel_acc'])}), "

@@ -36,7 +36,7 @@ from ssl_noise import io
 from ssl_noise._registry import Registry
 from ssl_noise.errors import UserError
 from ssl_noise.knn import search, vote
-from ssl_noise.metrics import detection_metrics
+from ssl_noise.metrics import detection_metrics, kept_metrics
 
 SCHEMA_VERSION = 1
 DETECTORS: Registry = Registry("detector")
@@ -281,7 +281,9 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
                "source": {"id": source.id, **source.identity},
                "noise_estimate": source.noise_rate if opts.noise_estimate is None else opts.noise_estimate,
                "configured_rate": source.noise_rate, "flag_rule": result.rule, "n": int(len(source.given)),
-               "detection": detection_metrics(is_noisy, result.flagged, result.scores), "info": result.info}
+               "detection": {**detection_metrics(is_noisy, result.flagged, result.scores),
+                             **kept_metrics(is_noisy, ~result.flagged, source.clean, source.num_classes)},
+               "info": result.info}
     if result.labels is not None:
         metrics["correction"] = correction_metrics(source.given, source.clean, result.labels, result.keep)
     timing = {**source.timing, "detector_s": round(elapsed, 3)}

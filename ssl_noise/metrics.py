@@ -175,3 +175,26 @@ def detection_metrics(is_noisy: np.ndarray, flagged: np.ndarray,
     return {"precision": None if precision is None else float(precision),
             "recall": None if recall is None else float(recall), "f1": None if f1 is None else float(f1),
             "auroc": auroc, "n_flagged": int(flagged.sum()), "n_noisy": int(is_noisy.sum())}
+
+
+def kept_metrics(is_noisy: np.ndarray, kept: np.ndarray, clean: np.ndarray, num_classes: int) -> Dict[str, Any]:
+    """What a clean set keeps, beyond precision and recall: ``n_kept``, ``kept_purity`` (share of kept samples whose
+    label is right), ``clean_kept`` (share of the truly clean samples kept) and ``clean_kept_per_class`` (the same per
+    clean class, None for a class without clean samples).
+
+    The per-class share is the number a detector can fail on while its F1 looks fine: on imbalanced data, flagging
+    the hard minority class as noise costs little recall or precision overall but empties that class (ALR's claim
+    for VoG, issue #5).
+
+    >>> kept_metrics(np.array([1, 0, 0, 0], bool), np.array([0, 1, 0, 1], bool), np.array([0, 0, 1, 1]), 2)
+    {'n_kept': 2, 'kept_purity': 1.0, 'clean_kept': 0.6666666666666666, 'clean_kept_per_class': [1.0, 0.5]}
+    """
+    is_noisy, kept = np.asarray(is_noisy, bool).reshape(-1), np.asarray(kept, bool).reshape(-1)
+    clean, truly = np.asarray(clean).reshape(-1), ~is_noisy
+
+    def share(mask: np.ndarray) -> Optional[float]:
+        return float(kept[mask].mean()) if mask.any() else None
+
+    return {"n_kept": int(kept.sum()), "kept_purity": float(truly[kept].mean()) if kept.any() else None,
+            "clean_kept": share(truly),
+            "clean_kept_per_class": [share(truly & (clean == k)) for k in range(num_classes)]}

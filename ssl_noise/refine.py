@@ -44,7 +44,7 @@ from ssl_noise.io import derive_seed, read_csv_strict
 from ssl_noise.acquisition import ACQUISITION
 from ssl_noise.config import FinetuneConfig, resolve
 from ssl_noise.errors import UserError
-from ssl_noise.metrics import SCALARS, detection_metrics
+from ssl_noise.metrics import SCALARS, detection_metrics, kept_metrics
 from ssl_noise.robust.base import Classifier
 from ssl_noise.robust.ce import CrossEntropy
 
@@ -72,9 +72,8 @@ def detection_report(outputs: Dict[str, np.ndarray], clean: np.ndarray, given: n
     Flagged = not kept; a method that flags rather than selects (``knn_filter``) gives ``outputs["flagged"]`` instead,
     and "kept" then means not flagged (in its relabel mode the flagged samples are trained on with new labels).
     Returns :func:`ssl_noise.metrics.detection_metrics` (AUROC from ``noise_score``) plus ``auroc_selection_freq``
-    (score 1 - selection frequency), ``n_kept``, ``kept_purity`` (share of kept samples whose label is right),
-    ``clean_kept`` (share of truly clean samples kept) and ``clean_kept_per_class`` (the same per clean class: the
-    minority-class claim of ALR).
+    (score 1 - selection frequency) and :func:`ssl_noise.metrics.kept_metrics` (``n_kept``, ``kept_purity``,
+    ``clean_kept``, ``clean_kept_per_class``: the minority-class claim of ALR).
     """
     clean, given = np.asarray(clean).reshape(-1), np.asarray(given).reshape(-1)
     kept = (kept_mask(outputs["kept"], len(given)) if "kept" in outputs
@@ -85,14 +84,7 @@ def detection_report(outputs: Dict[str, np.ndarray], clean: np.ndarray, given: n
     freq = outputs.get("selection_freq")
     report["auroc_selection_freq"] = (None if freq is None else
                                       detection_metrics(is_noisy, ~kept, 1.0 - np.nan_to_num(freq))["auroc"])
-    truly = ~is_noisy
-
-    def share(mask: np.ndarray) -> Optional[float]:
-        return float(kept[mask].mean()) if mask.any() else None
-
-    report.update(n_kept=int(kept.sum()), kept_purity=float(truly[kept].mean()) if kept.any() else None,
-                  clean_kept=share(truly),
-                  clean_kept_per_class=[share(truly & (clean == k)) for k in range(num_classes)])
+    report.update(kept_metrics(is_noisy, kept, clean, num_classes))
     return report
 
 

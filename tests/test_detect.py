@@ -114,6 +114,12 @@ def test_detect_writes_scores_and_metrics(make_entry, tmp_path, capsys, detector
     assert (scores["given_label"] != scores["clean_label"]).sum() == 12  # exact: 3 of 8 per class
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["source"]["init"] == entry and set(metrics["detection"]) >= {"precision", "recall", "f1", "auroc"}
+    kept, clean = scores["flagged"] == 0, scores["clean_label"]
+    truly = scores["given_label"] == clean
+    assert metrics["detection"]["clean_kept_per_class"] == [
+        (kept & truly & (clean == k)).sum() / (truly & (clean == k)).sum() for k in range(4)]
+    assert metrics["detection"]["kept_purity"] == truly[kept].mean()
+    assert "clean kept per class" in out
     if detector == "knn":  # the top 40 % by score, and the scores are knn_scores of the frozen features
         assert scores["flagged"].sum() == round(0.4 * 32) and metrics["options"] == {"k": 5, "t": 0.1}
         assert scores["score"][scores["flagged"] == 1].min() >= scores["score"][scores["flagged"] == 0].max()
