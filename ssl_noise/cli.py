@@ -706,8 +706,9 @@ def detect_cmd(settings, detector, init, run_dir, dataset, image_size, subset, n
       ssl-noise detect --run runs/<hsa_nrl run> --detector ehn
 
     Prints precision, recall, F1, AUROC, wall time and the share of the truly clean samples each class keeps
-    (where a detector can empty a minority class while its F1 looks fine); writes <runs>/detect/<id>/ (scores.csv: index, given_label,
-    clean_label, score, flagged; metrics.json; run.json). The last line on stdout is that folder.
+    (where a detector can empty a minority class while its F1 looks fine); writes <runs>/detect/<id>/
+    (scores.csv: index, given_label, clean_label, score, flagged; metrics.json; run.json). The last line on stdout
+    is that folder.
     """
     import json
 
