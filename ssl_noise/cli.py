@@ -762,6 +762,37 @@ def detect_cmd(settings, detector, init, run_dir, dataset, image_size, subset, n
                        f"{c['n_dropped']} dropped ({num(c['dropped_noisy'])} of them noisy); noise "
                        f"{num(c['given_noise_rate'])} given -> {num(c['kept_noise_rate'])} in the kept set")
     click.echo(str(folder))
+
+@cli.command("detections")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False), metavar="FOLDER...")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="CSV", help="Also write the whole table here.")
+def detections_cmd(folders, out):
+    """Put detections side by side: every `detect` folder and every selecting run, one row each.
+
+    \b
+    Examples:
+      ssl-noise detections runs/                                   # all of a runs folder
+      ssl-noise detections runs/detect/*-sym0.4n0-* runs/*-sym0.4n0-vog-* --out detection.csv
+
+    FOLDER: a `ssl-noise detect` folder, a fine-tuning run (a coteaching, vog, hsa_nrl or knn_filter run's
+    selection is a detector too; ce runs have none and are left out) or a folder holding them (a runs folder:
+    its runs and detect/*). Prints precision, recall, F1, AUROC, the share of the truly clean samples each class
+    keeps and the wall times; --out writes every column, including the labels' sha256 (equal: the same noisy
+    labels) and, for EHN, the label-correction accuracy.
+    """
+    import pandas as pd
+
+    from ssl_noise import detect, io
+
+    frame = detect.collect(folders)
+    shown = ["detector", "options", "dataset", "noise_type", "noise_rate", "noise_seed", "precision", "recall", "f1",
+             "auroc", *[c for c in frame.columns if c.startswith("clean_kept_")], "wall_time_s"]
+    with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 40):
+        click.echo(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    if out:
+        with io.atomic_path(out) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+        click.echo(out)
 # --- end detect commands ---
 
 # --- sweep commands ---

@@ -18,7 +18,8 @@ scored by the same :func:`ssl_noise.metrics.detection_metrics` against the known
 
 ε̂ (``--noise-estimate``) defaults to the configured noise's expected rate. Outputs go to
 ``<runs>/detect/<detector>-<source>-<hash10>/``: ``scores.csv`` (index, given_label, clean_label, score, flagged),
-``metrics.json`` (deterministic) and ``run.json`` (wall times, command, versions).
+``metrics.json`` (deterministic) and ``run.json`` (wall times, command, versions). :func:`collect` (``ssl-noise
+detections``) reads such folders and selecting runs back into one side-by-side table.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -122,6 +123,8 @@ class Source:
     features: Optional[np.ndarray] = None
     run: Optional[Path] = None
     timing: Dict[str, float] = field(default_factory=dict)
+    dataset: Optional[str] = None             # these two name the rows and columns of a collected table
+    class_names: Optional[list] = None
 
 
 @dataclass
@@ -231,7 +234,8 @@ def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device
                 "noise": {k: nz[k] for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
     return Source(f"{prep.init['method']}-{data.name}-{kind}n{nz['seed']}", prep.train_noise.noisy, data.train.labels,
                   data.train_indices, data.num_classes, None if nz["source"] == "file" else nz["expected_rate"],
-                  identity, features=features, timing={"features_s": time.perf_counter() - start})
+                  identity, features=features, timing={"features_s": time.perf_counter() - start},
+                  dataset=data.name, class_names=list(data.class_names))
 
 
 def source_from_run(folder: Path) -> Source:
@@ -252,7 +256,8 @@ def source_from_run(folder: Path) -> Source:
     return Source(folder.name, frame["noisy_label"].to_numpy(np.int64), frame["clean_label"].to_numpy(np.int64),
                   frame["index"].to_numpy(np.int64), len(metrics["class_names"]),
                   None if nz["source"] == "file" else nz["expected_rate"], identity, run=folder,
-                  timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)})
+                  timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)},
+                  dataset=run.get("result", {}).get("dataset"), class_names=list(metrics["class_names"]))
 
 
 def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
@@ -281,6 +286,7 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
                "source": {"id": source.id, **source.identity},
                "noise_estimate": source.noise_rate if opts.noise_estimate is None else opts.noise_estimate,
                "configured_rate": source.noise_rate, "flag_rule": result.rule, "n": int(len(source.given)),
+               "dataset": source.dataset, "class_names": source.class_names,
                "detection": {**detection_metrics(is_noisy, result.flagged, result.scores),
                              **kept_metrics(is_noisy, ~result.flagged, source.clean, source.num_classes)},
                "info": result.info}
@@ -299,3 +305,72 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
                                          "options": asdict(opts), "versions": versions(),
                                          "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return folder, metrics, True
+
+
+# ============ collecting detections into one table ============
+
+def detection_folders(paths) -> List[Path]:
+    """The folders among ``paths`` that hold a metrics.json, else their children and ``detect/*`` that do (so a
+    whole runs folder can be given), in order, each once."""
+    found: List[Path] = []
+    for path in map(Path, paths):
+        if (path / "metrics.json").is_file():
+            found.append(path)
+        else:
+            found += [m.parent for m in sorted(path.glob("*/metrics.json")) + sorted(path.glob("detect/*/metrics.json"))]
+    return list(dict.fromkeys(found))
+
+
+def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
+    """One row of the side-by-side table for a ``detect`` folder or a selecting fine-tuning run (its selection as a
+    detector); None for anything else (a ``ce`` run, a registry entry).
+
+    Rows of both kinds carry the same detection metrics, the labels they were scored on (``labels_sha256``: equal
+    values mean byte-identical noisy labels) and the wall time: the detector's own (``detector_s``) and everything
+    it needed (``wall_time_s``: features or the run it reads, plus the detector; a run's own wall time)."""
+    import yaml
+
+    folder = Path(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    found = metrics.get("detection")
+    if not isinstance(found, dict) or "f1" not in found:
+        return None
+    if "detector" in metrics:                                   # ssl-noise detect
+        src = metrics["source"]
+        noise, dataset = src.get("noise", {}), metrics.get("dataset") or src.get("dataset")
+        row = {"kind": "detect", "detector": metrics["detector"], "options": json.dumps(metrics["options"])}
+        labels_sha, classes = src.get("labels_sha256"), metrics.get("class_names")
+        detector_s = run.get("timing", {}).get("detector_s")
+    else:                                                       # a fine-tuning run that selects samples
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        noise, dataset = metrics["noise"], run.get("result", {}).get("dataset")
+        row = {"kind": "run", "detector": cfg.get("method"), "options": json.dumps(cfg.get("method_args") or {})}
+        labels_sha, classes, detector_s = noise.get("labels_sha256"), metrics.get("class_names"), None
+    row.update({"folder": folder.name, "dataset": dataset, "noise_type": noise.get("type"),
+                "noise_rate": noise.get("rate"), "noise_seed": noise.get("seed"), "labels_sha256": labels_sha})
+    row.update({k: found.get(k) for k in ("precision", "recall", "f1", "auroc", "n_noisy", "n_flagged", "n_kept",
+                                         "kept_purity", "clean_kept")})
+    per_class = found.get("clean_kept_per_class") or []
+    names = classes if classes and len(classes) == len(per_class) else [str(k) for k in range(len(per_class))]
+    row.update({f"clean_kept_{name}": value for name, value in zip(names, per_class)})
+    correction = metrics.get("correction") or {}
+    row.update({"relabel_acc": correction.get("relabel_acc"), "kept_noise_rate": correction.get("kept_noise_rate"),
+                "wall_time_s": run.get("wall_time_s"), "detector_s": detector_s})
+    return row
+
+
+def collect(paths) -> "pd.DataFrame":  # noqa: F821
+    """The table behind ``ssl-noise detections``: one :func:`detection_row` per detection found under ``paths``,
+    sorted by dataset, noise and detector. A UserError when there is none."""
+    import pandas as pd
+
+    rows = [row for row in map(detection_row, detection_folders(paths)) if row is not None]
+    if not rows:
+        raise UserError(f"no detections under {', '.join(map(str, paths))}: give `ssl-noise detect` folders, "
+                        f"selecting fine-tuning runs, or a runs folder holding them")
+    frame = pd.DataFrame(rows)
+    tail = [c for c in ("relabel_acc", "kept_noise_rate", "wall_time_s", "detector_s") if c in frame]
+    frame = frame[[c for c in frame.columns if c not in tail] + tail]   # per-class columns before the tail
+    return frame.sort_values(["dataset", "noise_type", "noise_rate", "noise_seed", "kind", "detector", "folder"],
+                             kind="stable", na_position="last").reset_index(drop=True)

@@ -1,5 +1,5 @@
 """Training-free detectors (knn against a brute-force reference, cleanlab, loss), `ssl-noise detect` outputs and bad
-inputs, and the knn_filter fine-tuning method."""
+inputs, the side-by-side table of `ssl-noise detections`, and the knn_filter fine-tuning method."""
 
 from __future__ import annotations
 
@@ -166,6 +166,47 @@ def test_bad_detect_inputs_exit_2_and_write_nothing(make_entry, tmp_path, capsys
         assert err.startswith("error:") and len(err.strip().splitlines()) == 1 and needle in err, (name, err)
         assert out == "" and not (tmp_path / "runs" / "detect").exists(), name
 
+
+
+def test_detections_puts_detectors_and_selecting_runs_side_by_side(make_entry, tmp_path, capsys) -> None:
+    make_entry(tmp_path / "ck")
+    runs, base = tmp_path / "runs", dict(TINY, noise_rate=0.25)
+    ce, _ = finetune(resolve(FinetuneConfig, base), data_root=None, checkpoints=tmp_path / "ck", runs=runs,
+                     show_progress=False)
+    cot, _ = finetune(resolve(FinetuneConfig, base, {"method": "coteaching"}), data_root=None,
+                      checkpoints=tmp_path / "ck", runs=runs, show_progress=False)
+    found = {}
+    for name, args in {"loss": ["--run", str(ce), "--skip", "1"],
+                       "knn": ["--init", "simclr", "--k", "5", "--dataset", SPEC, "--noise", "0.25"]}.items():
+        code, out, err = _detect(capsys, tmp_path, "--detector", name, *args)
+        assert code == 0, err
+        found[name] = Path(out.strip().splitlines()[-1])
+    found["coteaching"] = cot
+
+    table = tmp_path / "tables" / "detection.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["detections", str(runs), "--out", str(table)])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.strip().splitlines()[-1] == str(table)
+    frame = pd.read_csv(table).set_index("folder")
+    assert sorted(frame.index) == sorted(f.name for f in found.values())   # the ce run selects nothing: no row
+    assert frame["labels_sha256"].nunique() == 1 and set(frame["dataset"]) == {"synthetic"}  # one set of labels
+    assert frame.loc[cot.name, "kind"] == "run" and frame.loc[found["knn"].name, "kind"] == "detect"
+    for name, folder in found.items():
+        row, expected = frame.loc[folder.name], json.loads((folder / "metrics.json").read_text())["detection"]
+        assert row["detector"] == name and name in out
+        keys = ["precision", "recall", "f1", "auroc", "n_flagged", "n_kept", "kept_purity", "clean_kept"]
+        np.testing.assert_allclose(np.array(row[keys], float), np.array([expected[k] for k in keys], float),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(row[[f"clean_kept_class_{k}" for k in range(4)]].astype(float),
+                                   expected["clean_kept_per_class"], rtol=1e-5)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["detections", str(tmp_path / "empty"), str(ce), "--out", str(tmp_path / "none.csv")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "no detections" in err and not (tmp_path / "none.csv").exists()
 
 # ---------------------------------------------------------------- knn_filter
 
