@@ -763,6 +763,7 @@ def detect_cmd(settings, detector, init, run_dir, dataset, image_size, subset, n
                        f"{num(c['given_noise_rate'])} given -> {num(c['kept_noise_rate'])} in the kept set")
     click.echo(str(folder))
 
+
 @cli.command("detections")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False), metavar="FOLDER...")
 @click.option("--out", type=click.Path(dir_okay=False), metavar="CSV", help="Also write the whole table here.")

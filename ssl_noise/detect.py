@@ -317,7 +317,8 @@ def detection_folders(paths) -> List[Path]:
         if (path / "metrics.json").is_file():
             found.append(path)
         else:
-            found += [m.parent for m in sorted(path.glob("*/metrics.json")) + sorted(path.glob("detect/*/metrics.json"))]
+            inside = sorted(path.glob("*/metrics.json")) + sorted(path.glob("detect/*/metrics.json"))
+            found += [m.parent for m in inside]
     return list(dict.fromkeys(found))
 
 
@@ -331,9 +332,12 @@ def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
     import yaml
 
     folder = Path(folder)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-    found = metrics.get("detection")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {folder}: {e}") from None
+    found = metrics.get("detection") if isinstance(metrics, dict) else None
     if not isinstance(found, dict) or "f1" not in found:
         return None
     if "detector" in metrics:                                   # ssl-noise detect

@@ -202,11 +202,17 @@ def test_detections_puts_detectors_and_selecting_runs_side_by_side(make_entry, t
                                    expected["clean_kept_per_class"], rtol=1e-5)
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["detections", str(tmp_path / "empty"), str(ce), "--out", str(tmp_path / "none.csv")])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
-    assert "no detections" in err and not (tmp_path / "none.csv").exists()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("{not json")
+    for args, needle in (([str(tmp_path / "empty"), str(ce)], "no detections"),   # a ce run alone has none
+                         ([str(tmp_path / "broken")], "cannot read"),
+                         ([str(tmp_path / "nosuch")], "does not exist")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["detections", *args, "--out", str(tmp_path / "none.csv")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and needle in err, err
+        assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "none.csv").exists()
 
 # ---------------------------------------------------------------- knn_filter
 
