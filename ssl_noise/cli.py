@@ -775,9 +775,9 @@ def detections_cmd(folders, out):
       ssl-noise detections runs/                                   # all of a runs folder
       ssl-noise detections runs/detect/*-sym0.4n0-* runs/*-sym0.4n0-vog-* --out detection.csv
 
-    FOLDER: a `ssl-noise detect` folder, a fine-tuning run (a coteaching, vog, hsa_nrl or knn_filter run's
-    selection is a detector too; ce runs have none and are left out) or a folder holding them (a runs folder:
-    its runs and detect/*). Prints precision, recall, F1, AUROC, the share of the truly clean samples each class
+    FOLDER: a `ssl-noise detect` folder, a fine-tuning run (a coteaching, vog or knn_filter run's selection is a
+    detector too; ce runs have none and are left out, an hsa_nrl run's verdicts are `detect --detector ehn`) or a
+    folder holding them (a runs folder: its runs and detect/*). Prints precision, recall, F1, AUROC, the share of the truly clean samples each class
     keeps and the wall times; --out writes every column, including the labels' sha256 (equal: the same noisy
     labels) and, for EHN, the label-correction accuracy.
     """
