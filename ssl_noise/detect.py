@@ -123,8 +123,9 @@ class Source:
     features: Optional[np.ndarray] = None
     run: Optional[Path] = None
     timing: Dict[str, float] = field(default_factory=dict)
-    dataset: Optional[str] = None             # these two name the rows and columns of a collected table
+    dataset: Optional[str] = None             # these three name the rows and columns of a collected table
     class_names: Optional[list] = None
+    init: Optional[str] = None                # the encoder: of the features, or the run's init
 
 
 @dataclass
@@ -235,7 +236,7 @@ def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device
     return Source(f"{prep.init['method']}-{data.name}-{kind}n{nz['seed']}", prep.train_noise.noisy, data.train.labels,
                   data.train_indices, data.num_classes, None if nz["source"] == "file" else nz["expected_rate"],
                   identity, features=features, timing={"features_s": time.perf_counter() - start},
-                  dataset=data.name, class_names=list(data.class_names))
+                  dataset=data.name, class_names=list(data.class_names), init=prep.init["id"])
 
 
 def source_from_run(folder: Path) -> Source:
@@ -257,7 +258,8 @@ def source_from_run(folder: Path) -> Source:
                   frame["index"].to_numpy(np.int64), len(metrics["class_names"]),
                   None if nz["source"] == "file" else nz["expected_rate"], identity, run=folder,
                   timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)},
-                  dataset=run.get("result", {}).get("dataset"), class_names=list(metrics["class_names"]))
+                  dataset=run.get("result", {}).get("dataset"), class_names=list(metrics["class_names"]),
+                  init=metrics.get("init", {}).get("id"))
 
 
 def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
@@ -286,7 +288,7 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
                "source": {"id": source.id, **source.identity},
                "noise_estimate": source.noise_rate if opts.noise_estimate is None else opts.noise_estimate,
                "configured_rate": source.noise_rate, "flag_rule": result.rule, "n": int(len(source.given)),
-               "dataset": source.dataset, "class_names": source.class_names,
+               "dataset": source.dataset, "class_names": source.class_names, "init": source.init,
                "detection": {**detection_metrics(is_noisy, result.flagged, result.scores),
                              **kept_metrics(is_noisy, ~result.flagged, source.clean, source.num_classes)},
                "info": result.info}
@@ -343,15 +345,17 @@ def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
     if "detector" in metrics:                                   # ssl-noise detect
         src = metrics["source"]
         noise, dataset = src.get("noise", {}), metrics.get("dataset") or src.get("dataset")
+        init = metrics.get("init") or src.get("init")
         row = {"kind": "detect", "detector": metrics["detector"], "options": json.dumps(metrics["options"])}
         labels_sha, classes = src.get("labels_sha256"), metrics.get("class_names")
         detector_s = run.get("timing", {}).get("detector_s")
     else:                                                       # a fine-tuning run that selects samples
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
         noise, dataset = metrics["noise"], run.get("result", {}).get("dataset")
+        init = (metrics.get("init") or {}).get("id")
         row = {"kind": "run", "detector": cfg.get("method"), "options": json.dumps(cfg.get("method_args") or {})}
         labels_sha, classes, detector_s = noise.get("labels_sha256"), metrics.get("class_names"), None
-    row.update({"folder": folder.name, "dataset": dataset, "noise_type": noise.get("type"),
+    row.update({"folder": folder.name, "init": init, "dataset": dataset, "noise_type": noise.get("type"),
                 "noise_rate": noise.get("rate"), "noise_seed": noise.get("seed"), "labels_sha256": labels_sha})
     row.update({k: found.get(k) for k in ("precision", "recall", "f1", "auroc", "n_noisy", "n_flagged", "n_kept",
                                          "kept_purity", "clean_kept")})
@@ -376,5 +380,5 @@ def collect(paths) -> "pd.DataFrame":  # noqa: F821
     frame = pd.DataFrame(rows)
     tail = [c for c in ("relabel_acc", "kept_noise_rate", "wall_time_s", "detector_s") if c in frame]
     frame = frame[[c for c in frame.columns if c not in tail] + tail]   # per-class columns before the tail
-    return frame.sort_values(["dataset", "noise_type", "noise_rate", "noise_seed", "kind", "detector", "folder"],
-                             kind="stable", na_position="last").reset_index(drop=True)
+    order = ["dataset", "noise_type", "noise_rate", "noise_seed", "kind", "detector", "init", "folder"]
+    return frame.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)

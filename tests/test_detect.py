@@ -169,7 +169,7 @@ def test_bad_detect_inputs_exit_2_and_write_nothing(make_entry, tmp_path, capsys
 
 
 def test_detections_puts_detectors_and_selecting_runs_side_by_side(make_entry, tmp_path, capsys) -> None:
-    make_entry(tmp_path / "ck")
+    entry = make_entry(tmp_path / "ck")
     runs, base = tmp_path / "runs", dict(TINY, noise_rate=0.25)
     ce, _ = finetune(resolve(FinetuneConfig, base), data_root=None, checkpoints=tmp_path / "ck", runs=runs,
                      show_progress=False)
@@ -192,6 +192,8 @@ def test_detections_puts_detectors_and_selecting_runs_side_by_side(make_entry, t
     assert sorted(frame.index) == sorted(f.name for f in found.values())   # the ce run selects nothing: no row
     assert frame["labels_sha256"].nunique() == 1 and set(frame["dataset"]) == {"synthetic"}  # one set of labels
     assert frame.loc[cot.name, "kind"] == "run" and frame.loc[found["knn"].name, "kind"] == "detect"
+    run_init = json.loads((ce / "metrics.json").read_text())["init"]["id"]   # the encoder each row's scores used
+    assert frame["init"].to_dict() == {found["knn"].name: entry, found["loss"].name: run_init, cot.name: run_init}
     for name, folder in found.items():
         row, expected = frame.loc[folder.name], json.loads((folder / "metrics.json").read_text())["detection"]
         assert row["detector"] == name and name in out
