@@ -347,19 +347,18 @@ def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
         noise, dataset = src.get("noise", {}), metrics.get("dataset") or src.get("dataset")
         init = metrics.get("init") or src.get("init")
         row = {"kind": "detect", "detector": metrics["detector"], "options": json.dumps(metrics["options"])}
-        labels_sha, classes = src.get("labels_sha256"), metrics.get("class_names")
-        detector_s = run.get("timing", {}).get("detector_s")
+        labels_sha, detector_s = src.get("labels_sha256"), run.get("timing", {}).get("detector_s")
     else:                                                       # a fine-tuning run that selects samples
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
         noise, dataset = metrics["noise"], run.get("result", {}).get("dataset")
         init = (metrics.get("init") or {}).get("id")
         row = {"kind": "run", "detector": cfg.get("method"), "options": json.dumps(cfg.get("method_args") or {})}
-        labels_sha, classes, detector_s = noise.get("labels_sha256"), metrics.get("class_names"), None
+        labels_sha, detector_s = noise.get("labels_sha256"), None
     row.update({"folder": folder.name, "init": init, "dataset": dataset, "noise_type": noise.get("type"),
                 "noise_rate": noise.get("rate"), "noise_seed": noise.get("seed"), "labels_sha256": labels_sha})
     row.update({k: found.get(k) for k in ("precision", "recall", "f1", "auroc", "n_noisy", "n_flagged", "n_kept",
                                          "kept_purity", "clean_kept")})
-    per_class = found.get("clean_kept_per_class") or []
+    per_class, classes = found.get("clean_kept_per_class") or [], metrics.get("class_names")
     names = classes if classes and len(classes) == len(per_class) else [str(k) for k in range(len(per_class))]
     row.update({f"clean_kept_{name}": value for name, value in zip(names, per_class)})
     correction = metrics.get("correction") or {}
