@@ -9,6 +9,7 @@ next to every artefact (``config.yaml``) and is what run ids are hashed from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar
@@ -125,6 +126,15 @@ def resolve(cls: Type[C], *layers: Optional[Mapping[str, Any]]) -> C:
 def to_dict(cfg: Any) -> Dict[str, Any]:
     """A plain, YAML-safe dict of a config dataclass (what gets dumped and hashed)."""
     return dataclasses.asdict(cfg)
+
+
+def method_args_text(args: Dict[str, Any]) -> str:
+    """A method's options as they go into results.csv: compact JSON with sorted keys, "" for the defaults.
+
+    Two variants of one method in a sweep (the k-NN filter that drops vs the one that relabels) are different
+    methods for a table or a curve; without this column they would be pooled as one.
+    """
+    return json.dumps(args, sort_keys=True, separators=(",", ":")) if args else ""
 
 
 # ----------------------------------------------------------------------------------------------------------------

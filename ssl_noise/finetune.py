@@ -49,7 +49,7 @@ import torch
 
 from ssl_noise import io, noise
 from ssl_noise.io import derive_seed
-from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, to_dict
+from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text, to_dict
 from ssl_noise.data import ImageDataset, catalogue, load_dataset
 from ssl_noise.errors import UserError
 from ssl_noise.metrics import SCALARS, classification_metrics, mean_metrics, memorisation
@@ -59,7 +59,7 @@ SCHEMA_VERSION = 1
 BUILTIN_INITS = ("random", "imagenet")
 RESULT_COLUMNS = (
     ["run_id", "dataset", "image_size", "n_train", "init", "encoder_id", "encoder_sha256", "backbone", "stem",
-     "protocol", "method", "noise_source", "noise_type", "noise_rate", "noise_realised_rate", "noise_seed",
+     "protocol", "method", "method_args", "noise_source", "noise_type", "noise_rate", "noise_realised_rate", "noise_seed",
      "noise_mode", "clean_val", "val_realised_rate", "seed", "epochs", "select_metric", "selected_epoch"]
     + [f"test_{m}{s}" for s in ("", "_last", "_last5") for m in SCALARS]
     + ["val_acc", "val_macro_f1", "train_acc_noisy", "train_acc_clean", "train_memorised", "train_memorised_last",
@@ -481,6 +481,7 @@ def result_row(prep: Prepared, metrics: Dict[str, Any], wall: float, created: st
            "n_train": len(prep.data.train), "init": cfg.init, "encoder_id": init["id"],
            "encoder_sha256": init["sha256"], "backbone": init["backbone"], "stem": init["stem"],
            "protocol": "linear_probe" if cfg.freeze else "finetune", "method": cfg.method,
+           "method_args": method_args_text(cfg.method_args),
            "noise_source": nz["source"], "noise_type": nz["type"], "noise_rate": nz["rate"],
            "noise_realised_rate": nz["realised_rate"], "noise_seed": nz["seed"], "noise_mode": nz["mode"],
            "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"], "seed": cfg.seed,

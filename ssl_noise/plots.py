@@ -17,9 +17,10 @@ and are left out (the figures say how many). Same seeds give the same figure; no
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -142,6 +143,20 @@ def pool_reruns(frame):
     return frame.assign(encoder_id=stem), pooled
 
 
+def method_label(method: str, args: Any, protocol: str) -> str:
+    """``knn_filter (mode=relabel)``, ``ce (linear probe)``: a method, its non-default options and the protocol.
+
+    ``args`` is results.csv's ``method_args`` (compact JSON; empty or missing for the defaults and in tables
+    written before the column existed).
+    """
+    try:
+        options = json.loads(args) if isinstance(args, str) and args else {}
+    except json.JSONDecodeError:
+        raise UserError(f"results table: method_args {args!r} of a {method} run is not JSON") from None
+    parts = [f"{k}={v}" for k, v in options.items()] + (["linear probe"] if protocol == "linear_probe" else [])
+    return str(method) + (f" ({', '.join(parts)})" if parts else "")
+
+
 def tidy(frame, metric: str = DEFAULT_METRIC):
     """Rows usable for curves: ``init_label``, ``method_label`` added, rate-0 runs lent to noise types without any.
 
@@ -154,8 +169,8 @@ def tidy(frame, metric: str = DEFAULT_METRIC):
         raise UserError(f"results table has no column {metric!r}; choose from: {', '.join(numeric)}")
     frame = frame.copy()
     frame["init_label"] = frame["encoder_id"].map(init_labels(frame["encoder_id"]))
-    lp = frame["protocol"].astype(str).eq("linear_probe")
-    frame["method_label"] = frame["method"].astype(str) + np.where(lp, " (linear probe)", "")
+    args = frame["method_args"] if "method_args" in frame.columns else [""] * len(frame)
+    frame["method_label"] = [method_label(*r) for r in zip(frame["method"], args, frame["protocol"])]
     if "dataset" in frame.columns and frame["dataset"].nunique() > 1:  # never pool two datasets in one panel
         frame["method_label"] = frame["dataset"].astype(str) + " · " + frame["method_label"]
     usable = frame["noise_rate"].notna() & frame[metric].notna() & frame["noise_type"].ne("file")

@@ -67,7 +67,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from ssl_noise.config import FinetuneConfig, load_recipe, resolve, to_dict
+from ssl_noise.config import FinetuneConfig, load_recipe, method_args_text, resolve, to_dict
 from ssl_noise.data import spec_label
 from ssl_noise.errors import UserError
 
@@ -736,6 +736,13 @@ def collect(cells: Sequence[Cell], runs: Path):
         return pd.DataFrame()
     frame = frame[frame["run_id"].isin(by_run)].drop_duplicates("run_id", keep="last").copy()
     frame.insert(0, "cell_id", frame["run_id"].map(by_run))
+    # From the cells, not the rows: rows written before results.csv had the column lack it, and the cell's
+    # config is what ran (its id hashes the arguments).
+    args = frame["cell_id"].map({c.cell_id: method_args_text(c.config.method_args) for c in cells})
+    if "method_args" in frame.columns:
+        frame["method_args"] = args
+    else:
+        frame.insert(frame.columns.get_loc("method") + 1, "method_args", args)
     return frame.reset_index(drop=True)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from ssl_noise import plots, report
 from ssl_noise.cli import main
+from ssl_noise.errors import UserError
 
 SIMCLR = "simclr-resnet18-bloodmnist-e5-s0-1a2b3c4d"
 RATES = (0.0, 0.2, 0.4)
@@ -117,6 +118,30 @@ def test_paired_gains_match_a_hand_computation() -> None:
     assert row["p_value"] == pytest.approx(stats.ttest_rel(ssl, rnd).pvalue)
     assert set(gains["init_label"]) == {"simclr"} and len(gains) == 2 * 3 + 2 * 3  # clean runs lent to pairflip
     assert report.paired_gains(frame[frame["encoder_id"] == SIMCLR]).empty  # no baseline, no gains
+
+
+def test_variants_of_one_method_are_reported_apart_and_paired_with_their_own_baseline(tmp_path) -> None:
+    """Two options of one method (the k-NN filter that drops, the one that relabels) are two methods: pooling
+    them would average the relabel runs into the drop runs' baseline."""
+    frame = _table()
+    frame = frame[(frame["method"] == "coteaching") & (frame["noise_type"] == "symmetric")]
+    relabel = frame.assign(method_args='{"mode":"relabel"}', run_id=frame["run_id"] + "-relabel",
+                           test_acc=frame["test_acc"] - np.where(frame["encoder_id"] == SIMCLR, 0.0, 0.3))
+    both = pd.concat([frame.assign(method_args=""), relabel], ignore_index=True)
+    path = tmp_path / "results.csv"
+    both.to_csv(path, index=False)  # through a CSV: the default's empty field comes back as NaN
+    rows, _ = plots.tidy(pd.read_csv(path))
+    assert set(rows["method_label"]) == {"coteaching", "coteaching (mode=relabel)"}
+    gains = report.paired_gains(pd.read_csv(path)).set_index(["method_label", "noise_rate"])
+    alone = report.paired_gains(frame).set_index(["method_label", "noise_rate"])
+    assert gains.loc[("coteaching", 0.2), "mean_diff"] == pytest.approx(alone.loc[("coteaching", 0.2), "mean_diff"])
+    assert gains.loc[("coteaching (mode=relabel)", 0.2), "mean_diff"] == pytest.approx(
+        alone.loc[("coteaching", 0.2), "mean_diff"] + 0.3)
+    assert gains.loc[("coteaching (mode=relabel)", 0.2), "n"] == 4  # pairs, not pooled runs
+    assert plots.method_label("ce", "", "linear_probe") == "ce (linear probe)"
+    assert plots.method_label("vog", '{"mix_ratio":0.5}', "linear_probe") == "vog (mix_ratio=0.5, linear probe)"
+    with pytest.raises(UserError, match="method_args 'mode=relabel' of a knn_filter run is not JSON"):
+        plots.method_label("knn_filter", "mode=relabel", "finetune")
 
 
 def test_sign_test_and_small_n() -> None:

@@ -240,6 +240,24 @@ def test_sweep_runs_every_cell_once_and_skips_finished(finished) -> None:
     assert len(pd.read_csv(runs / "results.csv")) == 6
     table = pd.read_csv(sweep.write_table(cells, runs, "t"))
     assert sorted(table["cell_id"]) == sorted(c.cell_id for c in cells) and len(table) == 6
+    assert table.columns.get_loc("method_args") == table.columns.get_loc("method") + 1
+    assert table["method_args"].isna().all()  # the defaults: an empty field
+
+
+def test_collect_takes_each_rows_method_args_from_its_cell_also_for_rows_written_without_them(finished,
+                                                                                               tmp_path) -> None:
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished["runs"], runs)
+    old = pd.read_csv(runs / "results.csv").drop(columns="method_args")  # a table from before the column
+    old.to_csv(runs / "results.csv", index=False)
+    cells = list(finished["cells"])
+    cells[1] = dataclasses.replace(cells[1], config=dataclasses.replace(cells[1].config,
+                                                                       method_args={"b": 2, "a": [1, 0.5]}))
+    table = sweep.collect(cells, runs).set_index("cell_id")["method_args"]
+    assert table[cells[1].cell_id] == '{"a":[1,0.5],"b":2}'
+    assert (table.drop(cells[1].cell_id) == "").all()
 
 
 def test_every_init_of_a_noise_seed_trains_on_the_same_labels(finished) -> None:
