@@ -931,12 +931,13 @@ def plot(settings, results, out, metric, pool):
 @POOL_ENCODERS
 @pass_settings
 def report_cmd(settings, results, out, metric, pool):
-    """Write mean ± std tables and paired gains over random init.
+    """Write mean ± std tables and paired gains over random init and over ce.
 
     Tables per noise type and method (one row per init, one column per rate), the share of flipped labels
     memorised, the paired gain of each init over random init (pairs share noise seed and training seed, so
-    identical noisy labels; paired t-test, n stated), and the figures. RESULTS: one or more tables, as for
-    `ssl-noise plot`. Prints the files written.
+    identical noisy labels; paired t-test, n stated), the paired gain of each noise-robust method over ce with
+    the same init (when the table holds both), and the figures. A method's options (results.csv's method_args)
+    make it a method of its own. RESULTS: one or more tables, as for `ssl-noise plot`. Prints the files written.
     """
     from ssl_noise.report import write_report
 

@@ -10,7 +10,9 @@
    init (dataset, protocol, method, noise type, rate, mode, epochs, ... and the pair (noise seed, training seed)),
    so each pair saw identical noisy labels. Per rate: n pairs, mean and std of the difference, how many pairs the
    SSL init won, and a two-sided paired t-test (scipy) or, without scipy, an exact sign test. With fewer than
-   five pairs the p-value is printed but is not evidence either way; the report says so next to the table.
+   five pairs the p-value is printed but is not evidence either way; the report says so next to the table;
+4. when the table holds noise-robust methods and ``ce``: the gain of each method over ``ce`` with the same init,
+   paired the same way (what the method adds on top of random or SSL init).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ssl_noise.errors import UserError
 
 FORMATS = (".md", ".html")
 BASELINE = "random"
+METHOD_BASELINE = "ce"
 MIN_PAIRS_FOR_EVIDENCE = 5
 
 
@@ -79,25 +82,48 @@ def paired_gains(frame, metric: str = plots.DEFAULT_METRIC, baseline: str = BASE
     Pairs match on :data:`ssl_noise.plots.CONTEXT` plus (noise_seed, seed). Runs that repeat a key are averaged
     first (their number is in ``n_runs``). Returns an empty frame when there is no baseline.
     """
+    rows, _ = plots.tidy(frame, metric)
+    return _paired(rows, metric, vary="init_label", fixed="method_label",
+                   is_base=rows["init_label"] == baseline)
+
+
+def method_gains(frame, metric: str = plots.DEFAULT_METRIC, baseline: str = METHOD_BASELINE):
+    """Per noise type, init, method (not the baseline) and rate: the paired difference method - baseline method.
+
+    What a noise-robust method adds on top of an initialisation: pairs share the init, the protocol, the rest of
+    :data:`ssl_noise.plots.CONTEXT` and (noise_seed, seed), so the same noisy labels; the baseline is ``ce`` with its
+    default options. Empty when no run of another method has such a partner.
+    """
+    rows, _ = plots.tidy(frame, metric)
+    args = rows["method_args"].fillna("").astype(str) if "method_args" in rows.columns else ""
+    return _paired(rows, metric, vary="method_label", fixed="init_label",
+                   is_base=rows["method"].astype(str).eq(baseline) & (args == ""))
+
+
+def _paired(rows, metric: str, *, vary: str, fixed: str, is_base):
+    """Paired differences along ``vary`` (init or method) against the rows ``is_base`` marks, within ``fixed``.
+
+    Columns: noise_type, ``fixed``, ``vary``, noise_rate, n (pairs), mean_diff, std_diff, wins, p_value, test,
+    n_runs.
+    """
     import pandas as pd
 
-    rows, _ = plots.tidy(frame, metric)
-    context = [c for c in plots.CONTEXT if c in rows.columns and c not in ("noise_type", "noise_rate", "method",
-                                                                            "protocol")]
-    keys = ["noise_type", "method_label", "noise_rate", *context, "noise_seed", "seed"]
-    rows = rows.assign(**{c: rows[c].astype(str) for c in context})  # NaN-safe grouping
-    per_key = rows.groupby([*keys, "init_label"], dropna=False)[metric].agg(["mean", "count"]).reset_index()
-    base = per_key[per_key["init_label"] == baseline].rename(columns={"mean": "base", "count": "base_n"})
-    if base.empty:
+    context = [c for c in plots.CONTEXT if c in rows.columns and c not in ("noise_type", "noise_rate", "method")]
+    if vary == "init_label":  # the method label already names the protocol
+        context.remove("protocol")
+    keys = ["noise_type", fixed, "noise_rate", *context, "noise_seed", "seed"]
+    rows = rows.assign(_base=np.asarray(is_base, dtype=bool), **{c: rows[c].astype(str) for c in context})
+    per_key = rows.groupby([*keys, vary, "_base"], dropna=False)[metric].agg(["mean", "count"]).reset_index()
+    base = per_key[per_key["_base"]].rename(columns={"mean": "base", "count": "base_n"})
+    others = per_key[~per_key["_base"]].merge(base.drop(columns=[vary, "_base"]), on=keys)
+    if others.empty:
         return pd.DataFrame()
-    others = per_key[per_key["init_label"] != baseline].merge(base.drop(columns="init_label"), on=keys)
     others["diff"] = others["mean"] - others["base"]
     out = []
-    for (noise_type, method, init, rate), part in others.groupby(["noise_type", "method_label", "init_label",
-                                                                  "noise_rate"]):
+    for (noise_type, fixed_value, value, rate), part in others.groupby(["noise_type", fixed, vary, "noise_rate"]):
         d = part["diff"].to_numpy()
         p, test = paired_test(d)
-        out.append({"noise_type": noise_type, "method_label": method, "init_label": init, "noise_rate": rate,
+        out.append({"noise_type": noise_type, fixed: fixed_value, vary: value, "noise_rate": rate,
                     "n": len(d), "mean_diff": float(d.mean()), "std_diff": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
                     "wins": int((d > 0).sum()), "p_value": p, "test": test,
                     "n_runs": int(part["count"].sum() + part["base_n"].sum())})
@@ -111,11 +137,12 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f} (n=1)" if n == 1 else f"{mean:.4f} ± {std:.4f} (n={n})"
 
 
-def _pivot(stats, value: str):
-    table = stats.pivot(index="init_label", columns="noise_rate", values=value)
+def _pivot(stats, value: str, index: str = "init_label"):
+    """One row per init (or method), one column per noise rate; the baseline init first."""
+    table = stats.pivot(index=index, columns="noise_rate", values=value)
     table.columns = [f"rate {c:g}" for c in table.columns]
     order = sorted(table.index, key=lambda s: (s != BASELINE, s))
-    return table.loc[order].fillna("–").rename_axis("init").reset_index()
+    return table.loc[order].fillna("–").rename_axis(index.removesuffix("_label")).reset_index()
 
 
 def _score_tables(rows, metric: str) -> List[Tuple[str, Any]]:
@@ -125,16 +152,31 @@ def _score_tables(rows, metric: str) -> List[Tuple[str, Any]]:
             for (noise_type, method), part in stats.groupby(["noise_type", "method_label"])]
 
 
-def _gain_tables(gains) -> List[Tuple[str, Any]]:
+def _gain_cells(gains):
     def cell(r) -> str:
         missing = r.p_value is None or (isinstance(r.p_value, float) and math.isnan(r.p_value))
         p = "–" if missing else f"{r.p_value:.3g}"
         spread = f" ± {r.std_diff:.4f}" if r.n > 1 else ""
         return f"{r.mean_diff:+.4f}{spread}; wins {r.wins}/{r.n}; p={p}"
 
-    gains = gains.assign(cell=[cell(r) for r in gains.itertuples()])
+    return gains.assign(cell=[cell(r) for r in gains.itertuples()])
+
+
+def _gain_tables(gains) -> List[Tuple[str, Any]]:
     return [(f"{noise_type} noise · {method}: init − {BASELINE}", _pivot(part, "cell"))
-            for (noise_type, method), part in gains.groupby(["noise_type", "method_label"])]
+            for (noise_type, method), part in _gain_cells(gains).groupby(["noise_type", "method_label"])]
+
+
+def _method_gain_tables(gains) -> List[Tuple[str, Any]]:
+    return [(f"{noise_type} noise · {init} init: method − {METHOD_BASELINE}", _pivot(part, "cell", "method_label"))
+            for (noise_type, init), part in _gain_cells(gains).groupby(["noise_type", "init_label"])]
+
+
+def _small_n_note(gains) -> str:
+    n = int(gains["n"].max())
+    return (f"**n = {n} pair(s) per rate at most: the p-values cannot support a claim at this n; the consistency of "
+            f"the sign across rates and the size of the difference are what this shows.**"
+            if n < MIN_PAIRS_FOR_EVIDENCE else "")
 
 
 def describe_source(source) -> str:
@@ -180,14 +222,18 @@ def build(frame, *, metric: str, figures: List[Path], out: Path, source: str,
     if gains.empty:
         blocks.append(("p", f"No {BASELINE}-init runs to compare with: add `{BASELINE}` to the sweep's inits."))
     else:
-        small = int(gains["n"].max()) < MIN_PAIRS_FOR_EVIDENCE
         blocks.append(("p", f"Each pair: same data, noisy labels, method, protocol and seeds; only the init differs. "
                             f"Cells: mean ± std of (init − {BASELINE}), pairs won by the init, two-sided "
-                            f"{test_name()} p-value (– below 2 pairs). "
-                            + (f"**n = {int(gains['n'].max())} pair(s) per rate at most: the p-values cannot support "
-                               f"a claim at this n; the consistency of the sign across rates and the size of the "
-                               f"difference are what this shows.**" if small else "")))
+                            f"{test_name()} p-value (– below 2 pairs). " + _small_n_note(gains)))
         for title, table in _gain_tables(gains):
+            blocks += [("h3", title), ("table", table)]
+    by_method = method_gains(frame, metric)
+    if not by_method.empty:  # a study of noise-robust methods: what each adds on top of its init
+        blocks += [("h2", f"Gain over {METHOD_BASELINE} with the same init (paired over noise seed × training seed)"),
+                   ("p", f"Each pair: same data, init, noisy labels, protocol and seeds; only the method differs. "
+                         f"Cells: mean ± std of (method − {METHOD_BASELINE}), pairs won by the method, two-sided "
+                         f"{test_name()} p-value (– below 2 pairs). " + _small_n_note(by_method))]
+        for title, table in _method_gain_tables(by_method):
             blocks += [("h3", title), ("table", table)]
     return blocks
 

@@ -166,6 +166,39 @@ def test_report_tables_gains_and_figures(table_path, tmp_path, suffix) -> None:
     else:
         assert "| init | rate 0 | rate 0.2 | rate 0.4 |" in text
         assert "![report_robustness](report_robustness.png)" in text
+    assert "Gain over ce" not in text  # ce is linear-probe only, Co-teaching full fine-tuning: nothing to pair
+
+
+def test_method_gains_pair_each_method_with_ce_of_the_same_init_and_protocol(tmp_path) -> None:
+    """What a method adds on top of an init: method - ce over pairs that share the init, protocol and seeds."""
+    from scipy import stats
+
+    frame = _table()
+    ce = frame[frame["method"] == "ce"]  # linear probe
+    gain = np.where(ce["encoder_id"] == SIMCLR, 0.05, -0.02) + np.arange(len(ce)) % 3 * 0.01
+    robust = ce.assign(method="vog", run_id=ce["run_id"] + "-vog", test_acc=ce["test_acc"] + gain)
+    tuned_ce = ce.assign(method_args='{"lr":0.1}', run_id=ce["run_id"] + "-lr", test_acc=0.0)  # not the baseline
+    both = pd.concat([frame, robust, tuned_ce], ignore_index=True)
+    gains = report.method_gains(both)
+    assert set(gains["method_label"]) == {"vog (linear probe)", "ce (lr=0.1, linear probe)"}  # not full-FT coteaching
+    row = gains[(gains["method_label"] == "vog (linear probe)") & (gains["init_label"] == "simclr")
+                & (gains["noise_type"] == "symmetric") & (gains["noise_rate"] == 0.4)].iloc[0]
+    def cell(f):
+        f = f[(f["encoder_id"] == SIMCLR) & (f["noise_type"] == "symmetric") & (f["noise_rate"] == 0.4)]
+        return f.set_index(["noise_seed", "seed"])["test_acc"].sort_index()
+
+    base, mine = cell(ce), cell(robust)
+    assert row["n"] == 4 and row["wins"] == 4 and row["mean_diff"] == pytest.approx((mine - base).mean())
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(mine, base).pvalue)
+    random_row = gains[(gains["method_label"] == "vog (linear probe)") & (gains["init_label"] == "random")]
+    assert (random_row["wins"] == 0).all() and (random_row["mean_diff"] < 0).all()
+    assert report.method_gains(frame).empty
+    out = tmp_path / "report.md"
+    both.to_csv(tmp_path / "results.csv", index=False)
+    report.write_report(tmp_path / "results.csv", out)
+    text = out.read_text()
+    assert "## Gain over ce with the same init" in text and "### symmetric noise · simclr init: method − ce" in text
+    assert "| method | rate 0 | rate 0.2 | rate 0.4 |" in text
 
 
 def _cli(capsys, *args: str) -> tuple:
