@@ -59,8 +59,8 @@ SCHEMA_VERSION = 1
 BUILTIN_INITS = ("random", "imagenet")
 RESULT_COLUMNS = (
     ["run_id", "dataset", "image_size", "n_train", "init", "encoder_id", "encoder_sha256", "backbone", "stem",
-     "protocol", "method", "method_args", "noise_source", "noise_type", "noise_rate", "noise_realised_rate", "noise_seed",
-     "noise_mode", "clean_val", "val_realised_rate", "seed", "epochs", "select_metric", "selected_epoch"]
+     "protocol", "method", "method_args", "noise_source", "noise_type", "noise_rate", "noise_realised_rate",
+     "noise_seed", "noise_mode", "clean_val", "val_realised_rate", "seed", "epochs", "select_metric", "selected_epoch"]
     + [f"test_{m}{s}" for s in ("", "_last", "_last5") for m in SCALARS]
     + ["val_acc", "val_macro_f1", "train_acc_noisy", "train_acc_clean", "train_memorised", "train_memorised_last",
        "wall_time_s", "created_at"])
