@@ -802,7 +802,8 @@ def detections_cmd(folders, out):
 @click.option("--dry-run", is_flag=True, help="Print the cells (id, grid values, status) and exit; runs and writes nothing.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="Cells run at once on this machine: K spawned workers; on CPU each gets cores/K torch threads "
-                   "(or --threads/K), on GPUs worker i sees only GPU i mod #GPUs (use K = #GPUs).")
+                   "(or --threads/K), on GPUs worker i sees only GPU i mod #GPUs (K = #GPUs, or a multiple of it for "
+                   "small images, which one process cannot keep a large GPU busy with).")
 @click.option("--shard", metavar="I/N",
               help="Run only shard I of N (0-based; cells sorted by id, every N-th): spread one sweep over N "
                    "machines sharing the runs folder, e.g. a SLURM array (finetune/sweeps/slurm_array.sh).")
