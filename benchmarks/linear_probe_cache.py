@@ -49,17 +49,18 @@ def main() -> None:
         "noise_rate": 0.4, "noise_seed": 1, "optimizer": "adam", "lr": 0.01, "weight_decay": 0.0,
         "augmentation": False})
     prep = ft.prepare(cfg, data_root=args.data_root, checkpoints=Path(args.checkpoints))
-    cached_splits = ft.encoded_splits
+    cached_splits = ft.loop.encoded_splits
 
     def timed(encode) -> tuple:
-        ft.encoded_splits, ft._ENCODED = encode, {}
+        ft.loop.encoded_splits = encode
+        ft.ENCODED.clear()
         start = time.perf_counter()
         result = ft.fit(prep, device=args.device, show_progress=False)
         return time.perf_counter() - start, result
 
     a, plain = timed(lambda prep, *_: (prep.data.train.images, prep.data.val.images, prep.data.test.images))
     b, cached = timed(cached_splits)
-    ft.encoded_splits = cached_splits
+    ft.loop.encoded_splits = cached_splits
     n = len(prep.data.train) + len(prep.data.val) + len(prep.data.test)
     print(f"data {prep.data.name} train {len(prep.data.train)}, {n} images in all, {prep.data.image_size}px, init "
           f"{args.init}, {args.epochs} epochs, {cfg.precision}, {args.device}, torch threads {torch.get_num_threads()}")

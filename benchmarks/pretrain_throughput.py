@@ -97,7 +97,7 @@ def reference_steps(method, loader, steps: int | None, opt: torch.optim.Optimize
 def ssl_noise_optimizer(method, batch_size: int, lr: float, precision: str = "bf16"):
     """ssl-noise's own optimiser construction (no weight decay on BatchNorm and biases); returns (opt, cfg)."""
     from ssl_noise.config import PretrainConfig
-    from ssl_noise.pretrain import build_optimizer
+    from ssl_noise.engine import build_optimizer
 
     cfg = PretrainConfig(batch_size=batch_size, lr=lr, epochs=1, warmup_epochs=0, precision=precision)
     return build_optimizer(method, cfg), cfg

@@ -34,7 +34,8 @@ def main() -> None:
     from ssl_noise.config import FinetuneConfig, resolve
     from ssl_noise.data import load_dataset
     from ssl_noise.finetune import Inputs
-    from ssl_noise.pretrain import build_optimizer
+    from ssl_noise.engine import autocast as engine_autocast
+    from ssl_noise.engine import build_optimizer
     from ssl_noise.robust.base import Classifier, label_prob
     from ssl_noise.robust.vog import GradientWindow, gradient_rows
 
@@ -62,10 +63,9 @@ def main() -> None:
     opt = build_optimizer(model, cfg)
     inputs = Inputs(cfg, {"mean": [0.5] * C, "std": [0.25] * C}, device)
     images, labels, rows = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels), torch.arange(N)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
 
     def autocast():
-        return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+        return engine_autocast(device, args.precision)
 
     history = np.full((N, 2 * args.pairs + 1), np.nan, dtype=np.float32)
     window = GradientWindow(args.window, N, feat_dim + 1, device)

@@ -388,7 +388,7 @@ def knn(settings, ref, dataset, seed, k, t, as_json):
 
     if ref == "random":  # the baseline every SSL encoder is compared with: same backbone, random weights
         from ssl_noise.backbones import build_backbone, default_stem
-        from ssl_noise.pretrain import channel_stats
+        from ssl_noise.data import channel_stats
 
         data = load_dataset(dataset or "bloodmnist", data_root=settings.data_root)
         torch.manual_seed(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar
 
@@ -63,6 +64,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return value
         raise UserError(f"config key {name!r} expects a string, got {value!r}")
     return value
+
+
+@dataclass
+class NoArgs:
+    """The ``Args`` of a method (SSL or noise-robust) without hyper-parameters of its own."""
 
 
 def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
@@ -140,9 +146,6 @@ def method_args_text(args: Dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Stage configs. Field comments are the documentation; recipes (pretrain/<dataset>/<method>.yaml) set them.
 # ----------------------------------------------------------------------------------------------------------------
-
-from dataclasses import dataclass, field  # noqa: E402
-
 
 @dataclass
 class PretrainConfig:

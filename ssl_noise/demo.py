@@ -76,10 +76,10 @@ def _check_data(data_root: Optional[str], log: sweep.Log) -> None:
 
 def summary_table(table: Path, metric: str = "test_acc") -> str:
     """Mean ``metric`` per init and rate and the paired gain over random: the lines the demo prints."""
-    from ssl_noise import plots, report
+    from ssl_noise import report, tables
 
-    frame = plots.load_results(table)
-    rows, _ = plots.tidy(frame, metric)
+    frame = tables.load_results(table)
+    rows, _ = tables.tidy(frame, metric)
     means = rows.groupby(["noise_rate", "init_label"])[metric].mean().unstack("init_label")
     gains = report.paired_gains(frame, metric)
     inits = sorted(means.columns, key=lambda s: (s != "random", s))

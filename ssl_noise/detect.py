@@ -24,7 +24,6 @@ detections``) reads such folders and selecting runs back into one side-by-side t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,41 +32,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ssl_noise import io
+from ssl_noise import io, noise
 from ssl_noise._registry import Registry
 from ssl_noise.errors import UserError
-from ssl_noise.knn import search, vote
+from ssl_noise.finetune import prepare
+from ssl_noise.knn import extract_features, knn_scores, top_fraction
 from ssl_noise.metrics import detection_metrics, kept_metrics
+from ssl_noise.robust.hsa_nrl import EASY, NOISY, easy_score
+from ssl_noise.runs import RunFolder
 
 SCHEMA_VERSION = 1
 DETECTORS: Registry = Registry("detector")
 
 
 # ============ pure functions ============
-
-def knn_scores(features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 20,
-               t: float = 0.1) -> Tuple[np.ndarray, np.ndarray]:
-    """(N,) noise scores = weighted share of disagreeing neighbours, and (N, K) neighbour votes.
-
-    ``features`` (N, D) L2-normalised. Raises UserError when k > N − 1. Loop reference (the tests compare)::
-
-        for i in range(N):
-            j = the k rows != i with the largest features[i] @ features[j];  w = exp(sim / t)
-            score[i] = sum(w[labels[j] != labels[i]]) / sum(w)
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    sims, idx = search(features, features, k, exclude_self=True)  # (N, k) each
-    votes = vote(sims, labels[idx], num_classes, t)
-    return 1.0 - votes[np.arange(len(labels)), labels], votes
-
-
-def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
-    """(N,) bool: the round(fraction·N) highest scores (ties: lower index first)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    flagged = np.zeros(len(scores), dtype=bool)
-    flagged[np.argsort(-scores, kind="stable")[:int(round(fraction * len(scores)))]] = True
-    return flagged
-
 
 def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 5,
                       seed: int = 0) -> np.ndarray:
@@ -185,9 +163,7 @@ def _cleanlab(source: Source, opts: DetectOptions) -> Detection:
 
 @_register("loss", "run", ("skip",))
 def _loss(source: Source, opts: DetectOptions) -> Detection:
-    from ssl_noise.robust.hsa_nrl import easy_score
-
-    history = np.load(source.run / "history.npy")
+    history = RunFolder(source.run).array("history")
     if history.shape[0] != len(source.given) or not np.isfinite(history).all():
         raise UserError(f"{source.run}: history.npy is not a full (N, epochs) record of the given labels "
                         f"(method {source.identity.get('method')}); use a --method ce run")
@@ -199,13 +175,11 @@ def _loss(source: Source, opts: DetectOptions) -> Detection:
 
 @_register("ehn", "run", ())
 def _ehn(source: Source, opts: DetectOptions) -> Detection:
-    from ssl_noise.robust.hsa_nrl import EASY, NOISY
-
-    try:
-        split, ehn, easy = (np.load(source.run / f"{n}.npy")[0] for n in ("split", "ehn_scores", "easy_score"))
-        labels, dropped = np.load(source.run / "corrected_labels.npy"), np.load(source.run / "dropped.npy")
-    except FileNotFoundError:
-        raise UserError(f"{source.run} is not an hsa_nrl run (no split.npy/ehn_scores.npy)") from None
+    run = RunFolder(source.run)
+    if not all(run.has(n) for n in ("split", "ehn_scores", "easy_score", "corrected_labels", "dropped")):
+        raise UserError(f"{source.run} is not an hsa_nrl run (no split.npy/ehn_scores.npy)")
+    split, ehn, easy = (run.array(n)[0] for n in ("split", "ehn_scores", "easy_score"))
+    labels, dropped = run.array("corrected_labels"), run.array("dropped")
     keep = np.ones(len(labels), dtype=bool)
     keep[dropped] = False
     scores = np.where(split == EASY, 1.0 - easy, 1.0 + np.nan_to_num(ehn))
@@ -215,21 +189,14 @@ def _ehn(source: Source, opts: DetectOptions) -> Detection:
 
 # ============ building sources, running, writing ============
 
-_SHORT = {"symmetric": "sym", "uniform": "uni", "pairflip": "pair", "asymmetric": "asym", "file": "file"}
-
-
 def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device: str = "cpu") -> Source:
     """Labels exactly as ``ssl-noise finetune`` with the same noise flags would train on, plus the frozen (L2-
     normalised) features of ``cfg.init`` on the training images. All input checks are :func:`finetune.prepare`'s."""
-    from ssl_noise.finetune import prepare
-    from ssl_noise.knn import extract_features
-
     prep = prepare(cfg, data_root=data_root, checkpoints=checkpoints)
     start, norm, nz, data = time.perf_counter(), prep.init["normalisation"], prep.noise, prep.data
     features = extract_features(prep.encoder.to(device), data.train.images, mean=norm["mean"], std=norm["std"],
                                 device=device, bf16=cfg.precision == "bf16")
-    kind = "file" if nz["source"] == "file" else "clean" if nz["rate"] == 0.0 else \
-        _SHORT[nz["type"]] + ("" if nz["rate"] is None else f"{nz['rate']:g}")
+    kind = noise.short_label(nz["type"], nz["rate"])
     identity = {"init": prep.init["id"], "encoder_sha256": prep.init["sha256"], "labels_sha256": nz["labels_sha256"],
                 "dataset": data.name, "data_md5": data.md5, "n_train": len(data.train), "image_size": data.image_size,
                 "noise": {k: nz[k] for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
@@ -241,22 +208,15 @@ def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device
 
 def source_from_run(folder: Path) -> Source:
     """The labels (``noisy_labels.csv``, in history row order) and folder of a finished fine-tuning run."""
-    import pandas as pd
-    import yaml
-
-    folder = Path(folder)
-    if not (folder / "metrics.json").is_file():
-        raise UserError(f"{folder} is not a finished fine-tuning run (no metrics.json)")
-    frame = pd.read_csv(folder / "noisy_labels.csv")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    run_folder = RunFolder(folder)
+    run_folder.require("metrics.json", message="{path} is not a finished fine-tuning run (no {name})")
+    labels = run_folder.labels()
+    metrics, cfg, run = run_folder.metrics(), run_folder.config(), run_folder.provenance()
     nz = metrics["noise"]
-    identity = {"run": folder.name, "method": cfg.get("method"), "labels_sha256": nz["labels_sha256"],
+    identity = {"run": run_folder.name, "method": cfg.get("method"), "labels_sha256": nz["labels_sha256"],
                 "noise": {k: nz.get(k) for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
-    return Source(folder.name, frame["noisy_label"].to_numpy(np.int64), frame["clean_label"].to_numpy(np.int64),
-                  frame["index"].to_numpy(np.int64), len(metrics["class_names"]),
-                  None if nz["source"] == "file" else nz["expected_rate"], identity, run=folder,
+    return Source(run_folder.name, labels.noisy, labels.clean, labels.index, len(metrics["class_names"]),
+                  None if nz["source"] == "file" else nz["expected_rate"], identity, run=run_folder.path,
                   timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)},
                   dataset=run.get("result", {}).get("dataset"), class_names=list(metrics["class_names"]),
                   init=metrics.get("init", {}).get("id"))
@@ -276,10 +236,9 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
         raise UserError(f"detector {name} needs {need}")
     options = {k: getattr(opts, k) for k in detector.options}
     key = {"detector": name, "options": options, "source": source.identity, "noise_estimate": opts.noise_estimate}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    folder = Path(runs) / "detect" / f"{name}-{source.id}-{digest}"
-    if (folder / "metrics.json").is_file():
-        return folder, json.loads((folder / "metrics.json").read_text()), False
+    folder = Path(runs) / "detect" / f"{name}-{source.id}-{io.short_hash(key)}"
+    if RunFolder(folder).is_finished():
+        return folder, RunFolder(folder).metrics(), False
     start = time.perf_counter()
     result = detector(source, opts)
     elapsed = time.perf_counter() - start
@@ -316,7 +275,7 @@ def detection_folders(paths) -> List[Path]:
     whole runs folder can be given), in order, each once."""
     found: List[Path] = []
     for path in map(Path, paths):
-        if (path / "metrics.json").is_file():
+        if RunFolder(path).is_finished():
             found.append(path)
         else:
             inside = sorted(path.glob("*/metrics.json")) + sorted(path.glob("detect/*/metrics.json"))
@@ -331,14 +290,8 @@ def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
     Rows of both kinds carry the same detection metrics, the labels they were scored on (``labels_sha256``: equal
     values mean byte-identical noisy labels) and the wall time: the detector's own (``detector_s``) and everything
     it needed (``wall_time_s``: features or the run it reads, plus the detector; a run's own wall time)."""
-    import yaml
-
-    folder = Path(folder)
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-        run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {folder}: {e}") from None
+    folder = RunFolder(folder)
+    metrics, run = folder.metrics(), folder.provenance()
     found = metrics.get("detection") if isinstance(metrics, dict) else None
     if not isinstance(found, dict) or "f1" not in found:
         return None
@@ -349,7 +302,7 @@ def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
         row = {"kind": "detect", "detector": metrics["detector"], "options": json.dumps(metrics["options"])}
         labels_sha, detector_s = src.get("labels_sha256"), run.get("timing", {}).get("detector_s")
     else:                                                       # a fine-tuning run that selects samples
-        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        cfg = folder.config()
         noise, dataset = metrics["noise"], run.get("result", {}).get("dataset")
         init = (metrics.get("init") or {}).get("id")
         row = {"kind": "run", "detector": cfg.get("method"), "options": json.dumps(cfg.get("method_args") or {})}

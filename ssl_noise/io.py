@@ -67,6 +67,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def short_hash(obj: Any, length: int = 10) -> str:
+    """The first ``length`` hex digits of the sha256 of ``obj`` as key-sorted JSON: every id that names a
+    configuration (run ids, cell ids, detection folders, pretraining work folders) is built with this."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def derive_seed(*parts: int) -> int:
     """A reproducible 63-bit seed for a tuple such as (run seed, epoch, stream), via numpy's SeedSequence.
 

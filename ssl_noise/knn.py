@@ -102,3 +102,27 @@ def linear_probe_accuracy(train_feats, train_labels, query_feats, query_labels, 
     clf = LogisticRegression(max_iter=1000, C=1.0, random_state=seed)
     clf.fit(train_feats, train_labels)
     return float((clf.predict(query_feats) == np.asarray(query_labels)).mean())
+
+
+def knn_scores(features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 20,
+               t: float = 0.1) -> Tuple[np.ndarray, np.ndarray]:
+    """(N,) noise scores = weighted share of disagreeing neighbours, and (N, K) neighbour votes.
+
+    ``features`` (N, D) L2-normalised. Raises UserError when k > N − 1. Loop reference (the tests compare)::
+
+        for i in range(N):
+            j = the k rows != i with the largest features[i] @ features[j];  w = exp(sim / t)
+            score[i] = sum(w[labels[j] != labels[i]]) / sum(w)
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sims, idx = search(features, features, k, exclude_self=True)  # (N, k) each
+    votes = vote(sims, labels[idx], num_classes, t)
+    return 1.0 - votes[np.arange(len(labels)), labels], votes
+
+
+def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """(N,) bool: the round(fraction·N) highest scores (ties: lower index first)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = np.zeros(len(scores), dtype=bool)
+    flagged[np.argsort(-scores, kind="stable")[:int(round(fraction * len(scores)))]] = True
+    return flagged

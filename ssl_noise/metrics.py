@@ -198,3 +198,38 @@ def kept_metrics(is_noisy: np.ndarray, kept: np.ndarray, clean: np.ndarray, num_
     return {"n_kept": int(kept.sum()), "kept_purity": float(truly[kept].mean()) if kept.any() else None,
             "clean_kept": share(truly),
             "clean_kept_per_class": [share(truly & (clean == k)) for k in range(num_classes)]}
+
+
+def kept_mask(kept: np.ndarray, n: int) -> np.ndarray:
+    """(n,) bool from a ``kept`` output: training rows (int indices, the convention) or already a bool mask."""
+    kept = np.asarray(kept).reshape(-1)
+    if kept.dtype == bool:
+        if len(kept) != n:
+            raise ValueError(f"kept mask has {len(kept)} entries for {n} training samples")
+        return kept
+    mask = np.zeros(n, dtype=bool)
+    mask[kept.astype(np.int64)] = True
+    return mask
+
+
+def detection_report(outputs: Dict[str, np.ndarray], clean: np.ndarray, given: np.ndarray,
+                     num_classes: int) -> Dict[str, Any]:
+    """How well a selecting method's clean set (``outputs["kept"]``: training rows) separates the flipped labels.
+
+    Flagged = not kept; a method that flags rather than selects (``knn_filter``) gives ``outputs["flagged"]`` instead,
+    and "kept" then means not flagged (in its relabel mode the flagged samples are trained on with new labels).
+    Returns :func:`detection_metrics` (AUROC from ``noise_score``) plus ``auroc_selection_freq``
+    (score 1 - selection frequency) and :func:`kept_metrics` (``n_kept``, ``kept_purity``,
+    ``clean_kept``, ``clean_kept_per_class``: the minority-class claim of ALR).
+    """
+    clean, given = np.asarray(clean).reshape(-1), np.asarray(given).reshape(-1)
+    kept = (kept_mask(outputs["kept"], len(given)) if "kept" in outputs
+            else ~kept_mask(outputs["flagged"], len(given)))
+    is_noisy = given != clean
+    score = outputs.get("noise_score")
+    report: Dict[str, Any] = detection_metrics(is_noisy, ~kept, None if score is None else np.nan_to_num(score))
+    freq = outputs.get("selection_freq")
+    report["auroc_selection_freq"] = (None if freq is None else
+                                      detection_metrics(is_noisy, ~kept, 1.0 - np.nan_to_num(freq))["auroc"])
+    report.update(kept_metrics(is_noisy, kept, clean, num_classes))
+    return report

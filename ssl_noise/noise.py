@@ -43,6 +43,17 @@ ROW_SUM_TOL = 1e-6
 NOISE_TYPES: Registry[Callable[..., np.ndarray]] = Registry("noise type")
 
 
+#: Short names of the noise types in run, cell and detection ids (``file``: labels read from a noise file).
+SHORT_NAMES = {"symmetric": "sym", "uniform": "uni", "pairflip": "pair", "asymmetric": "asym", "file": "file"}
+
+
+def short_label(noise_type: str, rate: Optional[float]) -> str:
+    """``clean``, ``sym0.4``, ``pair0.3``, ``asym`` (a matrix: no rate), ``file``: the noise part of every id."""
+    if rate is None:
+        return SHORT_NAMES.get(noise_type, noise_type)
+    return "clean" if rate == 0.0 else f"{SHORT_NAMES.get(noise_type, noise_type)}{rate:g}"
+
+
 class NoiseWarning(SslNoiseWarning):
     """Issued (with ``force=True``) when a matrix lets a wrong class match or outnumber the clean one."""
 

@@ -17,178 +17,20 @@ and are left out (the figures say how many). Same seeds give the same figure; no
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from ssl_noise.errors import UserError
+from ssl_noise.runs import RunFolder
+from ssl_noise.tables import DEFAULT_METRIC, load_results, pool_reruns, summarise, tidy
 
 FORMATS = (".png", ".pdf", ".svg")
-DEFAULT_METRIC = "test_acc"
 DETECTION_PREFIXES = ("detect_", "detection_")
-#: Keys of ``metrics.json["detection"]`` (ssl_noise.metrics.detection_metrics and refine.detection_report) plotted.
-DETECTION_KEYS = ("precision", "recall", "f1", "auroc", "kept_purity", "clean_kept")
-#: Columns a results table needs for the curves (all written by ssl_noise.finetune.result_row).
-REQUIRED = ("run_id", "encoder_id", "method", "protocol", "noise_type", "noise_rate", "noise_seed", "seed")
-#: Columns that must match for two runs to differ only in their initialisation (the pairing key of the report).
-CONTEXT = ("dataset", "n_train", "image_size", "protocol", "method", "noise_type", "noise_rate", "noise_mode",
-           "clean_val", "epochs", "select_metric")
-#: The ``-<sha256[:8]>`` that :func:`ssl_noise.registry.make_id` ends an entry id with (matched here rather than
-#: imported: the registry module loads torch, which figures and reports do not need).
-ENTRY_HASH = re.compile(r"-[0-9a-f]{8}$")
 METRIC_NAMES = {"acc": "accuracy", "auc": "AUC", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1",
                 "mcc": "MCC"}
-
-
-def load_results(source) -> "pd.DataFrame":  # noqa: F821
-    """A results table from a path (read under finetune's lock), several paths or a DataFrame; checked and
-    de-duplicated by run id.
-
-    Several tables are concatenated: the pieces of one study run where no runs folder is shared (two clusters,
-    or a session whose runs folder is gone but whose committed table is not).
-    """
-    import pandas as pd
-
-    if isinstance(source, pd.DataFrame):
-        frame = source.copy()
-        _check_columns(frame)
-    else:
-        paths = [source] if isinstance(source, (str, Path)) else list(source)
-        if not paths:
-            raise UserError("no results table given")
-        frame = pd.concat([_read_table(Path(path)) for path in paths], ignore_index=True, sort=False)
-    return frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
-
-
-def _read_table(path: Path) -> "pd.DataFrame":  # noqa: F821
-    """One results.csv, with the detection columns of the run folders next to it (where there are any)."""
-    import pandas as pd
-
-    from ssl_noise.sweep import read_results
-
-    if not path.is_file():
-        raise UserError(f"results table {path} does not exist (ssl-noise finetune/sweep write runs/results.csv)")
-    try:
-        frame = read_results(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read results table {path}: {str(e).strip().splitlines()[0]}") from None
-    _check_columns(frame, path)
-    for runs in (path.parent, path.parent.parent):  # runs/results.csv or runs/sweeps/<name>.csv
-        if any((runs / str(r)).is_dir() for r in frame["run_id"]):
-            return add_detection(frame, runs)
-    return frame
-
-
-def _check_columns(frame, path: Path | None = None) -> None:
-    """Exit 2 on a table that is not an ssl-noise results table or is empty, naming the file where there is one."""
-    where = f" {path}" if path else ""
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise UserError(f"results table{where} lacks column(s) {', '.join(missing)}; "
-                        "is it a results.csv of ssl-noise?")
-    if frame.empty:
-        raise UserError(f"results table{where} has no rows")
-
-
-def add_detection(frame, runs: Path):
-    """Add ``detect_<key>`` columns from each run's ``metrics.json["detection"]`` (selecting methods write it;
-    results.csv does not carry it), unless the table has them already.
-
-    >>> add_detection(frame, Path("runs"))["detect_recall"]            # doctest: +SKIP
-    """
-    import json
-
-    values = {}
-    for i, run_id in enumerate(frame["run_id"]):
-        path = Path(runs) / str(run_id) / "metrics.json"
-        try:
-            detection = json.loads(path.read_text()).get("detection") if path.is_file() else None
-        except (OSError, ValueError):
-            detection = None
-        for key in DETECTION_KEYS:
-            if isinstance(detection, dict) and isinstance(detection.get(key), (int, float)):
-                values.setdefault(f"detect_{key}", {})[i] = float(detection[key])
-    frame = frame.copy()
-    for column, by_row in values.items():
-        if column not in frame.columns:
-            frame[column] = frame.index.map(by_row)
-    return frame
-
-
-def init_labels(encoder_ids: Sequence[str]) -> dict:
-    """Short legend names: ``simclr-resnet18-bloodmnist-e5-s0-1a2b3c4d`` -> ``simclr`` (full id if ambiguous)."""
-    ids = sorted({str(i) for i in encoder_ids})
-    short = {i: i.split("-")[0] for i in ids}
-    counts = {s: sum(v == s for v in short.values()) for s in short.values()}
-    return {i: short[i] if counts[short[i]] == 1 else i for i in ids}
-
-
-def pool_reruns(frame):
-    """Give registry entries that differ only in their content hash one encoder id: the id without the hash.
-
-    ``simclr-resnet18-bloodmnist-e20-s0-5c88f352`` and ``...-0ad3dce3`` (method, backbone, data, epochs and seed
-    alike) become ``simclr-resnet18-bloodmnist-e20-s0``. Meant for re-runs of one pretraining command whose
-    weights differ (another machine's bf16 kernels, a registry that was lost and rebuilt): pooled, their runs form
-    one row and one curve, and the spread over seeds then includes the pretraining run. The id does not show
-    method options (``--set method_args...``), so pool only entries you know come from one command.
-
-    Returns ``(frame, pooled)``; ``pooled`` maps each new id that joins two or more entries to their ids.
-    """
-    ids = frame["encoder_id"].astype(str)
-    stem = ids.map(lambda i: ENTRY_HASH.sub("", i))
-    pooled = {key: sorted(part.unique()) for key, part in ids.groupby(stem) if part.nunique() > 1}
-    return frame.assign(encoder_id=stem), pooled
-
-
-def method_label(method: str, args: Any, protocol: str) -> str:
-    """``knn_filter (mode=relabel)``, ``ce (linear probe)``: a method, its non-default options and the protocol.
-
-    ``args`` is results.csv's ``method_args`` (compact JSON; empty or missing for the defaults and in tables
-    written before the column existed).
-    """
-    try:
-        options = json.loads(args) if isinstance(args, str) and args else {}
-    except json.JSONDecodeError:
-        raise UserError(f"results table: method_args {args!r} of a {method} run is not JSON") from None
-    parts = [f"{k}={v}" for k, v in options.items()] + (["linear probe"] if protocol == "linear_probe" else [])
-    return str(method) + (f" ({', '.join(parts)})" if parts else "")
-
-
-def tidy(frame, metric: str = DEFAULT_METRIC):
-    """Rows usable for curves: ``init_label``, ``method_label`` added, rate-0 runs lent to noise types without any.
-
-    Returns ``(rows, n_left_out)``; ``n_left_out`` counts rows without a noise rate or a value of ``metric``.
-    """
-    import pandas as pd
-
-    if metric not in frame.columns:
-        numeric = [c for c in frame.columns if c.startswith("test_") and pd.api.types.is_numeric_dtype(frame[c])]
-        raise UserError(f"results table has no column {metric!r}; choose from: {', '.join(numeric)}")
-    frame = frame.copy()
-    frame["init_label"] = frame["encoder_id"].map(init_labels(frame["encoder_id"]))
-    args = frame["method_args"] if "method_args" in frame.columns else [""] * len(frame)
-    frame["method_label"] = [method_label(*r) for r in zip(frame["method"], args, frame["protocol"])]
-    if "dataset" in frame.columns and frame["dataset"].nunique() > 1:  # never pool two datasets in one panel
-        frame["method_label"] = frame["dataset"].astype(str) + " · " + frame["method_label"]
-    usable = frame["noise_rate"].notna() & frame[metric].notna() & frame["noise_type"].ne("file")
-    rows, left_out = frame[usable].copy(), int((~usable).sum())
-    rows["noise_rate"] = rows["noise_rate"].astype(float)
-    clean = rows[rows["noise_rate"] == 0]
-    borrowed = []
-    for noise_type in sorted(rows["noise_type"].unique()):
-        if not ((rows["noise_type"] == noise_type) & (rows["noise_rate"] == 0)).any() and not clean.empty:
-            borrowed.append(clean.assign(noise_type=noise_type))
-    return pd.concat([rows, *borrowed], ignore_index=True), left_out
-
-
-def summarise(rows, metric: str = DEFAULT_METRIC):
-    """Mean, std (ddof 1; 0 for a single run) and n of ``metric`` per noise type, method, init and rate."""
-    keys = ["noise_type", "method_label", "init_label", "noise_rate"]
-    out = rows.groupby(keys)[metric].agg(["mean", "std", "count"]).reset_index()
-    return out.rename(columns={"count": "n"}).fillna({"std": 0.0})
 
 
 def _check_out(out: str | Path) -> Path:
@@ -388,11 +230,9 @@ def rounds_label(path: Path) -> str:
     The seed is cut so that sessions differing only in ``--seed`` share a line (mean ± std over seeds), while
     another acquisition, budget or a named (expert) session gets its own.
     """
-    import yaml
-
-    config = path.parent.parent.parent / "config.yaml"  # RUN/refine/<session>/rounds.csv -> RUN/config.yaml
-    if path.name == "rounds.csv" and path.parent.parent.name == "refine" and config.is_file():
-        method = (yaml.safe_load(config.read_text()) or {}).get("method", "?")
+    run = RunFolder(path.parent.parent.parent)  # RUN/refine/<session>/rounds.csv -> RUN
+    if path.name == "rounds.csv" and path.parent.parent.name == "refine" and (run.path / "config.yaml").is_file():
+        method = run.config().get("method", "?")
         return f"{method} · {re.sub(r'-s[0-9]+$', '', path.parent.name)}"
     return path.stem.removesuffix("_rounds") if path.stem != "rounds" else path.parent.name
 

@@ -18,7 +18,6 @@ views, heads and loss; the loop owns the rest:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -33,11 +32,13 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from ssl_noise import io
 from ssl_noise.augment import AugmentConfig, to_float
 from ssl_noise.config import PretrainConfig, to_dict
-from ssl_noise.data import spec_label
+from ssl_noise.data import channel_stats, spec_label
+from ssl_noise.engine import autocast, build_optimizer, lr_at, memory_format, set_lr
 from ssl_noise.errors import UserError
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
 
 STATE_FILE = "last_state.pt"
+LOG_FILE = "train_log.jsonl"
 
 
 # ============ process group and seeds ============
@@ -60,33 +61,8 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
 
 def work_dir(runs_root: Path, cfg: PretrainConfig) -> Path:
     """Where the resumable state of this exact config lives (a hash of the resolved config)."""
-    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    digest = io.short_hash(to_dict(cfg), 12)
     return Path(runs_root) / "pretrain" / f"{cfg.method}-{spec_label(cfg.dataset)}-s{cfg.seed}-{digest}"
-
-
-# ============ optimiser and schedule ============
-
-def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    """SGD, Adam or LARS with weight decay on weights only (BatchNorm and biases are excluded, as in SimCLR)."""
-    from lightly.models.utils import get_weight_decay_parameters
-
-    decay, no_decay = get_weight_decay_parameters([model])
-    groups = [{"params": [p for p in decay if p.requires_grad], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adam":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    from lightly.utils.lars import LARS
-
-    return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` then cosine decay to 0, evaluated per optimiser step."""
-    from lightly.utils.scheduler import cosine_warmup_schedule
-
-    return cosine_warmup_schedule(step, max(total_steps, 1), peak, 0.0, min(warmup_steps, total_steps), 0.0)
 
 
 # ============ monitor ============
@@ -102,12 +78,6 @@ def knn_monitor(encoder: torch.nn.Module, data, spec: InputSpec, cfg: PretrainCo
                         k=cfg.knn_k, t=cfg.knn_t)
 
 
-def channel_stats(images: np.ndarray) -> tuple[list, list]:
-    """Per-channel mean and std of uint8 images (N, H, W, C) in [0, 1] units — the recorded normalisation."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return [round(float(v), 4) for v in x.mean(0)], [round(float(v), 4) for v in x.std(0).clip(1e-3)]
-
-
 # ============ the loop ============
 
 def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Generator, *, epoch: int,
@@ -117,8 +87,7 @@ def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Genera
     from tqdm import tqdm
 
     model.train()
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = memory_format(cfg.channels_last)
     losses: List[float] = []
     lr = cfg.lr
     start = time.perf_counter()
@@ -127,10 +96,9 @@ def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Genera
     for i, (batch,) in enumerate(bar):
         step = epoch * steps_per_epoch + i
         lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr([optimizer], lr)
         x = to_float(batch.to(device, non_blocking=True)).contiguous(memory_format=fmt)
-        with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(device, cfg.precision):
             loss = model(x, g)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,19 +117,10 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
              show_progress: bool = True) -> Optional[str]:
     """Train ``cfg.method`` and write the encoder to the registry; returns the new entry id (None on rank > 0).
 
-    Args:
-        cfg: the resolved configuration.
-        data_root: ``--data-root`` (dataset search path).
-        checkpoints: registry root.
-        runs: root of the resumable work folder.
-        device: ``cpu`` or ``cuda`` (under torchrun each process takes its ``LOCAL_RANK`` GPU).
-        resume: continue from the last epoch state of this exact config; an error if there is none.
-        stop_after: stop after this many epochs (simulates an interruption in tests); returns None.
-        command: argv recorded in the entry's metadata.
-        show_progress: show the tqdm bar (rank 0 only).
+    ``runs`` holds the resumable work folder; ``resume`` continues the last epoch state of this exact config (an
+    error if there is none); ``stop_after`` stops after that many epochs (an interruption, for tests) and returns
+    None; ``command`` is the argv recorded in the entry; the progress bar shows on rank 0 only.
     """
-    from ssl_noise import registry
-    from ssl_noise.backbones import build_backbone, default_stem
     from ssl_noise.data import load_dataset
 
     rank, world, device = _init_distributed(device)
@@ -175,13 +134,51 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
     spec = InputSpec(channels=images.shape[-1], image_size=images.shape[1], mean=mean, std=std,
                      augment=AugmentConfig.from_mapping(cfg.augment))
     method_cls.check_input(spec, cfg.method_args)
-    stem = cfg.stem or default_stem(spec.image_size)
+    method, model, stem, feat_dim = _build(cfg, method_cls, spec, device, world)
+    optimizer = build_optimizer(method, cfg)
+    work = work_dir(runs, cfg)
+    start_epoch = _start(work, method, optimizer, cfg, device, resume=resume, rank=rank)
 
-    # ---- model, optimiser, state ----
+    # data pipeline: uint8 tensors in memory, one index lookup per batch
+    dataset = TensorDataset(torch.from_numpy(images))
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.num_workers, pin_memory=device.startswith("cuda"),
+                        persistent_workers=cfg.num_workers > 0)
+    steps_per_epoch = len(loader)
+    g = torch.Generator(device=device)
+    knn_acc: Optional[float] = None
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        g.manual_seed(io.derive_seed(cfg.seed, epoch, rank))
+        stats = train_one_epoch(model, loader, optimizer, method, g, epoch=epoch, steps_per_epoch=steps_per_epoch,
+                                total_steps=steps_per_epoch * cfg.epochs,
+                                warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)), cfg=cfg,
+                                device=device, world=world, show=show_progress and rank == 0)
+        last = epoch + 1 == cfg.epochs
+        knn_acc = None
+        if rank == 0 and (last or (epoch + 1) % cfg.knn_every == 0):
+            knn_acc = knn_monitor(method.backbone, data, spec, cfg, device)
+        if rank == 0:
+            _end_epoch(work, {"epoch": epoch + 1, **stats, "knn_acc": knn_acc}, method, optimizer)
+        if stop_after is not None and epoch + 1 >= stop_after and not last:
+            return None
+    if rank != 0:
+        return None
+    meta = _entry_meta(cfg, method, data, spec, stem=stem, feat_dim=feat_dim, world=world, knn_acc=knn_acc,
+                       command=command)
+    return _register(checkpoints, work, method, meta, cfg)
+
+
+def _build(cfg: PretrainConfig, method_cls, spec: InputSpec, device: str, world: int):
+    """(method, the module to call (DDP-wrapped under torchrun), stem, feat_dim), seeded by ``cfg.seed``."""
+    from ssl_noise.backbones import build_backbone, default_stem
+
+    stem = cfg.stem or default_stem(spec.image_size)
     torch.manual_seed(cfg.seed)  # identical initial weights on every process (DDP also broadcasts rank 0's)
     backbone, feat_dim = build_backbone(cfg.backbone, stem=stem, in_channels=spec.channels)
-    method = method_cls(backbone, feat_dim, spec, cfg.method_args)
-    method = method.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    method = method_cls(backbone, feat_dim, spec, cfg.method_args).to(device,
+                                                                       memory_format=memory_format(cfg.channels_last))
     model: torch.nn.Module = method
     if world > 1:
         if cfg.sync_bn:
@@ -189,12 +186,12 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
             method = model
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()]
                                                           if device.startswith("cuda") else None)
-    optimizer = build_optimizer(method, cfg)
+    return method, model, stem, feat_dim
 
-    work = work_dir(runs, cfg)
-    state_path = work / STATE_FILE
-    log_path = work / "train_log.jsonl"
-    start_epoch = 0
+
+def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, resume: bool, rank: int) -> int:
+    """The first epoch to train: 0, or the resumed state's epoch (model and optimiser restored)."""
+    state_path, start_epoch = work / STATE_FILE, 0
     if resume:
         if not state_path.exists():
             raise UserError(f"nothing to resume for this configuration (no {state_path}); "
@@ -205,61 +202,45 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
         start_epoch = int(state["epoch"])
     elif rank == 0:
         work.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)
+        (work / LOG_FILE).unlink(missing_ok=True)
     if rank == 0:
         io.write_yaml(work / "config.yaml", to_dict(cfg))
+    return start_epoch
 
-    # ---- data pipeline: uint8 tensors in memory, one index lookup per batch ----
-    dataset = TensorDataset(torch.from_numpy(images))
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers, pin_memory=device.startswith("cuda"),
-                        persistent_workers=cfg.num_workers > 0)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    g = torch.Generator(device=device)
 
-    knn_acc: Optional[float] = None
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        g.manual_seed(io.derive_seed(cfg.seed, epoch, rank))
-        stats = train_one_epoch(model, loader, optimizer, method, g, epoch=epoch, steps_per_epoch=steps_per_epoch,
-                                total_steps=total_steps, warmup_steps=warmup_steps, cfg=cfg, device=device,
-                                world=world, show=show_progress and rank == 0)
-        last = epoch + 1 == cfg.epochs
-        knn_acc = None
-        if rank == 0 and (last or (epoch + 1) % cfg.knn_every == 0):
-            knn_acc = knn_monitor(method.backbone, data, spec, cfg, device)
-        if rank == 0:
-            record = {"epoch": epoch + 1, **stats, "knn_acc": knn_acc}
-            io.append_jsonl(log_path, record)
-            print(json.dumps(record), file=sys.stderr)
-            with io.atomic_path(state_path) as tmp:
-                torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
-                           tmp)
-        if stop_after is not None and epoch + 1 >= stop_after and not last:
-            return None
+def _end_epoch(work: Path, record: Dict[str, Any], method, optimizer) -> None:
+    """Log the epoch (JSON line + one line on stderr) and save the resumable state atomically (rank 0)."""
+    io.append_jsonl(work / LOG_FILE, record)
+    print(json.dumps(record), file=sys.stderr)
+    with io.atomic_path(work / STATE_FILE) as tmp:
+        torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": record["epoch"]}, tmp)
 
-    if rank != 0:
-        return None
-    # ---- the registry entry ----
-    meta: Dict[str, Any] = {
+
+def _entry_meta(cfg: PretrainConfig, method, data, spec: InputSpec, *, stem: str, feat_dim: int, world: int,
+                knn_acc: Optional[float], command: Optional[List[str]]) -> Dict[str, Any]:
+    """The registry entry's ``meta.json`` fields that the loop knows (the registry adds ids, hashes, versions)."""
+    return {
         "method": cfg.method, "method_config": {**dict(cfg.method_args), **_resolved_args(method)},
         "backbone": cfg.backbone, "stem": stem, "feat_dim": feat_dim, "dataset": data.name,
         "image_size": spec.image_size, "channels": spec.channels,
-        "normalisation": {"mean": list(mean), "std": list(std)}, "augment": dict(vars(spec.augment)),
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)}, "augment": dict(vars(spec.augment)),
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "world_size": world,
         "optimizer": {"name": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum,
                       "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup_epochs},
         "precision": cfg.precision, "seed": cfg.seed, "subset": cfg.subset,
-        "num_train_samples": int(len(images)), "metrics": {"knn_acc": knn_acc, "knn_k": cfg.knn_k, "knn_t": cfg.knn_t},
+        "num_train_samples": int(len(data.train)),
+        "metrics": {"knn_acc": knn_acc, "knn_k": cfg.knn_k, "knn_t": cfg.knn_t},
         "command": command or sys.argv,
     }
-    backbone_cpu = cpu_copy(method.backbone)
-    entry = registry.save_entry(checkpoints, backbone_cpu, meta, config=to_dict(cfg), train_log_path=log_path,
-                                extra_files=method.extra_files())
-    state_path.unlink(missing_ok=True)  # finished: the registry entry is the artefact now
+
+
+def _register(checkpoints: Path, work: Path, method, meta: Dict[str, Any], cfg: PretrainConfig) -> str:
+    """Save the backbone as a registry entry, then drop the resumable state (the entry is the artefact now)."""
+    from ssl_noise import registry
+
+    entry = registry.save_entry(checkpoints, cpu_copy(method.backbone), meta, config=to_dict(cfg),
+                                train_log_path=work / LOG_FILE, extra_files=method.extra_files())
+    (work / STATE_FILE).unlink(missing_ok=True)
     return entry
 
 

@@ -39,53 +39,20 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ssl_noise import io, noise
-from ssl_noise.io import derive_seed, read_csv_strict
+from ssl_noise import engine, io, noise
 from ssl_noise.acquisition import ACQUISITION
 from ssl_noise.config import FinetuneConfig, resolve
 from ssl_noise.errors import UserError
-from ssl_noise.metrics import SCALARS, detection_metrics, kept_metrics
-from ssl_noise.robust.base import Classifier
-from ssl_noise.robust.ce import CrossEntropy
+from ssl_noise.finetune import Inputs, Prepared, evaluate, fit
+from ssl_noise.io import derive_seed, read_csv_strict
+from ssl_noise.metrics import SCALARS, kept_mask
+from ssl_noise.robust.base import Batch, Classifier, RobustMethod
+from ssl_noise.robust.ce import ce_step
+from ssl_noise.runs import RunFolder
 
 SCHEMA_VERSION = 1
 POOL, KEPT, ORACLE = 0, 1, 2
 SOURCES = ("pool", "kept", "oracle")
-
-
-def kept_mask(kept: np.ndarray, n: int) -> np.ndarray:
-    """(n,) bool from a ``kept`` output: training rows (int indices, the convention) or already a bool mask."""
-    kept = np.asarray(kept).reshape(-1)
-    if kept.dtype == bool:
-        if len(kept) != n:
-            raise ValueError(f"kept mask has {len(kept)} entries for {n} training samples")
-        return kept
-    mask = np.zeros(n, dtype=bool)
-    mask[kept.astype(np.int64)] = True
-    return mask
-
-
-def detection_report(outputs: Dict[str, np.ndarray], clean: np.ndarray, given: np.ndarray,
-                     num_classes: int) -> Dict[str, Any]:
-    """How well a selecting method's clean set (``outputs["kept"]``: training rows) separates the flipped labels.
-
-    Flagged = not kept; a method that flags rather than selects (``knn_filter``) gives ``outputs["flagged"]`` instead,
-    and "kept" then means not flagged (in its relabel mode the flagged samples are trained on with new labels).
-    Returns :func:`ssl_noise.metrics.detection_metrics` (AUROC from ``noise_score``) plus ``auroc_selection_freq``
-    (score 1 - selection frequency) and :func:`ssl_noise.metrics.kept_metrics` (``n_kept``, ``kept_purity``,
-    ``clean_kept``, ``clean_kept_per_class``: the minority-class claim of ALR).
-    """
-    clean, given = np.asarray(clean).reshape(-1), np.asarray(given).reshape(-1)
-    kept = (kept_mask(outputs["kept"], len(given)) if "kept" in outputs
-            else ~kept_mask(outputs["flagged"], len(given)))
-    is_noisy = given != clean
-    score = outputs.get("noise_score")
-    report: Dict[str, Any] = detection_metrics(is_noisy, ~kept, None if score is None else np.nan_to_num(score))
-    freq = outputs.get("selection_freq")
-    report["auroc_selection_freq"] = (None if freq is None else
-                                      detection_metrics(is_noisy, ~kept, 1.0 - np.nan_to_num(freq))["auroc"])
-    report.update(kept_metrics(is_noisy, kept, clean, num_classes))
-    return report
 
 
 @dataclass
@@ -146,39 +113,29 @@ def classifier_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def load_run(folder: str | Path, *, data_root: Optional[str] = None) -> LNLRun:
     """Read a run folder and reload its data; raises UserError when it is not a finished run of a selecting method."""
-    import safetensors.torch
-    import yaml
-
     from ssl_noise.data import load_dataset
 
-    folder = Path(folder)
-    for name in ("config.yaml", "run.json", "noisy_labels.csv", "metrics.json"):
-        if not (folder / name).is_file():
-            raise UserError(f"{folder} is not a finished run folder (no {name})")
-    for name in ("kept.npy", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise UserError(f"{folder} has no {name}: refinement needs a run of a selecting method "
-                            f"(ssl-noise finetune --method coteaching|vog)")
-    cfg = resolve(FinetuneConfig, yaml.safe_load((folder / "config.yaml").read_text()))
-    init = json.loads((folder / "run.json").read_text())["init"]
+    run = RunFolder(folder)
+    run.require("config.yaml", "run.json", "noisy_labels.csv", "metrics.json")
+    run.require("kept.npy", "model.safetensors", message="{path} has no {name}: refinement needs a run of a selecting "
+                "method (ssl-noise finetune --method coteaching|vog)")
+    cfg = resolve(FinetuneConfig, run.config())
+    init = run.provenance()["init"]
     data = load_dataset(cfg.dataset, data_root=data_root, size=init["image_size"], subset=cfg.subset,
                         seed=cfg.noise_seed)
-    labels = noise.read_noise_csv(folder / "noisy_labels.csv", num_classes=data.num_classes,
-                                  indices=data.train_indices)
+    labels = run.labels(num_classes=data.num_classes, indices=data.train_indices)
     if not np.array_equal(labels.clean, data.train.labels):
-        raise UserError(f"{cfg.dataset} as loaded here differs from the data of run {folder.name}")
-    val_noise = None
-    if (folder / "noisy_val_labels.csv").is_file():
-        val = noise.read_noise_csv(folder / "noisy_val_labels.csv", num_samples=len(data.val),
-                                   num_classes=data.num_classes)
-        val_noise = noise.NoisyLabels.from_labels(data.val.labels, val.noisy, np.eye(data.num_classes))
+        raise UserError(f"{cfg.dataset} as loaded here differs from the data of run {run.name}")
+    val = run.val_labels(num_samples=len(data.val), num_classes=data.num_classes)
+    val_noise = None if val is None else noise.NoisyLabels.from_labels(data.val.labels, val.noisy,
+                                                                       np.eye(data.num_classes))
     try:
-        kept = kept_mask(np.load(folder / "kept.npy"), len(data.train))
+        kept = kept_mask(run.array("kept"), len(data.train))
     except (ValueError, IndexError) as e:
-        raise UserError(f"{folder / 'kept.npy'} does not describe the {len(data.train)} training samples: "
+        raise UserError(f"{run.path / 'kept.npy'} does not describe the {len(data.train)} training samples: "
                         f"{e}") from None
-    state = classifier_state(safetensors.torch.load_file(str(folder / "model.safetensors")))
-    return LNLRun(folder, cfg, init, data, labels.index, labels.noisy, kept, val_noise, state)
+    return LNLRun(run.path, cfg, init, data, labels.index, labels.noisy, kept, val_noise,
+                  classifier_state(run.model_state()))
 
 
 class SimulatedOracle:
@@ -189,16 +146,16 @@ class SimulatedOracle:
     """
 
     def __init__(self, run: LNLRun):
-        self.path, self.run = run.folder / "noisy_labels.csv", run
+        self.run = run
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        file = noise.read_noise_csv(self.path, num_classes=self.run.data.num_classes, indices=self.run.index)
+        file = RunFolder(self.run.folder).labels(num_classes=self.run.data.num_classes, indices=self.run.index)
         return file.clean[np.asarray(rows, dtype=np.int64)]
 
 
 # ============ the model side: scoring the pool, fine-tuning a round ============
 
-class _Refit(CrossEntropy):
+class _Refit(RobustMethod):
     """Cross-entropy on kept + refined samples, continuing from a saved classifier state."""
 
     def __init__(self, ctx, state, keep: np.ndarray, labels: np.ndarray):
@@ -212,6 +169,12 @@ class _Refit(CrossEntropy):
 
     def training_set(self):
         return self._keep, self._labels
+
+    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
+        return ce_step(self.model, batch)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 class PoolView:
@@ -280,8 +243,6 @@ class Session:
     """One refinement session of one LNL run: its state on disk and the three steps (evaluate, acquire, round)."""
 
     def __init__(self, run: LNLRun, name: str, config: RefineConfig, state: Optional[dict], device: str):
-        from ssl_noise.finetune import Inputs
-
         self.run, self.name, self.config, self.device = run, name, config, device
         self.folder = run.folder / "refine" / name
         self.state = state or {"schema_version": SCHEMA_VERSION, "run_id": run.folder.name, "name": name,
@@ -296,8 +257,9 @@ class Session:
             self.labels, self.source = run.given.copy(), np.where(run.kept, KEPT, POOL)
         assert len(self.labels) == n
         self.inputs = Inputs(run.cfg, run.init["normalisation"], device)
-        dtype = torch.bfloat16 if run.cfg.precision == "bf16" else torch.float32
-        self.autocast = lambda: torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def autocast(self):
+        return engine.autocast(self.device, self.run.cfg.precision)
 
     @property
     def round(self) -> int:
@@ -309,17 +271,14 @@ class Session:
 
     def model(self) -> Classifier:
         """The current classifier (latest round's, else the LNL run's network 1), in eval mode."""
-        import safetensors.torch
-
         from ssl_noise.backbones import build_backbone
 
         init, data = self.run.init, self.run.data
         encoder, feat_dim = build_backbone(init["backbone"], stem=init["stem"], in_channels=data.channels)
         model = Classifier(encoder, feat_dim, data.num_classes, freeze=self.run.cfg.freeze)
         path = self.folder / "model.safetensors"
-        model.load_state_dict(safetensors.torch.load_file(str(path)) if path.is_file() else self.run.state)
-        fmt = torch.channels_last if self.run.cfg.channels_last else torch.contiguous_format
-        return model.to(self.device, memory_format=fmt).eval()
+        model.load_state_dict(engine.load_state(path) if path.is_file() else self.run.state)
+        return model.to(self.device, memory_format=engine.memory_format(self.run.cfg.channels_last)).eval()
 
     def check_budget(self, rounds: int) -> None:
         need, have = self.config.budget * rounds, len(self.pool_rows)
@@ -338,8 +297,6 @@ class Session:
 
     def evaluate_lnl(self) -> Dict[str, Any]:
         """Round 0: the LNL run's network 1 on the validation and clean test splits."""
-        from ssl_noise.finetune import evaluate
-
         wrap, data = _Predictor(self.model()), self.run.data
         val_labels = data.val.labels if self.run.val_noise is None else self.run.val_noise.noisy
         val = evaluate(wrap, self.inputs, data.val.images, val_labels, task=data.task, autocast=self.autocast)[0]
@@ -350,8 +307,6 @@ class Session:
     def complete_round(self, rows: np.ndarray, score: np.ndarray, oracle_labels: np.ndarray,
                        show_progress: bool = False) -> Dict[str, Any]:
         """Merge the oracle's labels of ``rows``, fine-tune on kept + refined samples, evaluate, write the round."""
-        from ssl_noise.finetune import Prepared, fit
-
         r, run, data = self.round + 1, self.run, self.run.data
         self.labels[rows], self.source[rows] = oracle_labels, ORACLE
         keep, labels = self.source != POOL, self.labels.copy()
@@ -371,11 +326,8 @@ class Session:
                                                   "selected_epoch": b + 1, "train": result.train["best"]})
 
     def _save_model(self, state: Dict[str, torch.Tensor]) -> None:
-        import safetensors.torch
-
         self.folder.mkdir(parents=True, exist_ok=True)
-        with io.atomic_path(self.folder / "model.safetensors") as tmp:
-            safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        engine.save_state(state, self.folder / "model.safetensors")
 
     def _write_round(self, r: int, rows: np.ndarray, score: Optional[np.ndarray], m: Dict[str, Any]) -> Dict:
         import pandas as pd

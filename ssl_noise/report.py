@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from ssl_noise import plots
+from ssl_noise import plots, tables
 from ssl_noise.errors import UserError
 
 FORMATS = (".md", ".html")
@@ -76,25 +76,25 @@ def sign_test(diffs: np.ndarray) -> Optional[float]:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def paired_gains(frame, metric: str = plots.DEFAULT_METRIC, baseline: str = BASELINE):
+def paired_gains(frame, metric: str = tables.DEFAULT_METRIC, baseline: str = BASELINE):
     """Per noise type, method, init (not the baseline) and rate: the paired difference init - baseline.
 
-    Pairs match on :data:`ssl_noise.plots.CONTEXT` plus (noise_seed, seed). Runs that repeat a key are averaged
+    Pairs match on :data:`ssl_noise.tables.CONTEXT` plus (noise_seed, seed). Runs that repeat a key are averaged
     first (their number is in ``n_runs``). Returns an empty frame when there is no baseline.
     """
-    rows, _ = plots.tidy(frame, metric)
+    rows, _ = tables.tidy(frame, metric)
     return _paired(rows, metric, vary="init_label", fixed="method_label",
                    is_base=rows["init_label"] == baseline)
 
 
-def method_gains(frame, metric: str = plots.DEFAULT_METRIC, baseline: str = METHOD_BASELINE):
+def method_gains(frame, metric: str = tables.DEFAULT_METRIC, baseline: str = METHOD_BASELINE):
     """Per noise type, init, method (not the baseline) and rate: the paired difference method - baseline method.
 
     What a noise-robust method adds on top of an initialisation: pairs share the init, the protocol, the rest of
-    :data:`ssl_noise.plots.CONTEXT` and (noise_seed, seed), so the same noisy labels; the baseline is ``ce`` with its
+    :data:`ssl_noise.tables.CONTEXT` and (noise_seed, seed), so the same noisy labels; the baseline is ``ce`` with its
     default options. Empty when no run of another method has such a partner.
     """
-    rows, _ = plots.tidy(frame, metric)
+    rows, _ = tables.tidy(frame, metric)
     args = rows["method_args"].fillna("").astype(str) if "method_args" in rows.columns else ""
     return _paired(rows, metric, vary="method_label", fixed="init_label",
                    is_base=rows["method"].astype(str).eq(baseline) & (args == ""))
@@ -108,7 +108,7 @@ def _paired(rows, metric: str, *, vary: str, fixed: str, is_base):
     """
     import pandas as pd
 
-    context = [c for c in plots.CONTEXT if c in rows.columns and c not in ("noise_type", "noise_rate", "method")]
+    context = [c for c in tables.CONTEXT if c in rows.columns and c not in ("noise_type", "noise_rate", "method")]
     if vary == "init_label":  # the method label already names the protocol
         context.remove("protocol")
     keys = ["noise_type", fixed, "noise_rate", *context, "noise_seed", "seed"]
@@ -146,7 +146,7 @@ def _pivot(stats, value: str, index: str = "init_label"):
 
 
 def _score_tables(rows, metric: str) -> List[Tuple[str, Any]]:
-    stats = plots.summarise(rows, metric)
+    stats = tables.summarise(rows, metric)
     stats["cell"] = [_fmt(m, s, n) for m, s, n in zip(stats["mean"], stats["std"], stats["n"])]
     return [(f"{noise_type} noise · {method}", _pivot(part, "cell"))
             for (noise_type, method), part in stats.groupby(["noise_type", "method_label"])]
@@ -192,9 +192,9 @@ def build(frame, *, metric: str, figures: List[Path], out: Path, source: str,
           pooled: Optional[dict] = None) -> List[Tuple[str, Any]]:
     """The report as blocks: ``("h1"|"h2"|"h3"|"p"|"img", text)`` and ``("table", DataFrame)``.
 
-    ``pooled``: the groups of :func:`ssl_noise.plots.pool_reruns` when the frame's entries were pooled.
+    ``pooled``: the groups of :func:`ssl_noise.tables.pool_reruns` when the frame's entries were pooled.
     """
-    rows, left_out = plots.tidy(frame, metric)
+    rows, left_out = tables.tidy(frame, metric)
     gains = paired_gains(frame, metric)
     seeds = rows.groupby(["noise_seed", "seed"]).ngroups
     blocks: List[Tuple[str, Any]] = [
@@ -310,7 +310,7 @@ def render_html(blocks) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
+def write_report(source, out: str | Path, *, metric: str = tables.DEFAULT_METRIC,
                  figures: Optional[List[Path]] = None, pool: bool = False) -> List[Path]:
     """Write the report (``.md`` or ``.html``); returns [report, *figures].
 
@@ -320,7 +320,7 @@ def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
         metric: a results column (default ``test_acc``).
         figures: figures to link; by default :func:`ssl_noise.plots.plot_results` writes
             ``<out stem>_robustness.png`` (and ``..._detection.png``) next to the report.
-        pool: one row per pretraining command rather than per registry entry (:func:`ssl_noise.plots.pool_reruns`).
+        pool: one row per pretraining command rather than per registry entry (:func:`ssl_noise.tables.pool_reruns`).
 
     >>> write_report("runs/sweeps/demo.csv", "demo/report.md")      # doctest: +SKIP
     [PosixPath('demo/report.md'), PosixPath('demo/report_robustness.png')]
@@ -330,8 +330,8 @@ def write_report(source, out: str | Path, *, metric: str = plots.DEFAULT_METRIC,
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise UserError(f"report file {out} must end in {' or '.join(FORMATS)}")
-    frame = plots.load_results(source)
-    frame, pooled = plots.pool_reruns(frame) if pool else (frame, {})
+    frame = tables.load_results(source)
+    frame, pooled = tables.pool_reruns(frame) if pool else (frame, {})
     if figures is None:
         figures = plots.plot_results(frame, out.with_name(f"{out.stem}_robustness.png"), metric=metric)
     blocks = build(frame, metric=metric, figures=figures, out=out, source=describe_source(source), pooled=pooled)

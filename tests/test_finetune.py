@@ -14,7 +14,8 @@ from ssl_noise.augment import normalize, to_float
 from ssl_noise.cli import main
 from ssl_noise.config import FinetuneConfig, resolve
 from ssl_noise.data import load_dataset
-from ssl_noise.finetune import RESULT_COLUMNS, finetune, fit, prepare
+from ssl_noise.finetune import finetune, fit, prepare
+from ssl_noise.runs import RESULT_COLUMNS
 from ssl_noise.metrics import classification_metrics
 from ssl_noise.robust import ROBUST
 
@@ -90,7 +91,7 @@ def test_every_noise_type_corrupts_train_only(tmp_path, noise_type) -> None:
 def test_results_csv_with_other_columns_is_merged(tmp_path) -> None:
     import pandas as pd
 
-    from ssl_noise.finetune import append_result
+    from ssl_noise.runs import append_result
 
     (tmp_path / "results.csv").write_text("run_id,old_column\nr0,1\n")
     append_result(tmp_path, {"run_id": "r1", "test_acc": 0.5})
@@ -135,7 +136,7 @@ def test_linear_probe_on_cached_features_equals_the_image_path(tmp_path, monkeyp
     x_train = ft.encoded_splits(prep, ft.Inputs(cfg, prep.init["normalisation"], "cpu"), "cpu",
                                 cached.method.ctx.autocast)[0]
     assert x_train.shape == (32, prep.feat_dim) and x_train.dtype == np.float32
-    monkeypatch.setattr(ft, "encoded_splits", lambda prep, *_: (prep.data.train.images, prep.data.val.images,
+    monkeypatch.setattr(ft.loop, "encoded_splits", lambda prep, *_: (prep.data.train.images, prep.data.val.images,
                                                                 prep.data.test.images))
     plain = fit(prep, show_progress=False)
     np.testing.assert_allclose(cached.history, plain.history, atol=1e-4)
@@ -160,7 +161,7 @@ def test_encoded_splits_are_reused_for_subsets_of_the_training_split(tmp_path) -
         data, train=Split(data.train.images[rows], data.train.labels[rows]), train_indices=data.train_indices[rows]))
     cached = ft.encoded_splits(sub, inputs, "cpu", autocast)
     assert np.array_equal(cached[0], full[0][rows]) and cached[1] is full[1]
-    ft._ENCODED.clear()
+    ft.ENCODED.clear()
     fresh = ft.encoded_splits(sub, inputs, "cpu", autocast)
     np.testing.assert_allclose(fresh[0], cached[0], atol=1e-5)
 

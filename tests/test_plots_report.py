@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_noise import plots, report
+from ssl_noise import plots, report, tables
 from ssl_noise.cli import main
 from ssl_noise.errors import UserError
 
@@ -84,12 +84,12 @@ def test_spread_of_a_one_rate_line_is_drawn_as_error_bars_not_an_invisible_band(
 
 def test_tidy_lends_clean_runs_and_summarises_over_seeds() -> None:
     frame = _table()
-    rows, left_out = plots.tidy(frame)
+    rows, left_out = tables.tidy(frame)
     assert left_out == 0 and set(rows["init_label"]) == {"random", "simclr"}
     assert set(rows["method_label"]) == {"ce (linear probe)", "coteaching"}
     pair_clean = rows[(rows["noise_type"] == "pairflip") & (rows["noise_rate"] == 0)]
     assert len(pair_clean) == 16  # the symmetric clean runs, lent to the pairflip panels
-    stats = plots.summarise(rows)
+    stats = tables.summarise(rows)
     one = stats[(stats["noise_type"] == "symmetric") & (stats["method_label"] == "coteaching")
                 & (stats["init_label"] == "simclr") & (stats["noise_rate"] == 0.4)].iloc[0]
     raw = frame[(frame["noise_type"] == "symmetric") & (frame["method"] == "coteaching")
@@ -97,9 +97,9 @@ def test_tidy_lends_clean_runs_and_summarises_over_seeds() -> None:
     assert one["n"] == 4 and one["mean"] == pytest.approx(raw.mean()) and one["std"] == pytest.approx(raw.std())
     # a file-noise run has no rate: left out and counted
     extra = frame.iloc[[0]].assign(run_id="file-run", noise_type="file", noise_rate=None)
-    assert plots.tidy(pd.concat([frame, extra]))[1] == 1
-    assert plots.init_labels([SIMCLR, SIMCLR[:-1] + "e", "random-resnet18"])["random-resnet18"] == "random"
-    assert plots.init_labels([SIMCLR, SIMCLR[:-1] + "e"])[SIMCLR] == SIMCLR  # two simclr encoders: full ids
+    assert tables.tidy(pd.concat([frame, extra]))[1] == 1
+    assert tables.init_labels([SIMCLR, SIMCLR[:-1] + "e", "random-resnet18"])["random-resnet18"] == "random"
+    assert tables.init_labels([SIMCLR, SIMCLR[:-1] + "e"])[SIMCLR] == SIMCLR  # two simclr encoders: full ids
 
 
 def test_paired_gains_match_a_hand_computation() -> None:
@@ -130,7 +130,7 @@ def test_variants_of_one_method_are_reported_apart_and_paired_with_their_own_bas
     both = pd.concat([frame.assign(method_args=""), relabel], ignore_index=True)
     path = tmp_path / "results.csv"
     both.to_csv(path, index=False)  # through a CSV: the default's empty field comes back as NaN
-    rows, _ = plots.tidy(pd.read_csv(path))
+    rows, _ = tables.tidy(pd.read_csv(path))
     assert set(rows["method_label"]) == {"coteaching", "coteaching (mode=relabel)"}
     gains = report.paired_gains(pd.read_csv(path)).set_index(["method_label", "noise_rate"])
     alone = report.paired_gains(frame).set_index(["method_label", "noise_rate"])
@@ -138,10 +138,10 @@ def test_variants_of_one_method_are_reported_apart_and_paired_with_their_own_bas
     assert gains.loc[("coteaching (mode=relabel)", 0.2), "mean_diff"] == pytest.approx(
         alone.loc[("coteaching", 0.2), "mean_diff"] + 0.3)
     assert gains.loc[("coteaching (mode=relabel)", 0.2), "n"] == 4  # pairs, not pooled runs
-    assert plots.method_label("ce", "", "linear_probe") == "ce (linear probe)"
-    assert plots.method_label("vog", '{"mix_ratio":0.5}', "linear_probe") == "vog (mix_ratio=0.5, linear probe)"
+    assert tables.method_label("ce", "", "linear_probe") == "ce (linear probe)"
+    assert tables.method_label("vog", '{"mix_ratio":0.5}', "linear_probe") == "vog (mix_ratio=0.5, linear probe)"
     with pytest.raises(UserError, match="method_args 'mode=relabel' of a knn_filter run is not JSON"):
-        plots.method_label("knn_filter", "mode=relabel", "finetune")
+        tables.method_label("knn_filter", "mode=relabel", "finetune")
 
 
 def test_sign_test_and_small_n() -> None:
@@ -229,8 +229,8 @@ def test_tables_given_in_pieces_report_as_the_whole(tmp_path, capsys) -> None:
     half = len(whole) // 2
     whole.iloc[: half + 1].to_csv(tmp_path / "a.csv", index=False)
     whole.iloc[half:].to_csv(tmp_path / "b.csv", index=False)
-    merged = plots.load_results([tmp_path / "a.csv", tmp_path / "b.csv"])
-    pd.testing.assert_frame_equal(merged, plots.load_results(whole))
+    merged = tables.load_results([tmp_path / "a.csv", tmp_path / "b.csv"])
+    pd.testing.assert_frame_equal(merged, tables.load_results(whole))
     code, out, err = _cli(capsys, "report", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),
                           "--out", str(tmp_path / "pieces" / "report.md"))
     assert code == 0, err
@@ -253,15 +253,15 @@ def test_pooled_reruns_of_one_command_report_as_one_init(tmp_path, capsys) -> No
                                              whole["encoder_id"]))
     apart = report.paired_gains(split)
     assert set(apart["init_label"]) == {SIMCLR, rerun} and apart["n"].max() == 2
-    pooled_frame, groups = plots.pool_reruns(split)
+    pooled_frame, groups = tables.pool_reruns(split)
     assert groups == {SIMCLR[:-9]: sorted([SIMCLR, rerun])}
     pd.testing.assert_frame_equal(report.paired_gains(pooled_frame), report.paired_gains(whole))
     from ssl_noise.registry import make_id
 
     meta = {"method": "simclr", "backbone": "resnet18", "dataset": "bloodmnist", "epochs": 5, "seed": 0}
-    assert plots.ENTRY_HASH.sub("", make_id(meta, "ab" * 32)) == SIMCLR[:-9]  # the registry's id format
+    assert tables.ENTRY_HASH.sub("", make_id(meta, "ab" * 32)) == SIMCLR[:-9]  # the registry's id format
     other_recipe = SIMCLR.replace("-e5-", "-e10-")  # another epoch count is another command: never pooled
-    assert plots.pool_reruns(split.assign(encoder_id=split["encoder_id"].replace(rerun, other_recipe)))[1] == {}
+    assert tables.pool_reruns(split.assign(encoder_id=split["encoder_id"].replace(rerun, other_recipe)))[1] == {}
 
     split.to_csv(tmp_path / "split.csv", index=False)
     code, out, err = _cli(capsys, "report", str(tmp_path / "split.csv"), "--pool-encoders",
@@ -304,7 +304,7 @@ def test_detection_is_read_from_the_run_folders_next_to_the_table(tmp_path) -> N
         (runs / row.run_id).mkdir()
         (runs / row.run_id / "metrics.json").write_text(json.dumps(
             {"detection": {"precision": 0.8, "recall": 0.6, "f1": 0.7, "auroc": None, "n_flagged": 50}}))
-    loaded = plots.load_results(runs / "sweeps" / "t.csv")
+    loaded = tables.load_results(runs / "sweeps" / "t.csv")
     assert plots.detection_columns(loaded) == ["detect_precision", "detect_recall", "detect_f1"]
     assert loaded["detect_recall"].notna().sum() == 32
     written = plots.plot_results(runs / "sweeps" / "t.csv", tmp_path / "f.png")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_noise import refine
+from ssl_noise import metrics, refine
 from ssl_noise.acquisition import ACQUISITION
 from ssl_noise.cli import main
 from ssl_noise.config import FinetuneConfig, resolve
@@ -82,9 +82,9 @@ def test_detection_report_counts_clean_kept_per_class() -> None:
     clean = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     given = np.array([0, 0, 1, 1, 1, 2, 0, 2])           # rows 2 and 6 flipped
     kept = np.array([1, 0, 0, 1, 1, 1, 1, 0], bool)
-    assert np.array_equal(refine.kept_mask(np.flatnonzero(kept), 8), kept)
+    assert np.array_equal(metrics.kept_mask(np.flatnonzero(kept), 8), kept)
     outputs = {"kept": np.flatnonzero(kept), "noise_score": 1.0 - kept, "selection_freq": kept * 1.0}
-    report = refine.detection_report(outputs, clean, given, 4)
+    report = metrics.detection_report(outputs, clean, given, 4)
     assert report["n_noisy"] == 2 and report["n_flagged"] == 3 and report["precision"] == pytest.approx(1 / 3)
     assert report["recall"] == 0.5 and report["clean_kept_per_class"] == [0.5, 1.0, 0.5, None]
     assert report["kept_purity"] == 0.8 and report["clean_kept"] == pytest.approx(4 / 6)
@@ -102,7 +102,7 @@ def test_simulated_oracle_labels_acquired_samples_only(run, monkeypatch) -> None
     folder = refine.refine_run(run, rounds=2, given={"acquisition": "entropy", **FAST}, show_progress=False)
     assert folder == run / "refine" / "entropy-b3-s0"
     noisy = pd.read_csv(run / "noisy_labels.csv")
-    kept = refine.kept_mask(np.load(run / "kept.npy"), 32)
+    kept = metrics.kept_mask(np.load(run / "kept.npy"), 32)
     labels = pd.read_csv(folder / "labels_r2.csv")
     acquired = pd.concat([pd.read_csv(folder / f"acquired_r{r}.csv") for r in (1, 2)])
     assert sorted(asked) == sorted(acquired["index"]) and len(set(asked)) == 6  # only acquired rows were asked

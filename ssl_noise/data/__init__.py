@@ -29,11 +29,11 @@ from typing import Dict, Optional
 
 from ssl_noise.data.catalogue import SIZES, CatalogueEntry, catalogue, get_entry, is_3d_flag
 from ssl_noise.data.dataset import (MD5_MISMATCH, MD5_NA, MD5_OK, MD5_UNOFFICIAL, ImageDataset, Split,
-                                    stratified_split, stratified_subset_indices, subset_train)
+                                    channel_stats, stratified_split, stratified_subset_indices, subset_train)
 from ssl_noise.errors import UserError
 
 __all__ = ["load_dataset", "spec_label", "ImageDataset", "Split", "CatalogueEntry", "catalogue", "get_entry", "SIZES",
-           "subset_train", "stratified_split", "stratified_subset_indices", "MD5_OK", "MD5_MISMATCH",
+           "channel_stats", "subset_train", "stratified_split", "stratified_subset_indices", "MD5_OK", "MD5_MISMATCH",
            "MD5_UNOFFICIAL", "MD5_NA"]
 
 FILE_KINDS = ("folder", "csv", "chaoyang", "npz")

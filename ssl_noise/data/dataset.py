@@ -171,6 +171,12 @@ def _integral_floats(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.floating) and bool(np.all(np.isfinite(a) & (a == np.round(a))))
 
 
+def channel_stats(images: np.ndarray) -> tuple[list, list]:
+    """Per-channel mean and std of uint8 images (N, H, W, C) in [0, 1] units: the normalisation an encoder records."""
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return [round(float(v), 4) for v in x.mean(0)], [round(float(v), 4) for v in x.std(0).clip(1e-3)]
+
+
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> List[np.ndarray]:
     """Split positions ``0..N-1`` into parts with the given fractions, class by class.
 

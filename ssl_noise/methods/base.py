@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ssl_noise.augment import AugmentConfig
-from ssl_noise.config import resolve
+from ssl_noise.config import NoArgs, resolve
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class InputSpec:
     std: Sequence[float]
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-
-@dataclass
-class NoArgs:
-    """For methods without hyper-parameters of their own."""
 
 
 def distributed() -> bool:

@@ -1,29 +1,11 @@
-"""The contract between the fine-tuning loop (:mod:`ssl_noise.finetune`) and a noisy-label method.
+"""The contract between the fine-tuning loop (:mod:`ssl_noise.finetune.loop`) and a noise-robust method.
 
 A method is an ``nn.Module`` (so ``state_dict``, ``train``/``eval`` and ``to`` cover every network it owns) with
-a few hooks; the loop owns data, augmentation, precision, the optimiser steps, the lr schedule, the per-sample
-history, evaluation and model selection. The loop calls, in this order:
-
-1. ``setup()`` once: build the networks with ``ctx.build_model(k)`` (a fresh :class:`Classifier` from the run's
-   initialisation; ``k`` picks the head seed, so two networks of Co-teaching differ in their heads) and register
-   their optimisers with ``ctx.build_optimizer(module)`` (the loop zeroes, steps and schedules every registered
-   optimiser). A filter method may call ``ctx.predict_train``/``ctx.batches`` here to look at the data first.
-2. ``training_set()`` once: ``(keep, labels)``, which training samples to train on and with which labels
-   (default: all samples, their given labels). A k-NN filter drops or relabels here.
-3. per batch, inside autocast: ``train_step(batch, epoch) -> dict`` with ``loss`` (scalar tensor; the loop calls
-   ``backward`` and steps), ``prob`` ((B,) detached probability of ``batch.y`` from *this* forward pass: it fills
-   ``history.npy`` at no extra cost), and optionally ``pred`` ((B,) predicted class, for the running training
-   accuracy) and ``selected`` ((B,) bool, samples used in the update, e.g. Co-teaching's small-loss pick).
-4. ``on_epoch_end(epoch) -> dict`` of scalars appended to the epoch's log line (VoG's extra gradient pass over
-   ``ctx.batches(augment=False, shuffle=False)`` belongs here).
-5. ``predict(x) -> logits`` in eval mode for validation, test and training-split evaluation (Co-teaching: the sum
-   of both networks' logits).
-6. ``outputs() -> {name: array}`` once at the end, saved as ``<name>.npy`` in the run folder (detected noisy
-   indices, corrected labels, VoG scores).
-
-Methods never see the clean training labels (``ctx.labels`` are the given, noisy ones): anything a method could
-read, a real user would not have. Best-epoch selection snapshots ``state_dict()``, so every network a method
-evaluates with must be a registered submodule.
+hooks; the loop owns data, augmentation, precision, the optimiser steps, the lr schedule, the per-sample history,
+evaluation and model selection. Methods never see the clean training labels. The hooks, in the order the loop
+calls them (each documented on :class:`RobustMethod`): ``setup``, ``training_set``, then per epoch
+``on_epoch_start``, ``epoch_batches`` -> ``train_step`` per batch, ``on_epoch_end``; ``predict`` for evaluation;
+``outputs`` at the end; ``epoch_state`` / ``load_epoch_state`` for state kept across epochs.
 """
 
 from __future__ import annotations
@@ -31,14 +13,15 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple, Type
+from typing import (Any, Callable, ClassVar, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple,
+                    Type)
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_noise.config import resolve
+from ssl_noise.config import NoArgs, resolve
 
 
 @dataclass
@@ -48,11 +31,12 @@ class Batch:
     x: torch.Tensor       # (B, C, H, W) float, augmented and normalised, channels_last, on the training device
     y: torch.Tensor       # (B,) int64 labels to train on (the given noisy labels unless training_set relabels)
     index: torch.Tensor   # (B,) int64 rows of the training split (= rows of history.npy)
+    extra: Dict[str, torch.Tensor] = field(default_factory=dict)  # a method's own parts (e.g. an unlabelled batch)
 
 
 @dataclass
 class FinetuneContext:
-    """What the loop offers a method; built by :func:`ssl_noise.finetune.fit`."""
+    """What the loop offers a method; built by :func:`ssl_noise.finetune.fit` (tests build their own)."""
 
     num_classes: int
     labels: np.ndarray                                   # (N,) given (noisy) training labels
@@ -70,6 +54,7 @@ class FinetuneContext:
     predict_train: Callable[[Callable[[torch.Tensor], torch.Tensor]], np.ndarray]
     autocast: Callable[[], ContextManager]                # the run's precision (bf16 autocast or a no-op)
     optimizers: List[torch.optim.Optimizer] = field(default_factory=list)
+    augment: bool = True                                  # the run's training batches are augmented
     # For multi-stage methods (HSA-NRL, a k-NN filter); optional so other callers need not fill them.
     noise_rate: Optional[float] = None                   # expected wrong-label rate of the configured noise, as the
     #                                                      user knows it (None: labels from a noise file)
@@ -125,10 +110,6 @@ class Classifier(nn.Module):
         return (logits, h) if return_features else logits
 
 
-@dataclass
-class NoArgs:
-    """For methods without hyper-parameters of their own."""
-
 
 def label_prob(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B,) softmax probability of label ``y`` under ``logits`` (B, K), detached and in float32."""
@@ -136,7 +117,15 @@ def label_prob(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class RobustMethod(nn.Module):
-    """Base class: keeps the context and the parsed ``method_args``; see the module docstring for the hooks."""
+    """Base class: keeps the context and the parsed ``method_args``. Subclass it directly (one level); share code
+    between methods through functions, not through chains of subclasses.
+
+    Designed for what noisy-label methods need: two networks that exchange selections inside ``train_step``
+    (Co-teaching, Co-teaching+, JoCoR); a per-epoch split into labelled and unlabelled parts (``on_epoch_start``)
+    with semi-supervised batches (``epoch_batches`` may yield batches of its own, e.g. a labelled ``Batch`` with an
+    unlabelled one in ``extra``; DivideMix); per-sample targets kept across epochs by ``batch.index`` (ELR); and
+    that per-epoch state as arrays (``epoch_state``) so a run can resume.
+    """
 
     Args: ClassVar[Type] = NoArgs
 
@@ -151,20 +140,44 @@ class RobustMethod(nn.Module):
         return resolve(cls.Args, args)
 
     def setup(self) -> None:  # pragma: no cover - abstract
+        """Once: build the networks with ``ctx.build_model(k)`` (``k`` picks the head seed) and register each
+        optimiser with ``ctx.build_optimizer(module)`` (the loop zeroes, steps and schedules it). A filter method
+        may look at the data here (``ctx.predict_train``, ``ctx.batches``)."""
         raise NotImplementedError
 
     def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
-        """``(keep, labels)``: (N,) bool samples to train on and (N,) int64 labels to train them with."""
+        """Once: ``(keep, labels)``, (N,) bool samples to train on and (N,) int64 labels to train them with
+        (default: every sample with its given label; a k-NN filter drops or relabels here)."""
         return np.ones(len(self.ctx.labels), dtype=bool), self.ctx.labels
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before the epoch's batches: e.g. re-split the data into labelled and unlabelled parts."""
+
+    def epoch_batches(self, epoch: int) -> Iterable[Batch]:
+        """The epoch's training batches: by default the kept samples, shuffled and augmented from (seed, epoch)."""
+        return self.ctx.batches(augment=self.ctx.augment, shuffle=True, epoch=epoch)
+
     def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        """Per batch, inside autocast: ``loss`` (the loop calls backward and steps), ``prob`` ((B,) detached
+        probability of ``batch.y`` from this forward pass: it fills history.npy), optionally ``pred`` ((B,)
+        predicted class) and ``selected`` ((B,) bool, the samples used in the update)."""
         raise NotImplementedError
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        """After the epoch's batches: scalars for the epoch's log line (VoG's gradient pass belongs here)."""
         return {}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Logits in eval mode for validation, test and training-split evaluation."""
         raise NotImplementedError
 
     def outputs(self) -> Dict[str, np.ndarray]:
+        """Once at the end: arrays saved as ``<name>.npy`` in the run folder (kept rows, scores, labels)."""
         return {}
+
+    def epoch_state(self) -> Dict[str, np.ndarray]:
+        """State kept across epochs that is not in ``state_dict`` (windows, targets, splits), as arrays."""
+        return {}
+
+    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`epoch_state` returned."""

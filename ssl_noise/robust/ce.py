@@ -15,6 +15,13 @@ from ssl_noise.robust import ROBUST
 from ssl_noise.robust.base import Batch, RobustMethod, label_prob
 
 
+def ce_step(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
+    """Mean cross-entropy of one classifier on the batch, with the loop's ``prob`` and ``pred``."""
+    logits = model(batch.x)  # (B, K)
+    return {"loss": F.cross_entropy(logits, batch.y), "prob": label_prob(logits, batch.y),
+            "pred": logits.detach().argmax(dim=1)}
+
+
 @ROBUST.register("ce")
 class CrossEntropy(RobustMethod):
     """One classifier, mean cross-entropy over the batch.
@@ -29,9 +36,7 @@ class CrossEntropy(RobustMethod):
         self.ctx.build_optimizer(self.model)
 
     def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
-        logits = self.model(batch.x)  # (B, K)
-        return {"loss": F.cross_entropy(logits, batch.y), "prob": label_prob(logits, batch.y),
-                "pred": logits.detach().argmax(dim=1)}
+        return ce_step(self.model, batch)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -74,6 +74,79 @@ def small_loss_pick(loss: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
+class Selection:
+    """Network 1's picks across training: how often each sample was picked, and the latest epoch's pick."""
+
+    def __init__(self, n: int, device: str):
+        self.picked = torch.zeros(n, dtype=torch.int32, device=device)   # epochs network 1 picked i
+        self.seen = torch.zeros(n, dtype=torch.int32, device=device)     # epochs i was in a batch
+        self.last = torch.zeros(n, dtype=torch.bool, device=device)      # picked in the latest epoch
+        self.epoch = -1
+
+    def record(self, index: torch.Tensor, pick: torch.Tensor, epoch: int) -> None:
+        if epoch != self.epoch:  # a new epoch: the latest pick is rebuilt from this epoch's batches
+            self.epoch = epoch
+            self.last.zero_()
+        self.seen[index] += 1
+        self.picked[index] += pick.int()
+        self.last[index] = pick
+
+    def outputs(self) -> Dict[str, np.ndarray]:
+        seen = self.seen.cpu().numpy()
+        freq = np.where(seen > 0, self.picked.cpu().numpy() / np.maximum(seen, 1), np.nan).astype(np.float32)
+        return {"kept": np.flatnonzero(self.last.cpu().numpy()).astype(np.int64), "selection_freq": freq}
+
+
+def setup_pair(method: RobustMethod) -> None:
+    """Co-teaching's start, shared with VoG: two classifiers with their optimisers, the forget-rate schedule
+    (``tau_max``, ``num_gradual``) and the selection record, set on ``method``."""
+    ctx, args = method.ctx, method.args
+    method.net1, method.net2 = ctx.build_model(0), ctx.build_model(1)
+    ctx.build_optimizer(method.net1)
+    ctx.build_optimizer(method.net2)
+    tau = args.noise_estimate if args.noise_estimate is not None else ctx.noise_rate
+    if tau is None:
+        raise UserError(f"{type(method).__name__} needs a noise-rate estimate when the noise rate is unknown "
+                        f"(labels from a noise file): --set method_args.noise_estimate=RATE")
+    if not 0 <= tau < 1:
+        raise UserError(f"the noise-rate estimate {tau} is not in [0, 1); set method_args.noise_estimate")
+    method.tau_max = float(tau)
+    method.num_gradual = args.num_gradual or min(10, max(1, ctx.epochs // 3))
+    method.selection = Selection(len(ctx.labels), ctx.device)
+
+
+def cross_update(method: RobustMethod, batch: Batch, epoch: int,
+                 observe: Optional[Callable] = None) -> Dict[str, torch.Tensor]:
+    """One Co-teaching step: each network picks ``R`` samples with ``method.pick`` and its peer learns from them.
+    ``observe(batch, [(logits, h)] x 2, epoch)`` sees the training forward pass (VoG's ``train`` vectors)."""
+    nets = [method.net1, method.net2]
+    out = [net(batch.x, return_features=True) for net in nets]               # [(logits (B, K), h (B, D))] x 2
+    losses = [F.cross_entropy(logits.float(), batch.y, reduction="none") for logits, _ in out]  # (B,) x 2
+    if observe is not None:
+        observe(batch, out, epoch)
+    keep = keep_count(len(batch.y), forget_rate(epoch, method.tau_max, method.num_gradual))
+    picks = [method.pick(k, loss.detach(), batch, keep, epoch) for k, loss in enumerate(losses)]
+    loss = (losses[0][picks[1]].sum() + losses[1][picks[0]].sum()) / keep  # network 1 learns from 2's pick
+    method.selection.record(batch.index, picks[0], epoch)
+    logits = out[0][0].detach() + out[1][0].detach()
+    return {"loss": loss, "prob": label_prob(logits, batch.y), "pred": logits.argmax(dim=1), "selected": picks[0]}
+
+
+@torch.no_grad()
+def noise_score(method: RobustMethod) -> np.ndarray:
+    """(N,) network 1's eval-mode cross-entropy of the given label on the un-augmented training images."""
+    method.eval()
+    with method.ctx.autocast():
+        logits = torch.from_numpy(method.ctx.predict_train(lambda x: method.net1(x).float()))
+    method.train()
+    return F.cross_entropy(logits, torch.as_tensor(method.ctx.labels), reduction="none").numpy()
+
+
+def pair_outputs(method: RobustMethod) -> Dict[str, np.ndarray]:
+    """``kept`` (network 1's last pick), ``selection_freq`` and ``noise_score``."""
+    return {**method.selection.outputs(), "noise_score": noise_score(method).astype(np.float32)}
+
+
 @ROBUST.register("coteaching")
 class CoTeaching(RobustMethod):
     """Two classifiers, per-batch small-loss selection, cross update (Han et al. 2018, arXiv 1804.06872).
@@ -86,73 +159,24 @@ class CoTeaching(RobustMethod):
     Args = CoteachingArgs
 
     def setup(self) -> None:
-        ctx, args = self.ctx, self.args
-        self.net1, self.net2 = ctx.build_model(0), ctx.build_model(1)
-        ctx.build_optimizer(self.net1)
-        ctx.build_optimizer(self.net2)
-        tau = args.noise_estimate if args.noise_estimate is not None else ctx.noise_rate
-        if tau is None:
-            raise UserError(f"{type(self).__name__} needs a noise-rate estimate when the noise rate is unknown "
-                            f"(labels from a noise file): --set method_args.noise_estimate=RATE")
-        if not 0 <= tau < 1:
-            raise UserError(f"the noise-rate estimate {tau} is not in [0, 1); set method_args.noise_estimate")
-        self.tau_max = float(tau)
-        self.num_gradual = args.num_gradual or min(10, max(1, ctx.epochs // 3))
-        n = len(ctx.labels)
-        self._picked = torch.zeros(n, dtype=torch.int32, device=ctx.device)   # epochs network 1 picked i
-        self._seen = torch.zeros(n, dtype=torch.int32, device=ctx.device)     # epochs i was in a batch
-        self._last = torch.zeros(n, dtype=torch.bool, device=ctx.device)      # picked in the latest epoch
-        self._epoch = -1
+        setup_pair(self)
 
     @property
     def nets(self) -> List[Classifier]:
         return [self.net1, self.net2]
-
-    def forget_rate(self, epoch: int) -> float:
-        return forget_rate(epoch, self.tau_max, self.num_gradual)
 
     def pick(self, k: int, loss: torch.Tensor, batch: Batch, keep: int, epoch: int) -> torch.Tensor:
         """Network ``k``'s clean pick of the batch from its own detached per-sample loss."""
         return small_loss_pick(loss, keep)
 
     def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
-        if epoch != self._epoch:  # a new epoch: the latest pick is rebuilt from this epoch's batches
-            self._epoch = epoch
-            self._last.zero_()
-        out = [net(batch.x, return_features=True) for net in self.nets]      # [(logits (B, K), h (B, D))] x 2
-        losses = [F.cross_entropy(logits.float(), batch.y, reduction="none") for logits, _ in out]  # (B,) x 2
-        self.observe(batch, out, epoch)
-        keep = keep_count(len(batch.y), self.forget_rate(epoch))
-        picks = [self.pick(k, loss.detach(), batch, keep, epoch) for k, loss in enumerate(losses)]
-        # Cross update: network 1 learns from network 2's pick and vice versa.
-        loss = (losses[0][picks[1]].sum() + losses[1][picks[0]].sum()) / keep
-        self._seen[batch.index] += 1
-        self._picked[batch.index] += picks[0].int()
-        self._last[batch.index] = picks[0]
-        logits = out[0][0].detach() + out[1][0].detach()
-        return {"loss": loss, "prob": label_prob(logits, batch.y), "pred": logits.argmax(dim=1),
-                "selected": picks[0]}
-
-    def observe(self, batch: Batch, out, epoch: int) -> None:
-        """Hook for per-sample bookkeeping on the training forward pass (VoG); nothing here."""
+        return cross_update(self, batch, epoch)
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
-        return {"forget_rate": self.forget_rate(epoch)}
+        return {"forget_rate": forget_rate(epoch, self.tau_max, self.num_gradual)}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.net1(x) + self.net2(x)
 
-    @torch.no_grad()
-    def noise_score(self) -> np.ndarray:
-        """(N,) network 1's eval-mode cross-entropy of the given label on the un-augmented training images."""
-        self.eval()
-        with self.ctx.autocast():
-            logits = torch.from_numpy(self.ctx.predict_train(lambda x: self.net1(x).float()))
-        self.train()
-        return F.cross_entropy(logits, torch.as_tensor(self.ctx.labels), reduction="none").numpy()
-
     def outputs(self) -> Dict[str, np.ndarray]:
-        seen = self._seen.cpu().numpy()
-        freq = np.where(seen > 0, self._picked.cpu().numpy() / np.maximum(seen, 1), np.nan).astype(np.float32)
-        return {"kept": np.flatnonzero(self._last.cpu().numpy()).astype(np.int64), "selection_freq": freq,
-                "noise_score": self.noise_score().astype(np.float32)}
+        return pair_outputs(self)

@@ -27,6 +27,7 @@ at epochs − 1; the EHN verdict is its argmax (p(noisy) > 0.5), unweighted, as 
 from __future__ import annotations
 
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -37,6 +38,7 @@ from torch import nn
 from ssl_noise import noise
 from ssl_noise.errors import UserError
 from ssl_noise.robust import ROBUST
+from ssl_noise.robust.base import Batch, RobustMethod
 from ssl_noise.robust.nshe import NSHE, NSHEArgs
 
 #: Arrays written to the run folder, each (rounds, N) or (rounds, N, epochs), -1 / NaN where a sample took no part.
@@ -214,8 +216,9 @@ def resolve_estimate(estimate: Optional[float], configured: Optional[float], fac
 
 
 @ROBUST.register("hsa_nrl")
-class HSANRL(NSHE):
-    """Label correction (stages 1-5, nested runs in ``setup``) then NSHE on the kept, corrected samples.
+class HSANRL(RobustMethod):
+    """Label correction (stages 1-5, nested runs in ``setup``) then NSHE on the kept, corrected samples; the NSHE
+    stage is a composed :class:`~ssl_noise.robust.nshe.NSHE` that this method delegates training to.
 
     >>> from ssl_noise.robust import ROBUST
     >>> ROBUST["hsa_nrl"].Args().dirty_factor
@@ -232,10 +235,20 @@ class HSANRL(NSHE):
         self.correction = label_correction(ctx.labels, ctx.num_classes, ctx.run_stage, noise_estimate=rate,
                                            rounds=a.rounds, dirty_factor=a.dirty_factor, skip=a.skip_epochs,
                                            hidden=a.ehn_hidden, steps=a.ehn_steps, lr=a.ehn_lr, seed=ctx.seed)
-        super().setup()
+        self.nshe = NSHE(ctx, {f.name: getattr(a, f.name) for f in dataclasses.fields(NSHEArgs)})
+        self.nshe.setup()
 
     def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
         return self.correction.keep, self.correction.labels
 
+    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
+        return self.nshe.train_step(batch, epoch)
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        return self.nshe.on_epoch_end(epoch)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nshe.predict(x)
+
     def outputs(self) -> Dict[str, np.ndarray]:
-        return {**super().outputs(), **self.correction.arrays()}
+        return {**self.nshe.outputs(), **self.correction.arrays()}

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
 from ssl_noise.robust import ROBUST
-from ssl_noise.robust.ce import CrossEntropy
+from ssl_noise.knn import knn_scores, top_fraction
+from ssl_noise.robust.base import Batch, RobustMethod
+from ssl_noise.robust.ce import ce_step
 
 
 @dataclass
@@ -45,7 +47,7 @@ class KNNFilterArgs:
 
 
 @ROBUST.register("knn_filter")
-class KNNFilter(CrossEntropy):
+class KNNFilter(RobustMethod):
     """Flag by k-NN disagreement in the init's embedding, drop or relabel, then cross-entropy.
 
     >>> from ssl_noise.robust import ROBUST
@@ -56,8 +58,6 @@ class KNNFilter(CrossEntropy):
     Args = KNNFilterArgs
 
     def setup(self) -> None:
-        from ssl_noise.detect import knn_scores, top_fraction  # lazy: ssl_noise.detect imports this package
-
         a, ctx = self.args, self.ctx
         model = ctx.build_model(0).eval()  # the init's encoder, untouched by training
 
@@ -81,11 +81,18 @@ class KNNFilter(CrossEntropy):
         self.labels = ctx.labels.copy()
         if a.mode == "relabel":
             self.labels[flagged] = votes[flagged].argmax(axis=1)
-        super().setup()
+        self.model = ctx.build_model(0)
+        ctx.build_optimizer(self.model)
 
     def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
         keep = ~self.flagged if self.args.mode == "drop" else np.ones(len(self.labels), dtype=bool)
         return keep, self.labels
+
+    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
+        return ce_step(self.model, batch)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
     def outputs(self) -> Dict[str, np.ndarray]:
         return {"noise_score": self.scores.astype(np.float32), "flagged": np.flatnonzero(self.flagged),

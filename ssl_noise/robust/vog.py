@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 from ssl_noise.errors import UserError
 from ssl_noise.robust import ROBUST
-from ssl_noise.robust.base import Batch
-from ssl_noise.robust.coteaching import CoTeaching, CoteachingArgs, small_loss_pick
+from ssl_noise.robust.base import Batch, Classifier, RobustMethod
+from ssl_noise.robust.coteaching import (CoteachingArgs, cross_update, forget_rate, pair_outputs, setup_pair,
+                                         small_loss_pick)
 
 
 @dataclass
@@ -109,7 +110,7 @@ def mixed_pick(loss: torch.Tensor, vog: torch.Tensor, keep: int, mix_ratio: floa
 
 
 @ROBUST.register("vog")
-class VoGCoTeaching(CoTeaching):
+class VoGCoTeaching(RobustMethod):
     """Co-teaching whose per-batch pick mixes small loss with low Variance of Gradients (arXiv 2407.05973).
 
     >>> from ssl_noise.robust import ROBUST
@@ -120,13 +121,23 @@ class VoGCoTeaching(CoTeaching):
     Args = VoGArgs
 
     def setup(self) -> None:
-        super().setup()
+        setup_pair(self)
         args, n = self.args, len(self.ctx.labels)
         self.warmup = self.num_gradual if args.warmup is None else args.warmup
         self.record_from = max(0, self.warmup - args.vog_window)
         dim = self.net1.head.in_features + 1
         self.windows = [GradientWindow(args.vog_window, n, dim, self.ctx.device) for _ in self.nets]
         self.scores: Optional[list] = None  # [(N,) float32] per network, from the epochs before the current one
+
+    @property
+    def nets(self) -> List[Classifier]:
+        return [self.net1, self.net2]
+
+    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
+        return cross_update(self, batch, epoch, observe=self.observe)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net1(x) + self.net2(x)
 
     def vog_active(self, epoch: int) -> bool:
         return epoch >= self.warmup and self.scores is not None and self.args.mix_ratio > 0
@@ -143,7 +154,8 @@ class VoGCoTeaching(CoTeaching):
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
-        stats = {**super().on_epoch_end(epoch), "vog_active": float(self.vog_active(epoch))}
+        stats = {"forget_rate": forget_rate(epoch, self.tau_max, self.num_gradual),
+                 "vog_active": float(self.vog_active(epoch))}
         if epoch < self.record_from:
             return stats
         if self.args.vog_inputs == "eval":
@@ -162,4 +174,4 @@ class VoGCoTeaching(CoTeaching):
     def outputs(self) -> Dict[str, np.ndarray]:
         vog = (np.full(len(self.ctx.labels), np.nan, np.float32) if self.scores is None
                else self.scores[0].cpu().numpy().astype(np.float32))
-        return {**super().outputs(), "vog": vog}
+        return {**pair_outputs(self), "vog": vog}

@@ -1,0 +1,258 @@
+"""The fine-tuning loop, plain as torchvision's reference scripts: ``train_one_epoch`` and ``evaluate`` with
+explicit state, a noise-robust method plugged in through the hooks of :class:`ssl_noise.robust.RobustMethod`.
+
+Every epoch records ``history[i, e]``, the softmax probability of sample i's training label in its own training
+forward pass (HSA-NRL's recording, at no extra cost), evaluates validation and test (the test numbers are only
+reported), and keeps the state of the epoch with the best validation ``select_metric``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ssl_noise import engine, io, noise
+from ssl_noise.data.dataset import Split
+from ssl_noise.finetune.inputs import Inputs, chunks, encoded_splits
+from ssl_noise.finetune.prepare import Prepared
+from ssl_noise.io import derive_seed
+from ssl_noise.metrics import classification_metrics, memorisation
+from ssl_noise.robust import ROBUST, Classifier, FinetuneContext
+
+
+@dataclass
+class TrainState:
+    """What the loop carries from epoch to epoch."""
+
+    history: np.ndarray                         # (N, epochs) float32, NaN where a method left a sample out
+    selected: np.ndarray                        # (N, epochs) bool, samples a selecting method used
+    log: List[Dict[str, Any]] = field(default_factory=list)
+    val: List[Dict[str, Any]] = field(default_factory=list)
+    test: List[Dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0                         # 0-based
+    best_score: Optional[float] = None
+    best_state: Optional[Dict[str, torch.Tensor]] = None
+    test_probs: Optional[np.ndarray] = None     # (N_test, K) at best_epoch
+
+    @classmethod
+    def empty(cls, n: int, epochs: int) -> "TrainState":
+        return cls(np.full((n, epochs), np.nan, dtype=np.float32), np.zeros((n, epochs), dtype=bool))
+
+
+@dataclass
+class FitResult:
+    method: Any
+    history: np.ndarray                 # (N, epochs) float32
+    selected: Optional[np.ndarray]      # (N, epochs) bool, None when the method does not select
+    log: List[Dict[str, Any]]
+    val: List[Dict[str, Any]]           # per-epoch classification_metrics on the validation labels
+    test: List[Dict[str, Any]]          # per-epoch classification_metrics on the clean test labels
+    best_epoch: int                     # 0-based
+    test_probs: np.ndarray              # (N_test, K) at best_epoch
+    train: Dict[str, Dict[str, Any]]    # {"best", "last"}: metrics.memorisation on the training split
+    outputs: Dict[str, np.ndarray]
+
+
+def train_one_epoch(method, ctx: FinetuneContext, batches, state: TrainState, clean: torch.Tensor, epoch: int,
+                    lr_of_step: Callable[[int], float], bar) -> Dict[str, float]:
+    """One pass: method step, loop-owned backward/step/lr, history filled from the step's own probabilities."""
+    method.train()
+    loss_sum = n = hit_given = hit_clean = n_flip = hit_flip = n_sel = 0.0
+    lr, start = 0.0, time.perf_counter()
+    for i, batch in enumerate(batches):
+        lr = lr_of_step(epoch * ctx.steps_per_epoch + i)
+        engine.set_lr(ctx.optimizers, lr)
+        with ctx.autocast():
+            out = method.train_step(batch, epoch)
+        for opt in ctx.optimizers:
+            opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        for opt in ctx.optimizers:
+            opt.step()
+        idx = batch.index.cpu()
+        state.history[idx.numpy(), epoch] = out["prob"].float().cpu().numpy()
+        b = len(idx)
+        loss_sum, n = loss_sum + float(out["loss"].detach()) * b, n + b
+        if "selected" in out:
+            state.selected[idx.numpy(), epoch] = out["selected"].cpu().numpy()
+            n_sel += float(out["selected"].sum())
+        if "pred" in out:
+            pred, flip = out["pred"].cpu(), batch.y.cpu() != clean[idx]
+            hit_given += float((pred == batch.y.cpu()).sum())
+            hit_clean += float((pred == clean[idx]).sum())
+            n_flip, hit_flip = n_flip + float(flip.sum()), hit_flip + float((pred == batch.y.cpu())[flip].sum())
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}", lr=f"{lr:.3g}")
+    elapsed = time.perf_counter() - start
+    return {"loss": loss_sum / max(n, 1), "lr": lr, "train_acc_given": hit_given / max(n, 1),
+            "train_acc_clean": hit_clean / max(n, 1), "train_memorised": hit_flip / n_flip if n_flip else None,
+            "selected_frac": n_sel / max(n, 1) if state.selected.any() else None, "epoch_time_s": elapsed,
+            "samples_per_s": n / max(elapsed, 1e-9)}
+
+
+def predict_probs(method, inputs: Inputs, images: np.ndarray, autocast) -> np.ndarray:
+    """(N, K) softmax probabilities of ``method.predict`` in eval mode."""
+    method.eval()
+    with autocast():
+        return torch.from_numpy(inputs.apply(method.predict, images)).softmax(dim=1).numpy()
+
+
+def evaluate(method, inputs: Inputs, images: np.ndarray, labels: np.ndarray, *, task: str,
+             autocast) -> Tuple[Dict[str, Any], np.ndarray]:
+    """Metrics (:func:`ssl_noise.metrics.classification_metrics`) and (N, K) probabilities on one split."""
+    probs = predict_probs(method, inputs, images, autocast)
+    return classification_metrics(labels, probs, task=task), probs
+
+
+def select(method, state: TrainState, epoch: int, metric: str, test_probs: np.ndarray) -> None:
+    """Keep the epoch with the best validation ``metric`` (ties keep the earlier epoch)."""
+    score = state.val[-1][metric]
+    if state.best_state is None or (score is not None and (state.best_score is None or score > state.best_score)):
+        state.best_epoch, state.best_score, state.test_probs = epoch, score, test_probs
+        state.best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+
+
+class _Loop:
+    """What the loop offers a method through :class:`FinetuneContext`: models from the init, registered
+    optimisers, the run's batches and predictions, nested plain-CE stages. Bound methods, no closures."""
+
+    def __init__(self, prep: Prepared, inputs: Inputs, x_train: np.ndarray, device: str,
+                 log_path: Optional[Path], show_progress: bool):
+        self.prep, self.inputs, self.x_train, self.device = prep, inputs, x_train, device
+        self.log_path, self.show_progress = log_path, show_progress
+        self.images = torch.from_numpy(x_train)
+        self.rows = torch.arange(len(prep.data.train))
+        self.labels = torch.from_numpy(prep.train_noise.noisy)
+        self.ctx: Optional[FinetuneContext] = None
+
+    def build_model(self, k: int) -> Classifier:
+        cfg, prep = self.prep.cfg, self.prep
+        torch.manual_seed(derive_seed(cfg.seed, k, 2))  # head init
+        model = Classifier(copy.deepcopy(prep.encoder), prep.feat_dim, prep.data.num_classes, freeze=cfg.freeze)
+        return model.to(self.device, memory_format=self.inputs.fmt)
+
+    def build_optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
+        self.ctx.optimizers.append(engine.build_optimizer(module, self.prep.cfg))
+        return self.ctx.optimizers[-1]
+
+    def batches(self, **kw):
+        return self.inputs.batches(self.images, self.labels, self.rows, **kw)
+
+    def predict_train(self, fn) -> np.ndarray:
+        return self.inputs.apply(fn, self.x_train)
+
+    def autocast(self):
+        return engine.autocast(self.device, self.prep.cfg.precision)
+
+    def run_stage(self, rows: np.ndarray, labels: np.ndarray, *, name: str, predict: Optional[np.ndarray] = None):
+        stage_log = None if self.log_path is None else self.log_path.with_name(f"train_log_{name}.jsonl")
+        result, probs = fit_subset(self.prep, rows, labels, name=name, predict=predict, device=self.device,
+                                   log_path=stage_log, show_progress=self.show_progress)
+        return result.history, probs  # nothing else: a method sees no metrics of the stage (test split included)
+
+    def context(self) -> FinetuneContext:
+        prep, cfg = self.prep, self.prep.cfg
+        self.ctx = FinetuneContext(
+            num_classes=prep.data.num_classes, labels=prep.train_noise.noisy.copy(), epochs=cfg.epochs,
+            steps_per_epoch=len(chunks(self.rows, cfg.batch_size)), device=self.device, seed=cfg.seed,
+            build_model=self.build_model, build_optimizer=self.build_optimizer, batches=self.batches,
+            predict_train=self.predict_train, autocast=self.autocast, augment=cfg.augmentation,
+            noise_rate=None if prep.noise["source"] == "file" else prep.noise["expected_rate"],
+            run_stage=self.run_stage)
+        return self.ctx
+
+    def use_training_set(self, method) -> None:
+        """Train on the rows and labels the method's ``training_set()`` chose."""
+        chosen, labels = method.training_set()
+        if not np.any(chosen):
+            raise ValueError(f"method {self.prep.cfg.method!r} kept no training samples")
+        self.rows = torch.from_numpy(np.flatnonzero(chosen))
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.ctx.steps_per_epoch = len(chunks(self.rows, self.prep.cfg.batch_size))
+
+
+def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None, show_progress: bool = True,
+        make_method: Optional[Callable[[FinetuneContext], Any]] = None) -> FitResult:
+    """Train ``prep.cfg.method`` on the prepared (noisy) labels and evaluate every epoch.
+
+    ``make_method(ctx)`` replaces the ROBUST lookup (``ssl_noise.refine`` continues a saved classifier this way).
+    """
+    from tqdm import tqdm
+
+    cfg, data = prep.cfg, prep.data
+    inputs = Inputs(cfg, prep.init["normalisation"], device)
+    x_train, x_val, x_test = encoded_splits(prep, inputs, device, lambda: engine.autocast(device, cfg.precision))
+    loop = _Loop(prep, inputs, x_train, device, log_path, show_progress)
+    ctx = loop.context()
+    method = make_method(ctx) if make_method is not None else ROBUST[cfg.method](ctx, cfg.method_args)
+    method.setup()
+    loop.use_training_set(method)
+    total = ctx.steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * ctx.steps_per_epoch))
+    val_labels = data.val.labels if prep.val_noise is None else prep.val_noise.noisy
+    clean = torch.from_numpy(data.train.labels)
+    state = TrainState.empty(len(data.train), cfg.epochs)
+    bar = tqdm(total=total, desc=f"finetune {prep.run_id}", disable=not show_progress, dynamic_ncols=True)
+    for epoch in range(cfg.epochs):
+        method.on_epoch_start(epoch)
+        stats = train_one_epoch(method, ctx, method.epoch_batches(epoch), state, clean, epoch,
+                                lambda step: engine.lr_at(step, total, warmup, cfg.lr), bar)
+        stats.update(method.on_epoch_end(epoch))
+        state.val.append(evaluate(method, inputs, x_val, val_labels, task=data.task, autocast=ctx.autocast)[0])
+        test, probs = evaluate(method, inputs, x_test, data.test.labels, task=data.task, autocast=ctx.autocast)
+        state.test.append(test)
+        select(method, state, epoch, cfg.select_metric, probs)
+        record = {"epoch": epoch + 1, **stats, **{f"val_{m}": state.val[-1][m] for m in ("acc", "macro_f1")},
+                  **{f"test_{m}": test[m] for m in ("acc", "macro_f1")}, "best_epoch": state.best_epoch + 1}
+        state.log.append(record)
+        if log_path is not None:
+            io.append_jsonl(log_path, record)
+        bar.set_postfix(val_acc=f"{state.val[-1]['acc']:.3f}", test_acc=f"{test['acc']:.3f}")
+    bar.close()
+    return _finish(method, state, inputs, x_train, prep)
+
+
+def _finish(method, state: TrainState, inputs: Inputs, x_train: np.ndarray, prep: Prepared) -> FitResult:
+    """Memorisation of the training split at the last and the selected epoch; the model ends at the selected one."""
+    clean, given = prep.data.train.labels, prep.train_noise.noisy
+
+    def train_split() -> Dict[str, Any]:  # eval-mode predictions on the training images vs noisy/clean labels
+        pred = predict_probs(method, inputs, x_train, method.ctx.autocast).argmax(axis=1)
+        return memorisation(pred, clean, given)
+
+    train, outputs = {"last": train_split()}, method.outputs()
+    method.load_state_dict(state.best_state)
+    train["best"] = train_split()
+    return FitResult(method, state.history, state.selected if state.selected.any() else None, state.log, state.val,
+                     state.test, state.best_epoch, state.test_probs, train, outputs)
+
+
+def fit_subset(prep: Prepared, rows: np.ndarray, labels: np.ndarray, *, name: str = "stage",
+               predict: Optional[np.ndarray] = None, device: str = "cpu", log_path: Optional[Path] = None,
+               show_progress: bool = True) -> Tuple[FitResult, Optional[np.ndarray]]:
+    """Plain cross-entropy with the same config and init on training ``rows`` with ``labels``: a stage of a
+    multi-stage method (HSA-NRL's history, anchor and correction runs), trained by this same loop.
+
+    The given (noisy) labels stand in for the clean ones in the stage's own statistics, so nothing derived from the
+    clean labels comes back. Returns the stage's :class:`FitResult` (history rows follow ``rows``) and, when
+    ``predict`` (training rows) is given, the selected-epoch model's (len(predict), K) softmax on those images.
+    """
+    rows, data, given = np.asarray(rows, dtype=np.int64), prep.data, prep.train_noise.noisy
+    sub = dataclasses.replace(
+        prep, cfg=dataclasses.replace(prep.cfg, method="ce", method_args={}), run_id=f"{prep.run_id}/{name}",
+        data=dataclasses.replace(data, train=Split(data.train.images[rows], given[rows]),
+                                 train_indices=data.train_indices[rows]),
+        train_noise=noise.NoisyLabels.from_labels(given[rows], np.asarray(labels, np.int64), np.eye(data.num_classes)))
+    result = fit(sub, device=device, log_path=log_path, show_progress=show_progress)
+    if predict is None:
+        return result, None
+    inputs = Inputs(prep.cfg, prep.init["normalisation"], device)
+    images = data.train.images[np.asarray(predict, dtype=np.int64)]
+    return result, predict_probs(result.method, inputs, images, result.method.ctx.autocast)

@@ -1,0 +1,107 @@
+"""Everything that depends on user input, checked before anything is written: the init, the data, the noisy labels.
+
+The training labels are corrupted with ``default_rng(noise_seed)`` (so they equal ``ssl-noise noise --seed``'s
+file), the validation labels with the same matrix and ``default_rng([noise_seed, 1])`` unless ``clean_val``, the
+test labels never. The run id hashes the resolved config, the encoder, the data and the noisy labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ssl_noise import inits, noise, runs
+from ssl_noise.config import FinetuneConfig, to_dict
+from ssl_noise.data import ImageDataset, load_dataset
+from ssl_noise.errors import UserError
+from ssl_noise.robust import ROBUST
+
+
+@dataclass
+class Prepared:
+    """A checked fine-tuning job: config, data, encoder and noisy labels, and the id of its run folder."""
+
+    cfg: FinetuneConfig
+    data: ImageDataset
+    encoder: torch.nn.Module
+    feat_dim: int
+    init: Dict[str, Any]            # inits.Init.record(): kind, id, sha256, method, backbone, stem, normalisation ...
+    train_noise: noise.NoisyLabels
+    val_noise: Optional[noise.NoisyLabels]
+    noise: Dict[str, Any]           # summary recorded in metrics.json
+    run_id: str
+
+
+def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path) -> Prepared:
+    """Resolve the init, load the data, corrupt the labels and compute the run id; raises UserError on bad input."""
+    ROBUST.get_or_fail(cfg.method).parse_args(cfg.method_args)
+    if cfg.noise_file is None:
+        noise.NOISE_TYPES.get_or_fail(cfg.noise_type)
+    elif cfg.noise_rate is not None:
+        raise UserError("--noise-file gives the noisy labels itself; drop --noise (the rate)")
+    size = inits.image_size(cfg.init, cfg.dataset, checkpoints=checkpoints, requested=cfg.image_size)
+    data = load_dataset(cfg.dataset, data_root=data_root, size=size, subset=cfg.subset, seed=cfg.noise_seed)
+    if data.multilabel:
+        raise UserError(f"{data.name} is multi-label ({data.task}); fine-tuning needs one class per image")
+    init = inits.resolve(cfg.init, data, checkpoints=checkpoints, backbone=cfg.backbone, stem=cfg.stem,
+                         seed=cfg.seed)
+    record = init.record()
+    train_noise, val_noise, summary = corrupt(cfg, data)
+    return Prepared(cfg, data, init.encoder, init.feat_dim, record, train_noise, val_noise, summary,
+                    run_id(cfg, data, record, summary))
+
+
+def _transition(cfg: FinetuneConfig, data: ImageDataset) -> Tuple[np.ndarray, Optional[noise.NoisyLabels]]:
+    """The noise matrix, and the training labels when a noise file gives them (its realised matrix then)."""
+    K, clean = data.num_classes, data.train.labels
+    if cfg.noise_file is not None:
+        f = noise.read_noise_csv(cfg.noise_file, num_classes=K, indices=data.train_indices)
+        bad = np.flatnonzero(f.clean != clean)
+        if bad.size:
+            raise UserError(f"noise file {cfg.noise_file}: clean_label differs from {data.name}'s training label at "
+                            f"{bad.size} indices (first: index {f.index[bad[0]]}); it was written for other data")
+        train = noise.NoisyLabels.from_labels(clean, f.noisy, np.eye(K))
+        return train.realised_T, train
+    class_map = noise.load_class_map(cfg.class_map, data.class_names) if cfg.class_map else None
+    rate = cfg.noise_rate if cfg.noise_matrix or cfg.noise_rate is not None else 0.0
+    return noise.transition_matrix(cfg.noise_type, K, rate, class_map=class_map, matrix=cfg.noise_matrix,
+                                   force=cfg.noise_force), None
+
+
+def corrupt(cfg: FinetuneConfig, data: ImageDataset) -> tuple:
+    """(training labels, validation labels or None, the noise summary of metrics.json)."""
+    clean = data.train.labels
+    T, train = _transition(cfg, data)
+    if train is None:
+        train = noise.corrupt(clean, T, rng=np.random.default_rng(cfg.noise_seed), mode=cfg.noise_mode)
+    val = None if cfg.clean_val else noise.corrupt(data.val.labels, T, rng=np.random.default_rng([cfg.noise_seed, 1]),
+                                                    mode=cfg.noise_mode)
+    labels = [data.train_indices, clean, train.noisy] + ([val.noisy] if val is not None else [])
+    summary = {"source": "file" if cfg.noise_file else "generated", "file": cfg.noise_file,
+               "type": "file" if cfg.noise_file else cfg.noise_type,
+               "rate": None if cfg.noise_file or cfg.noise_matrix else float(cfg.noise_rate or 0.0),
+               "seed": cfg.noise_seed, "mode": None if cfg.noise_file else cfg.noise_mode,
+               "realised_rate": train.realised_rate, "n_flipped": int(train.flipped.sum()),
+               "expected_rate": noise.expected_rate(T, clean), "clean_val": cfg.clean_val,
+               "val_realised_rate": None if val is None else val.realised_rate,
+               "T": np.round(T, 10).tolist(), "realised_T": np.round(train.realised_T, 10).tolist(),
+               "labels_sha256": hashlib.sha256(b"".join(np.asarray(a, np.int64).tobytes() for a in labels)).hexdigest()}
+    return train, val, summary
+
+
+def run_id(cfg: FinetuneConfig, data: ImageDataset, init: Dict[str, Any], summary: Dict[str, Any]) -> str:
+    """The run folder's name; its hash covers the config (file paths excepted: the label hash has their content),
+    the encoder's sha256, the data's identity and the noisy labels."""
+    skip = {"noise_file", "class_map", "noise_matrix", "eval_batch_size"}
+    if cfg.noise_file:
+        skip |= {"noise_rate", "noise_type", "noise_mode", "noise_force"}
+    identity = {"config": {k: v for k, v in to_dict(cfg).items() if k not in skip}, "encoder": init["sha256"],
+                "labels": summary["labels_sha256"], "data": [data.name, data.md5, len(data.train), len(data.val),
+                                                              len(data.test), data.image_size]}
+    return runs.run_id(init_method=init["method"], dataset=data.name, noise_record=summary, method=cfg.method,
+                       linear_probe=cfg.freeze, seed=cfg.seed, identity=identity)

@@ -1,0 +1,117 @@
+"""``finetune(cfg)``: prepare, train, and write the run folder and its results row (through :mod:`ssl_noise.runs`).
+
+The folder is built under a temporary name and renamed at the end, so a failed run leaves nothing; a finished
+folder with the same run id is returned without training.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ssl_noise import io
+from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text, to_dict
+from ssl_noise.finetune.loop import FitResult, fit
+from ssl_noise.finetune.prepare import Prepared, prepare
+from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
+from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
+
+
+def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
+    """``metrics.json``: deterministic (no times), epochs 1-based."""
+    b, last5 = result.best_epoch, result.test[-5:]
+    return {"schema_version": SCHEMA_VERSION, "run_id": prep.run_id, "select_metric": prep.cfg.select_metric,
+            "selected_epoch": b + 1, "epochs": prep.cfg.epochs, "class_names": prep.data.class_names,
+            "test": {"best": result.test[b], "last": result.test[-1], "last5_mean": mean_metrics(last5),
+                     "last5_epochs": list(range(prep.cfg.epochs - len(last5) + 1, prep.cfg.epochs + 1))},
+            "val": {"best": result.val[b], "last": result.val[-1],
+                    "labels": "clean" if prep.cfg.clean_val else "noisy"},
+            "train": result.train, "noise": prep.noise,
+            "init": {k: v for k, v in prep.init.items() if k != "normalisation"}}
+
+
+def result_row(prep: Prepared, metrics: Dict[str, Any], wall: float, created: str) -> Dict[str, Any]:
+    """The run's row of results.csv (columns: :data:`ssl_noise.runs.RESULT_COLUMNS`)."""
+    cfg, init, nz, t = prep.cfg, prep.init, prep.noise, metrics["test"]
+    best, train = metrics["val"]["best"], metrics["train"]
+    row = {"run_id": prep.run_id, "dataset": prep.data.name, "image_size": prep.data.image_size,
+           "n_train": len(prep.data.train), "init": cfg.init, "encoder_id": init["id"],
+           "encoder_sha256": init["sha256"], "backbone": init["backbone"], "stem": init["stem"],
+           "protocol": "linear_probe" if cfg.freeze else "finetune", "method": cfg.method,
+           "method_args": method_args_text(cfg.method_args),
+           "noise_source": nz["source"], "noise_type": nz["type"], "noise_rate": nz["rate"],
+           "noise_realised_rate": nz["realised_rate"], "noise_seed": nz["seed"], "noise_mode": nz["mode"],
+           "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"], "seed": cfg.seed,
+           "epochs": cfg.epochs, "select_metric": cfg.select_metric, "selected_epoch": metrics["selected_epoch"],
+           "val_acc": best["acc"], "val_macro_f1": best["macro_f1"],
+           "train_acc_noisy": train["best"]["acc_noisy"], "train_acc_clean": train["best"]["acc_clean"],
+           "train_memorised": train["best"]["memorised"], "train_memorised_last": train["last"]["memorised"],
+           "wall_time_s": round(wall, 2), "created_at": created}
+    for suffix, key in (("", "best"), ("_last", "last"), ("_last5", "last5_mean")):
+        row.update({f"test_{m}{suffix}": t[key][m] for m in SCALARS})
+    return row
+
+
+def write_outputs(run: RunFolder, prep: Prepared, result: FitResult) -> Dict[str, Any]:
+    """The arrays, the selecting method's model and metrics.json; returns the metrics."""
+    run.write_array("history", result.history)
+    run.write_array("test_probs", result.test_probs.astype(np.float32))
+    if result.selected is not None:
+        run.write_array("selected", result.selected)
+    for name, array in result.outputs.items():
+        run.write_array(name, array, owner="method")
+    if "kept" in result.outputs:  # a selecting method: `ssl-noise refine` continues its selected-epoch state
+        run.write_model_state(result.method.state_dict())
+    metrics = summarise(prep, result)
+    if "kept" in result.outputs or "flagged" in result.outputs:  # how well its selection finds the flipped labels
+        metrics["detection"] = detection_report(result.outputs, prep.data.train.labels, prep.train_noise.noisy,
+                                                prep.data.num_classes)
+    run.write_metrics(metrics)
+    return metrics
+
+
+def provenance(prep: Prepared, row: Dict[str, Any], created: str, device: str, command) -> Dict[str, Any]:
+    """run.json: how and where the run was made (not part of the deterministic metrics)."""
+    from ssl_noise.provenance import git_state, versions
+
+    cfg, data = prep.cfg, prep.data
+    return {"schema_version": SCHEMA_VERSION, "run_id": prep.run_id, "created_at": created,
+            "wall_time_s": row["wall_time_s"], "device": device, "command": command or sys.argv,
+            "versions": versions(), "git": git_state(), "init": prep.init,
+            "augment": {**FINETUNE_AUGMENT, **cfg.augment} if cfg.augmentation else None,
+            "data": {"source": data.source, "md5": data.md5, "task": data.task, "n_train": len(data.train),
+                     "n_val": len(data.val), "n_test": len(data.test)}, "result": row}
+
+
+def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path, runs: Path, device: str = "cpu",
+             command: Optional[List[str]] = None, show_progress: bool = True) -> Tuple[Path, bool]:
+    """Prepare, train, write ``runs/<run_id>/`` and the results row; returns ``(folder, trained)``.
+
+    ``trained`` is False when a finished run with the same id already existed (nothing was done). Bad input
+    raises UserError before anything is written.
+    """
+    from datetime import datetime, timezone
+
+    start = time.perf_counter()
+    prep = prepare(cfg, data_root=data_root, checkpoints=checkpoints)
+    folder = Path(runs) / prep.run_id
+    if RunFolder(folder).is_finished():
+        return folder, False
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    data = prep.data
+    with io.atomic_dir(folder) as tmp:
+        run = RunFolder(tmp)
+        run.write_config(to_dict(cfg))
+        run.write_labels(data.train.labels, prep.train_noise.noisy, indices=data.train_indices)
+        if prep.val_noise is not None:
+            run.write_labels(data.val.labels, prep.val_noise.noisy, split="val")
+        result = fit(prep, device=device, log_path=run.log_path(), show_progress=show_progress)
+        metrics = write_outputs(run, prep, result)
+        row = result_row(prep, metrics, time.perf_counter() - start, created)
+        run.write_provenance(provenance(prep, row, created, device, command))
+    append_result(runs, row)
+    return folder, True
