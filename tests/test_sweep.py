@@ -19,6 +19,7 @@ from ssl_noise import noise, registry, sweep
 from ssl_noise.cli import main
 from ssl_noise.config import FinetuneConfig
 from ssl_noise.errors import UserError
+from ssl_noise.sweep.queue import Heartbeat
 
 SPEC = "synthetic:n_train=16,n_val=8,n_test=16"
 BASE = {"dataset": SPEC, "image_size": 16, "epochs": 1, "batch_size": 8, "precision": "fp32", "augmentation": False}
@@ -346,7 +347,7 @@ def test_claims_and_stale_claims(tmp_path) -> None:
     assert sweep.claim(runs, "cell-b", started_at=t0, stale_after=60, log=lambda m: None)[0] == "claimed"
     # while a cell trains, its owner keeps the claim fresh
     os.utime(claim, (time.time() - 120, time.time() - 120))
-    with sweep._Heartbeat(claim, 0.02):
+    with Heartbeat(claim, 0.02):
         time.sleep(0.2)
     assert time.time() - claim.stat().st_mtime < 5
 
