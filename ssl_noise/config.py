@@ -20,6 +20,8 @@ import yaml
 from ssl_noise.errors import UserError
 
 C = TypeVar("C")
+#: ``--init`` values that are not registry entries.
+BUILTIN_INITS = ("random", "imagenet")
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:

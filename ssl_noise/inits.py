@@ -15,11 +15,10 @@ import numpy as np
 import torch
 
 from ssl_noise import backbones, registry
-from ssl_noise.data import ImageDataset, catalogue, channel_stats
+from ssl_noise.config import BUILTIN_INITS
+from ssl_noise.data import ImageDataset, channel_stats, medmnist_flag
 from ssl_noise.errors import UserError
 
-#: Inits that are not registry entries.
-BUILTIN = ("random", "imagenet")
 #: A random encoder has no recorded normalisation: statistics of at most about this many training images.
 STATS_IMAGES = 4096
 
@@ -49,23 +48,13 @@ class Init:
                 "normalisation": {"mean": list(self.normalisation["mean"]), "std": list(self.normalisation["std"])}}
 
 
-def medmnist_flag(dataset: str) -> Optional[str]:
-    """The dataset's MedMNIST flag (a flag is its own name), else None: registry lookups by method name then
-    prefer entries pretrained on that flag."""
-    return dataset.lower() if dataset.lower() in catalogue() else None
-
-
-def entry_id(ref: str, dataset: str, checkpoints: Path) -> str:
-    """The registry id ``ref`` (id, unique prefix or method name) means for ``dataset``; UserError if none."""
-    return registry.resolve(checkpoints, ref, dataset=medmnist_flag(dataset))
-
-
 def image_size(ref: str, dataset: str, *, checkpoints: Path, requested: Optional[int] = None) -> int:
     """The size to load ``dataset`` at: ``requested``, else the entry's own size, else 28. Resolving a registry
     reference here fails fast (empty registry, unknown reference) before any data is loaded."""
-    if ref in BUILTIN:
+    if ref in BUILTIN_INITS:
         return requested or 28
-    return requested or registry.read_meta(checkpoints, entry_id(ref, dataset, checkpoints))["image_size"]
+    entry = registry.resolve(checkpoints, ref, dataset=medmnist_flag(dataset))
+    return requested or registry.read_meta(checkpoints, entry)["image_size"]
 
 
 def resolve(ref: str, data: ImageDataset, *, checkpoints: Path, backbone: str = "resnet18",
@@ -86,7 +75,7 @@ def resolve(ref: str, data: ImageDataset, *, checkpoints: Path, backbone: str = 
         encoder, meta = _load_entry(ref, data, checkpoints, given_stem)
         feat_dim, stem = int(meta["feat_dim"]), meta["stem"]
         mean, std = meta["normalisation"]["mean"], meta["normalisation"]["std"]
-    return Init(encoder, feat_dim, ref if ref in BUILTIN else "registry", meta["id"],
+    return Init(encoder, feat_dim, ref if ref in BUILTIN_INITS else "registry", meta["id"],
                 meta.get("sha256") or encoder_sha256(encoder), meta["method"], meta.get("backbone", backbone), stem,
                 meta.get("dataset"), data.image_size, data.channels, {"mean": list(mean), "std": list(std)})
 

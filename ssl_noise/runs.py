@@ -79,9 +79,14 @@ class RunFolder:
 
         return yaml.safe_load((self.path / "config.yaml").read_text()) or {}
 
+    @property
+    def labels_file(self) -> Path:
+        """``noisy_labels.csv``: sweeps publish it as the shared noise file of a noise key."""
+        return self.path / "noisy_labels.csv"
+
     def labels(self, *, num_classes: Optional[int] = None, indices=None) -> noise.NoiseFile:
         """The training labels (``noisy_labels.csv``: index, clean, noisy), checked."""
-        return noise.read_noise_csv(self.path / "noisy_labels.csv", num_classes=num_classes, indices=indices)
+        return noise.read_noise_csv(self.labels_file, num_classes=num_classes, indices=indices)
 
     def val_labels(self, *, num_samples: int, num_classes: int) -> Optional[noise.NoiseFile]:
         """The noisy validation labels, or None when the run validated on clean labels."""

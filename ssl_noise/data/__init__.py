@@ -33,11 +33,17 @@ from ssl_noise.data.dataset import (MD5_MISMATCH, MD5_NA, MD5_OK, MD5_UNOFFICIAL
 from ssl_noise.errors import UserError
 
 __all__ = ["load_dataset", "spec_label", "ImageDataset", "Split", "CatalogueEntry", "catalogue", "get_entry", "SIZES",
-           "channel_stats", "subset_train", "stratified_split", "stratified_subset_indices", "MD5_OK", "MD5_MISMATCH",
+           "channel_stats", "medmnist_flag", "subset_train", "stratified_split", "stratified_subset_indices", "MD5_OK", "MD5_MISMATCH",
            "MD5_UNOFFICIAL", "MD5_NA"]
 
 FILE_KINDS = ("folder", "csv", "chaoyang", "npz")
 SYNTHETIC_PARAMS = ("n_train", "n_val", "n_test", "num_classes", "channels", "size", "seed")
+
+
+def medmnist_flag(spec: str) -> Optional[str]:
+    """The spec's MedMNIST flag (a flag is its own name), else None: lookups by method name then prefer registry
+    entries pretrained on that flag."""
+    return spec.lower() if spec.lower() in catalogue() else None
 
 
 def spec_label(spec: str) -> str:

@@ -5,11 +5,7 @@ Adding a method: write ``ssl_noise/methods/<name>.py`` with a subclass of :class
 is exercised (forward, backward, step, registry round trip) without writing a test.
 """
 
-from ssl_noise._registry import Registry
-
-METHODS: Registry = Registry("method")
-
-from ssl_noise.methods import jigsaw, moco, rotation, simclr  # noqa: E402,F401  (fill the registry)
-from ssl_noise.methods.base import InputSpec, SSLMethod  # noqa: E402
+from ssl_noise.methods import jigsaw, moco, rotation, simclr  # noqa: F401  (fill the registry)
+from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod
 
 __all__ = ["METHODS", "InputSpec", "SSLMethod"]

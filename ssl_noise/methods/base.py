@@ -25,7 +25,11 @@ import torch
 from torch import nn
 
 from ssl_noise.augment import AugmentConfig
+from ssl_noise._registry import Registry
 from ssl_noise.config import NoArgs, resolve
+
+#: The registry every method file adds itself to with ``@METHODS.register("<name>")``.
+METHODS: Registry = Registry("method")
 
 
 @dataclass(frozen=True)

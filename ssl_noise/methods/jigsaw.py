@@ -37,8 +37,7 @@ from torch import nn
 from ssl_noise.augment import color, crop_flip
 from ssl_noise.config import resolve
 from ssl_noise.errors import UserError
-from ssl_noise.methods import METHODS
-from ssl_noise.methods.base import InputSpec, SSLMethod
+from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod
 
 _MIN_TILE = 4         # px; below this a ResNet sees too little of a tile to compare it with the others
 _POOL_SIZE = 100_000  # random candidates when grid_cells! is too large to enumerate

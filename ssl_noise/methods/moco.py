@@ -41,8 +41,7 @@ from torch import nn
 
 from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
-from ssl_noise.methods import METHODS
-from ssl_noise.methods.base import InputSpec, SSLMethod, distributed
+from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod, distributed
 
 # ``cosine_schedule`` counts integer steps; the loop reports a fraction, so we evaluate it on this fine grid.
 _SCHEDULE_STEPS = 100_000

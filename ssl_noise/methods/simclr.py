@@ -25,8 +25,7 @@ from torch import nn
 
 from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
-from ssl_noise.methods import METHODS
-from ssl_noise.methods.base import InputSpec, SSLMethod, distributed
+from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod, distributed
 
 
 @dataclass

@@ -6,15 +6,7 @@ subclass of :class:`RobustMethod` (hooks and their contract: :mod:`ssl_noise.rob
 tests parametrised over ``ROBUST`` exercise it (a tiny run end to end) without a new test.
 """
 
-from ssl_noise._registry import Registry
-
-ROBUST: Registry = Registry("robust method")
-
-from ssl_noise.robust import ce  # noqa: E402,F401  (fill the registry)
-# --- issue-5 imports ---
-from ssl_noise.robust import coteaching, vog  # noqa: E402,F401
-# --- issue-6 imports ---
-from ssl_noise.robust import hsa_nrl, knn_filter, nshe  # noqa: E402,F401
-from ssl_noise.robust.base import Batch, Classifier, FinetuneContext, RobustMethod  # noqa: E402
+from ssl_noise.robust import ce, coteaching, hsa_nrl, knn_filter, nshe, vog  # noqa: F401  (fill the registry)
+from ssl_noise.robust.base import ROBUST, Batch, Classifier, FinetuneContext, RobustMethod
 
 __all__ = ["ROBUST", "Batch", "Classifier", "FinetuneContext", "RobustMethod"]

@@ -21,7 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_noise._registry import Registry
 from ssl_noise.config import NoArgs, resolve
+
+#: The registry every robust method file adds itself to with ``@ROBUST.register("<name>")``.
+ROBUST: Registry = Registry("robust method")
 
 
 @dataclass

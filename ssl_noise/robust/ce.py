@@ -11,8 +11,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from ssl_noise.robust import ROBUST
-from ssl_noise.robust.base import Batch, RobustMethod, label_prob
+from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
 
 
 def ce_step(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
@@ -26,8 +25,7 @@ def ce_step(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
 class CrossEntropy(RobustMethod):
     """One classifier, mean cross-entropy over the batch.
 
-    >>> from ssl_noise.robust import ROBUST
-    >>> ROBUST["ce"].__name__
+    >>>     >>> ROBUST["ce"].__name__
     'CrossEntropy'
     """
 

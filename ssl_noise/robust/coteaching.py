@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
-from ssl_noise.robust import ROBUST
-from ssl_noise.robust.base import Batch, Classifier, RobustMethod, label_prob
+from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label_prob
 
 
 @dataclass
@@ -151,8 +150,7 @@ def pair_outputs(method: RobustMethod) -> Dict[str, np.ndarray]:
 class CoTeaching(RobustMethod):
     """Two classifiers, per-batch small-loss selection, cross update (Han et al. 2018, arXiv 1804.06872).
 
-    >>> from ssl_noise.robust import ROBUST
-    >>> ROBUST["coteaching"].Args().num_gradual is None
+    >>>     >>> ROBUST["coteaching"].Args().num_gradual is None
     True
     """
 

@@ -37,8 +37,7 @@ from torch import nn
 
 from ssl_noise import noise
 from ssl_noise.errors import UserError
-from ssl_noise.robust import ROBUST
-from ssl_noise.robust.base import Batch, RobustMethod
+from ssl_noise.robust.base import ROBUST, Batch, RobustMethod
 from ssl_noise.robust.nshe import NSHE, NSHEArgs
 
 #: Arrays written to the run folder, each (rounds, N) or (rounds, N, epochs), -1 / NaN where a sample took no part.
@@ -220,8 +219,7 @@ class HSANRL(RobustMethod):
     """Label correction (stages 1-5, nested runs in ``setup``) then NSHE on the kept, corrected samples; the NSHE
     stage is a composed :class:`~ssl_noise.robust.nshe.NSHE` that this method delegates training to.
 
-    >>> from ssl_noise.robust import ROBUST
-    >>> ROBUST["hsa_nrl"].Args().dirty_factor
+    >>>     >>> ROBUST["hsa_nrl"].Args().dirty_factor
     1.5
     """
 

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
-from ssl_noise.robust import ROBUST
 from ssl_noise.knn import knn_scores, top_fraction
-from ssl_noise.robust.base import Batch, RobustMethod
+from ssl_noise.robust.base import ROBUST, Batch, RobustMethod
 from ssl_noise.robust.ce import ce_step
 
 
@@ -50,8 +49,7 @@ class KNNFilterArgs:
 class KNNFilter(RobustMethod):
     """Flag by k-NN disagreement in the init's embedding, drop or relabel, then cross-entropy.
 
-    >>> from ssl_noise.robust import ROBUST
-    >>> ROBUST["knn_filter"].Args().k
+    >>>     >>> ROBUST["knn_filter"].Args().k
     20
     """
 

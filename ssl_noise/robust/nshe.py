@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 
 from ssl_noise.errors import SslNoiseWarning, UserError
-from ssl_noise.robust import ROBUST
-from ssl_noise.robust.base import Batch, RobustMethod, label_prob
+from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
 
 
 @dataclass
@@ -106,8 +105,7 @@ class NSHEWarning(SslNoiseWarning):
 class NSHE(RobustMethod):
     """Student + EMA copy with cross sample dropping and per-sample re-weighting (see the module docstring).
 
-    >>> from ssl_noise.robust import ROBUST
-    >>> ROBUST["nshe"].Args().ema_momentum
+    >>>     >>> ROBUST["nshe"].Args().ema_momentum
     0.999
     """
 

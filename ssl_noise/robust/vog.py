@@ -39,8 +39,7 @@ import numpy as np
 import torch
 
 from ssl_noise.errors import UserError
-from ssl_noise.robust import ROBUST
-from ssl_noise.robust.base import Batch, Classifier, RobustMethod
+from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod
 from ssl_noise.robust.coteaching import (CoteachingArgs, cross_update, forget_rate, pair_outputs, setup_pair,
                                          small_loss_pick)
 
@@ -113,8 +112,7 @@ def mixed_pick(loss: torch.Tensor, vog: torch.Tensor, keep: int, mix_ratio: floa
 class VoGCoTeaching(RobustMethod):
     """Co-teaching whose per-batch pick mixes small loss with low Variance of Gradients (arXiv 2407.05973).
 
-    >>> from ssl_noise.robust import ROBUST
-    >>> ROBUST["vog"].Args().mix_ratio
+    >>>     >>> ROBUST["vog"].Args().mix_ratio
     0.2
     """
 

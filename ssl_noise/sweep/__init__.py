@@ -1,7 +1,7 @@
 """Sweeps: a grid of fine-tuning runs declared in YAML, run once each, by any number of workers.
 
 ``spec`` reads the YAML, ``cells`` expands it into cells with stable ids, ``queue`` is the file-lock job queue
-(claims, done and failed records), ``runner`` runs cells in workers, ``tables`` collects their results.
+(claims, done and failed records), ``runner`` runs cells in workers, ``results`` collects their rows.
 Format: docs/formats.md.
 """
 
@@ -30,9 +30,9 @@ from ssl_noise.sweep.runner import (
     work,
 )
 from ssl_noise.sweep.spec import SweepSpec, find_file, load_spec
-from ssl_noise.sweep.tables import collect, read_results, save_table, write_table
+from ssl_noise.sweep.results import collect, save_table, write_table
 
 __all__ = ["DEFAULT_STALE_AFTER_S", "Cell", "Log", "SweepSpec", "WorkerReport", "cell_id", "cell_status",
            "check_pairing", "claim", "collect", "done_record", "dump_cells", "expand", "find_file", "load_spec",
-           "log_stderr", "noise_key", "parse_shard", "read_results", "release", "run_cell", "run_sweep",
+           "log_stderr", "noise_key", "parse_shard", "release", "run_cell", "run_sweep",
            "save_table", "shard", "work", "write_table"]

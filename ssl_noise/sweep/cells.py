@@ -9,9 +9,7 @@ Format: docs/formats.md.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +18,11 @@ from typing import Any
 
 import yaml
 
-from ssl_noise.config import FinetuneConfig, load_recipe, resolve, to_dict
-from ssl_noise.data import catalogue, spec_label
+from ssl_noise import noise
+from ssl_noise.config import BUILTIN_INITS, FinetuneConfig, load_recipe, resolve, to_dict
+from ssl_noise.data import medmnist_flag, spec_label
 from ssl_noise.errors import UserError
-from ssl_noise.io import file_digest, write_json
+from ssl_noise.io import file_digest, short_hash, write_json
 from ssl_noise.sweep.log import Log, log_stderr
 from ssl_noise.sweep.queue import SCHEMA_VERSION, Locked, read_json
 from ssl_noise.sweep.spec import (
@@ -36,9 +35,6 @@ from ssl_noise.sweep.spec import (
 
 # Function-level imports of ssl_noise.registry (it imports torch) keep ``ssl-noise --help`` fast.
 
-BUILTIN_INITS = ("random", "imagenet")  # TODO(lead): dedupe with finetune
-# TODO(lead): dedupe with finetune (its run-id noise names)
-NOISE_SHORT = {"symmetric": "sym", "uniform": "uni", "pairflip": "pair", "asymmetric": "asym"}
 
 
 @dataclass(frozen=True)
@@ -70,10 +66,8 @@ def noise_label(cfg: FinetuneConfig) -> str:
     ('pair0.3', 'clean')
     """
     if cfg.noise_matrix:
-        return "asym"
-    if not cfg.noise_rate:
-        return "clean"
-    return f"{NOISE_SHORT.get(cfg.noise_type, cfg.noise_type)}{cfg.noise_rate:g}"
+        return noise.short_label("asymmetric", None)
+    return noise.short_label(cfg.noise_type, cfg.noise_rate or 0.0)
 
 
 def cell_id(cfg: FinetuneConfig, *, init_label: str, encoder_sha256: str | None) -> str:
@@ -84,7 +78,7 @@ def cell_id(cfg: FinetuneConfig, *, init_label: str, encoder_sha256: str | None)
     """
     identity = {"schema": SCHEMA_VERSION, "config": to_dict(cfg), "encoder_sha256": encoder_sha256,
                 "files": {k: _sha256_file(getattr(cfg, k)) for k in ("class_map", "noise_matrix")}}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    digest = short_hash(identity)
     return "-".join([init_label, spec_label(cfg.dataset), f"{noise_label(cfg)}n{cfg.noise_seed}",
                      cfg.method + ("_lp" if cfg.freeze else ""), f"s{cfg.seed}", digest])
 
@@ -94,7 +88,7 @@ def noise_key(cfg: FinetuneConfig) -> str:
     fields = {"dataset": cfg.dataset, "image_size": cfg.image_size, "subset": cfg.subset,
               "type": cfg.noise_type, "rate": cfg.noise_rate or 0.0, "mode": cfg.noise_mode, "seed": cfg.noise_seed,
               "class_map": _sha256_file(cfg.class_map), "noise_matrix": _sha256_file(cfg.noise_matrix)}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    digest = short_hash(fields)
     subset = f"-sub{cfg.subset}" if cfg.subset else ""
     return f"{spec_label(cfg.dataset)}-{noise_label(cfg)}-{cfg.noise_mode}-n{cfg.noise_seed}{subset}-{digest}"
 
@@ -111,7 +105,7 @@ class _Inits:
         """``(entry id, label, sha256)``; for random/imagenet ``(ref, ref, None)``; None when unresolvable."""
         if ref in BUILTIN_INITS:
             return ref, ref, None
-        flag = dataset.lower() if dataset.lower() in catalogue() else None  # as finetune.prepare filters
+        flag = medmnist_flag(dataset)  # as inits.image_size filters
         key = f"{ref}@{flag or dataset}"
         if key not in self.cache:
             try:

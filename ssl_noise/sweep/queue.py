@@ -20,6 +20,7 @@ from typing import Any
 
 from ssl_noise.errors import UserError
 from ssl_noise.io import write_json
+from ssl_noise.runs import RunFolder
 from ssl_noise.sweep.log import Log, log_stderr
 
 #: Version of the sweep's records on disk (done, failed); also hashed into every cell id.
@@ -45,7 +46,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def done_record(runs: Path, cid: str) -> dict[str, Any] | None:
     """The done record of a finished cell (its run folder still holding metrics.json), else None."""
     record = read_json(cell_paths(runs, cid)["done"])
-    if record and (Path(runs) / str(record.get("run_id")) / "metrics.json").is_file():
+    if record and RunFolder(Path(runs) / str(record.get("run_id"))).is_finished():
         return record
     return None
 

@@ -8,7 +8,6 @@ its noise key, so cells compared across inits and methods are paired. Format: do
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import queue as queue_mod
@@ -26,6 +25,7 @@ import numpy as np
 from ssl_noise import noise
 from ssl_noise.config import FinetuneConfig, to_dict
 from ssl_noise.errors import UserError
+from ssl_noise.runs import RunFolder
 from ssl_noise.sweep.cells import Cell, noise_key
 from ssl_noise.sweep.log import Log, log_stderr
 from ssl_noise.sweep.queue import (
@@ -48,7 +48,7 @@ def check_pairing(runs: Path, cfg: FinetuneConfig, folder: Path) -> Path:
     Returns the shared file. Raises UserError when the labels differ (the comparison would not be paired).
     """
     shared = Path(runs) / "noise" / f"{noise_key(cfg)}.csv"
-    mine = folder / "noisy_labels.csv"
+    mine = RunFolder(folder).labels_file
     if not shared.exists():
         shared.parent.mkdir(parents=True, exist_ok=True)
         tmp = shared.with_name(f".{shared.name}.{uuid.uuid4().hex}.tmp")
@@ -92,7 +92,7 @@ def run_cell(cell: Cell, *, runs: Path, checkpoints: Path, data_root: str | None
     folder, trained = finetune(cell.config, data_root=data_root, checkpoints=checkpoints, runs=runs, device=device,
                                command=command, show_progress=show_progress)
     shared = check_pairing(runs, cell.config, folder)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = RunFolder(folder).metrics()
     return {"schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "run_id": folder.name, "trained": trained,
             "noise_file": os.path.relpath(shared, runs), "test_acc": metrics["test"]["best"]["acc"],
             "wall_time_s": round(time.perf_counter() - start, 2), "host": socket.gethostname(),

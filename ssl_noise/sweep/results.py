@@ -1,33 +1,21 @@
 """The sweep's results tables: the results.csv rows of its finished cells, one per cell, with the cell id.
 
 ``<runs>/sweeps/<name>.csv`` is written atomically from the cells' done records and ``<runs>/results.csv``
-(read under a shared lock, as finetune appends under an exclusive one). Format: docs/formats.md.
+(read through :mod:`ssl_noise.runs`). Format: docs/formats.md.
 """
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Sequence
 from pathlib import Path
 
 from ssl_noise.config import method_args_text
 from ssl_noise.io import atomic_path
+from ssl_noise.runs import read_results
 from ssl_noise.sweep.cells import Cell
 from ssl_noise.sweep.queue import done_record
 
 # Function-level imports of pandas keep ``ssl-noise --help`` fast.
-
-
-def read_results(path: Path):
-    """results.csv as a DataFrame, read under a shared lock (finetune appends under an exclusive one)."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        return pd.DataFrame()
-    with open(path) as f:
-        fcntl.flock(f, fcntl.LOCK_SH)
-        return pd.read_csv(f)
 
 
 def collect(cells: Sequence[Cell], runs: Path):
