@@ -69,6 +69,16 @@ RESULT_COLUMNS = (
 
 # ============ preparation: every user-input check, before anything is written ============
 
+def resolve_config(flags: Dict[str, Any], *, recipe: Optional[str] = None, overrides=()) -> tuple:
+    """The fine-tuning config of ``flags`` over the recipe (``linear_probe`` with ``freeze``, else ``default``);
+    returns ``(config, recipe file or None)``. An unknown method fails before any file is read."""
+    from ssl_noise.config import from_recipe
+
+    if flags.get("method"):
+        ROBUST.get_or_fail(flags["method"])
+    name = "linear_probe" if flags.get("freeze") else "default"
+    return from_recipe(FinetuneConfig, "finetune", name, flags, recipe=recipe, overrides=overrides)
+
 @dataclass
 class Prepared:
     cfg: FinetuneConfig

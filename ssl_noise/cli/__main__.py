@@ -1,0 +1,5 @@
+"""``python -m ssl_noise.cli``: the same as the ``ssl-noise`` console script."""
+
+from ssl_noise.cli.app import main
+
+main()
