@@ -169,15 +169,15 @@ def _grid_values(keys: Sequence[str], combo: Sequence[Any]) -> Dict[str, Any]:
 
 def find_file(name: str, spec_dir: Optional[Path] = None) -> Path:
     """A recipe or data file named in a spec: absolute, else relative to the working folder, the spec's folder or
-    the source checkout (so ``finetune/bloodmnist/default.yaml`` works from anywhere in an editable install)."""
-    import ssl_noise
+    the package's shipped copy (so ``finetune/bloodmnist/default.yaml`` works from anywhere, installed or not)."""
+    from ssl_noise.settings import SHIPPED, shipped_file
 
     path = Path(name).expanduser()
     if path.is_absolute():
         candidates = [path]
     else:
         candidates = [Path.cwd() / path] + ([spec_dir / path] if spec_dir else []) + \
-                     [Path(ssl_noise.__file__).resolve().parents[1] / path]
+                     [shipped_file(path) or SHIPPED / path]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

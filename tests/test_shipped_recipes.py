@@ -21,12 +21,15 @@ from ssl_noise.config import to_dict
 from ssl_noise.finetune import resolve_config as finetune_config
 from ssl_noise.pretrain import resolve_config as pretrain_config
 from ssl_noise.settings import shipped_file
+from ssl_noise import demo, sweep
 pre, pre_file = pretrain_config({"method": "simclr", "dataset": "bloodmnist"})
 fine, fine_file = finetune_config({"dataset": "bloodmnist"})
 probe, _ = finetune_config({"dataset": "bloodmnist", "freeze": True})
 print(json.dumps({"package": ssl_noise.__file__, "pretrain": to_dict(pre), "finetune": to_dict(fine),
                   "probe": to_dict(probe), "recipes": [str(pre_file), str(fine_file)],
-                  "sweep": str(shipped_file("finetune/sweeps/demo.yaml"))}))
+                  "sweep": str(shipped_file("finetune/sweeps/demo.yaml")),
+                  "found": [str(sweep.find_file(name)) for name in (demo.PRETRAIN_RECIPE, demo.SWEEP_SPEC,
+                                                                     "finetune/bloodmnist/linear_probe.yaml")]}))
 """
 
 
@@ -69,7 +72,7 @@ def test_installed_package_resolves_the_checkouts_recipes(tmp_path):
                     "--quiet", "--target", str(target), str(source)], check=True, cwd=tmp_path, capture_output=True)
     installed = _resolve(empty, str(target))
     assert Path(installed["package"]).resolve().is_relative_to(target.resolve())
-    assert all(str(target) in path for path in installed["recipes"] + [installed["sweep"]])
+    assert all(str(target) in path for path in installed["recipes"] + [installed["sweep"]] + installed["found"])
     checkout = _resolve(ROOT, str(ROOT))
     for key in ("pretrain", "finetune", "probe"):
         assert installed[key] == checkout[key], key
