@@ -6,7 +6,6 @@ import click
 
 from ssl_noise.cli.app import cli
 from ssl_noise.cli.options import out_option, pass_settings
-from ssl_noise.errors import UserError
 from ssl_noise.settings import Settings
 
 # Heavy imports (torch, pandas, data loaders) stay inside the commands so that ``ssl-noise --help`` stays fast.
@@ -44,22 +43,12 @@ def noise_cmd(settings: Settings, dataset, noise_type, rate, seed, out, mode, cl
     Example:
       ssl-noise noise --dataset bloodmnist --type symmetric --rate 0.4 --seed 1 --out noisy.csv
     """
-    import numpy as np
-
     from ssl_noise import noise
 
-    noise.NOISE_TYPES.get_or_fail(noise_type)  # fail on a typo before loading any data
-    from ssl_noise.data import load_dataset
-
-    ds = load_dataset(dataset, data_root=settings.data_root, size=size, subset=subset, seed=seed)
-    if getattr(ds, "multilabel", False):
-        raise UserError(f"{dataset} is multi-label; label noise needs one class per image")
-    K = len(ds.class_names)
-    mapping = noise.load_class_map(class_map, ds.class_names) if class_map else None
-    T = noise.transition_matrix(noise_type, K, rate, class_map=mapping, matrix=matrix, force=force)
+    ds, T, result = noise.noise_file(out, dataset, noise_type, rate, seed=seed, mode=mode, class_map=class_map,
+                                     matrix=matrix, force=force, size=size, subset=subset,
+                                     data_root=settings.data_root)
     clean = ds.train.labels
-    result = noise.corrupt(clean, T, rng=np.random.default_rng(seed), mode=mode)
-    noise.write_noise_csv(out, clean, result.noisy, indices=ds.train_indices)  # original indices under --subset
     click.echo(f"{dataset}: {len(clean)} training labels, {noise_type} noise"
                f"{'' if rate is None else f' at rate {rate:g}'} (seed {seed}, {mode}): realised rate "
                f"{result.realised_rate:.4f} ({int(result.flipped.sum())} flipped; expected "
