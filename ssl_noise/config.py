@@ -117,7 +117,8 @@ def resolve(cls: Type[C], *layers: Optional[Mapping[str, Any]]) -> C:
                 values[head] = {**values.get(head, {}), sub: value}
                 continue
             if key not in fields:
-                raise UserError(f"unknown config key {key!r} for {cls.__name__}; known keys: {', '.join(sorted(fields))}")
+                raise UserError(f"unknown config key {key!r} for {cls.__name__}; "
+                                f"known keys: {', '.join(sorted(fields))}")
             if value is None:
                 continue
             value = _coerce(key, value, hints[key])
@@ -129,6 +130,22 @@ def resolve(cls: Type[C], *layers: Optional[Mapping[str, Any]]) -> C:
     if callable(validate):
         validate()
     return obj
+
+
+def from_recipe(cls: Type[C], kind: str, name: str, flags: Mapping[str, Any], *, recipe: Optional[str] = None,
+                overrides: Iterable[str] = ()) -> "tuple[C, Optional[str | Path]]":
+    """``cls`` from its defaults, a recipe, command-line ``flags`` (None: not given) and ``--set`` overrides.
+
+    The recipe is ``recipe`` when given, else the default ``<kind>/<dataset>/<name>.yaml`` (the working folder's,
+    then the one shipped with the package). Returns the config and the recipe file used (None: defaults only), so
+    every entry point layers a run's settings the same way.
+    """
+    from ssl_noise.settings import recipe_path
+
+    dataset = flags.get("dataset") or getattr(cls, "dataset")
+    recipe_file = recipe or recipe_path(kind, dataset, name)
+    cfg = resolve(cls, load_recipe(recipe_file) if recipe_file else {}, flags, parse_overrides(overrides))
+    return cfg, recipe_file
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:

@@ -116,6 +116,10 @@ class DetectOptions:
     skip: int = 10
     noise_estimate: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        if self.noise_estimate is not None and not 0 <= self.noise_estimate < 1:
+            raise UserError(f"--noise-estimate must be in [0, 1), got {self.noise_estimate}")
+
 
 @dataclass
 class Detection:
@@ -220,6 +224,26 @@ def source_from_run(folder: Path) -> Source:
                   timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)},
                   dataset=run.get("result", {}).get("dataset"), class_names=list(metrics["class_names"]),
                   init=metrics.get("init", {}).get("id"))
+
+
+def source_for(name: str, *, run: Optional[Path] = None, flags: Optional[Dict[str, Any]] = None,
+               data_root: Optional[str] = None, checkpoints: Path = Path("checkpoints"),
+               device: str = "cpu") -> Source:
+    """The input detector ``name`` reads: a finished run folder, or frozen features of ``flags["init"]`` on the
+    labels ``finetune`` with the same flags (FinetuneConfig fields, None: not given) would train on. Refuses a
+    mix of the two, which would silently ignore half of what was asked."""
+    from ssl_noise.config import FinetuneConfig, resolve
+
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if DETECTORS.get_or_fail(name).needs == "run":
+        if run is None or any(k in flags for k in ("init", "noise_rate", "noise_file")):
+            raise UserError(f"detector {name} reads a run folder: give --run RUN (and no --init/--noise)")
+        return source_from_run(run)
+    if flags.get("init") is None or run is not None:
+        raise UserError(f"detector {name} uses frozen features: give --init REF (not --run); to reuse a "
+                        f"run's labels pass --noise-file RUN/noisy_labels.csv")
+    return source_from_init(resolve(FinetuneConfig, flags), data_root=data_root, checkpoints=checkpoints,
+                            device=device)
 
 
 def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,

@@ -51,7 +51,8 @@ def extract_features(encoder: nn.Module, images: np.ndarray, *, mean: Sequence[f
     return feats
 
 
-def search(bank: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+def search(bank: np.ndarray, queries: np.ndarray, k: int, *,
+           exclude_self: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar bank rows for each query: (similarities, indices), each (Nq, k), most similar first.
 
     With ``exclude_self`` the queries are the bank itself and each row's own index is dropped from its list.

@@ -658,3 +658,25 @@ def read_noise_csv(path: PathLike, *, num_samples: Optional[int] = None, num_cla
                             f"(classes are {limit})")
     order = _check_index(index, path, num_samples, indices)
     return NoiseFile(index[order], clean[order], noisy[order])
+
+
+def noise_file(out: Union[str, os.PathLike], dataset: str, noise_type: str = "symmetric", rate: Optional[float] = None,
+               *, seed: int = 0, mode: str = "sampled", class_map: Optional[str] = None, matrix: Optional[str] = None,
+               force: bool = False, size: int = 28, subset: Optional[int] = None,
+               data_root: Optional[str] = None) -> tuple:
+    """Corrupt ``dataset``'s training labels and write them to ``out`` (``ssl-noise noise``).
+
+    Returns ``(dataset, T, NoisyLabels)`` for the caller's summary. The type is checked before any data is loaded; the
+    file records original indices under ``subset``, so other commands map it back onto the full split.
+    """
+    from ssl_noise.data import load_dataset
+
+    NOISE_TYPES.get_or_fail(noise_type)  # fail on a typo before loading any data
+    ds = load_dataset(dataset, data_root=data_root, size=size, subset=subset, seed=seed)
+    if getattr(ds, "multilabel", False):
+        raise UserError(f"{dataset} is multi-label; label noise needs one class per image")
+    mapping = load_class_map(class_map, ds.class_names) if class_map else None
+    T = transition_matrix(noise_type, len(ds.class_names), rate, class_map=mapping, matrix=matrix, force=force)
+    result = corrupt(ds.train.labels, T, rng=np.random.default_rng(seed), mode=mode)
+    write_noise_csv(out, ds.train.labels, result.noisy, indices=ds.train_indices)
+    return ds, T, result

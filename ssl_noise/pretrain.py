@@ -59,6 +59,22 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
+def resolve_config(flags: Dict[str, Any], *, recipe: Optional[str] = None, overrides=()) -> tuple:
+    """The pretraining config of ``flags`` over the method's recipe; returns ``(config, recipe file or None)``.
+
+    Checks the method before looking for its recipe and the backbone before any data is loaded, so a typo
+    fails at once with the list of choices.
+    """
+    from ssl_noise.backbones import BACKBONES
+    from ssl_noise.config import from_recipe
+
+    method = flags.get("method") or PretrainConfig.method
+    METHODS.get_or_fail(method)
+    cfg, recipe_file = from_recipe(PretrainConfig, "pretrain", method, flags, recipe=recipe, overrides=overrides)
+    BACKBONES.get_or_fail(cfg.backbone)
+    return cfg, recipe_file
+
+
 def work_dir(runs_root: Path, cfg: PretrainConfig) -> Path:
     """Where the resumable state of this exact config lives (a hash of the resolved config)."""
     digest = io.short_hash(to_dict(cfg), 12)

@@ -61,3 +61,29 @@ class Settings:
 
     def torch_device(self) -> str:
         return resolve_device(self.device)
+
+
+#: Where an installed package keeps its copy of the repository's recipes and sweep specs. In a checkout,
+#: ``_shipped/pretrain`` and ``_shipped/finetune`` are links to the top-level folders (setup.cfg ships the YAMLs
+#: through them), so the files stay where users edit them and a plain ``pip install .`` still finds them.
+SHIPPED = Path(__file__).resolve().parent / "_shipped"
+
+
+def shipped_file(relpath: str | os.PathLike) -> Optional[Path]:
+    """The package's copy of a repository file such as ``finetune/sweeps/demo.yaml``; None when there is none.
+
+    Falls back on the source checkout for checkouts whose links did not survive (git without symlinks).
+    """
+    for base in (SHIPPED, SHIPPED.parents[1]):
+        candidate = base / relpath
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def recipe_path(kind: str, dataset: str, name: str) -> Optional[Path]:
+    """The default recipe ``<kind>/<dataset>/<name>.yaml``: the working folder's first (a user's own recipes),
+    then the one shipped with the package; None when neither exists (the dataclass defaults then apply)."""
+    relpath = Path(kind) / Path(dataset).stem / f"{name}.yaml"
+    local = Path.cwd() / relpath
+    return local if local.is_file() else shipped_file(relpath)

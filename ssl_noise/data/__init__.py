@@ -32,9 +32,9 @@ from ssl_noise.data.dataset import (MD5_MISMATCH, MD5_NA, MD5_OK, MD5_UNOFFICIAL
                                     channel_stats, stratified_split, stratified_subset_indices, subset_train)
 from ssl_noise.errors import UserError
 
-__all__ = ["load_dataset", "spec_label", "ImageDataset", "Split", "CatalogueEntry", "catalogue", "get_entry", "SIZES",
-           "channel_stats", "medmnist_flag", "subset_train", "stratified_split", "stratified_subset_indices", "MD5_OK", "MD5_MISMATCH",
-           "MD5_UNOFFICIAL", "MD5_NA"]
+__all__ = ["load_dataset", "spec_label", "medmnist_flag", "ImageDataset", "Split", "CatalogueEntry", "catalogue",
+           "get_entry", "SIZES", "channel_stats", "subset_train", "stratified_split", "stratified_subset_indices",
+           "MD5_OK", "MD5_MISMATCH", "MD5_UNOFFICIAL", "MD5_NA"]
 
 FILE_KINDS = ("folder", "csv", "chaoyang", "npz")
 SYNTHETIC_PARAMS = ("n_train", "n_val", "n_test", "num_classes", "channels", "size", "seed")

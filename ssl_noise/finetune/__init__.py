@@ -6,8 +6,8 @@
 
 from ssl_noise.finetune.inputs import ENCODED, Inputs, encoded_splits
 from ssl_noise.finetune.loop import FitResult, evaluate, fit, fit_subset, predict_probs, train_one_epoch
-from ssl_noise.finetune.prepare import Prepared, prepare
+from ssl_noise.finetune.prepare import Prepared, prepare, resolve_config
 from ssl_noise.finetune.run import finetune, result_row, summarise
 
 __all__ = ["ENCODED", "FitResult", "Inputs", "Prepared", "encoded_splits", "evaluate", "finetune", "fit",
-           "fit_subset", "predict_probs", "prepare", "result_row", "summarise", "train_one_epoch"]
+           "fit_subset", "predict_probs", "prepare", "resolve_config", "result_row", "summarise", "train_one_epoch"]

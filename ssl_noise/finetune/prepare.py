@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ssl_noise import inits, noise, runs
-from ssl_noise.config import FinetuneConfig, to_dict
+from ssl_noise.config import FinetuneConfig, from_recipe, to_dict
 from ssl_noise.data import ImageDataset, load_dataset
 from ssl_noise.errors import UserError
 from ssl_noise.robust import ROBUST
@@ -35,6 +35,15 @@ class Prepared:
     val_noise: Optional[noise.NoisyLabels]
     noise: Dict[str, Any]           # summary recorded in metrics.json
     run_id: str
+
+
+def resolve_config(flags: Dict[str, Any], *, recipe: Optional[str] = None, overrides=()) -> tuple:
+    """The fine-tuning config of ``flags`` over the recipe (``linear_probe`` with ``freeze``, else ``default``);
+    returns ``(config, recipe file or None)``. An unknown method fails before any file is read."""
+    if flags.get("method"):
+        ROBUST.get_or_fail(flags["method"])
+    name = "linear_probe" if flags.get("freeze") else "default"
+    return from_recipe(FinetuneConfig, "finetune", name, flags, recipe=recipe, overrides=overrides)
 
 
 def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path) -> Prepared:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ssl_noise
 from ssl_noise.config import FinetuneConfig, load_recipe
 from ssl_noise.errors import UserError
+from ssl_noise.settings import SHIPPED, shipped_file
 
 SPEC_KEYS = ("name", "description", "base", "grid")
 #: Fields the sweep owns: the noise is drawn per cell from its parameters (docs/formats.md).
@@ -113,13 +113,13 @@ def grid_values(keys: Sequence[str], combo: Sequence[Any]) -> dict[str, Any]:
 
 def find_file(name: str, spec_dir: Path | None = None) -> Path:
     """A recipe or data file named in a spec: absolute, else relative to the working folder, the spec's folder or
-    the source checkout (so ``finetune/bloodmnist/default.yaml`` works from anywhere in an editable install)."""
+    the package's shipped copy (so ``finetune/bloodmnist/default.yaml`` works from anywhere, installed or not)."""
     path = Path(name).expanduser()
     if path.is_absolute():
         candidates = [path]
     else:
         candidates = [Path.cwd() / path] + ([spec_dir / path] if spec_dir else []) + \
-                     [Path(ssl_noise.__file__).resolve().parents[1] / path]
+                     [shipped_file(path) or SHIPPED / path]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
