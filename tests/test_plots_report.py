@@ -353,7 +353,7 @@ def test_budget_curves_pool_seeds_of_one_acquisition_and_name_lines_by_the_run(t
 
 
 def test_cli_refine_plot_draws_the_committed_study_and_refuses_bad_input(tmp_path, capsys) -> None:
-    study = Path(__file__).resolve().parents[1] / "finetune/studies/pneumonia_imbalanced_e30/refine"
+    study = Path(__file__).resolve().parents[1] / "studies/pneumonia_imbalanced_e30/refine"
     tables = [str(study / f"{name}_rounds.csv") for name in ("vog_entropy", "vog_random", "coteaching_entropy")]
     out = tmp_path / "budget.png"
     code, stdout, err = _cli(capsys, "refine", "plot", *tables, "--out", str(out), "--reference", "CE=0.880")
