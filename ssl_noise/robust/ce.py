@@ -25,7 +25,8 @@ def ce_step(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
 class CrossEntropy(RobustMethod):
     """One classifier, mean cross-entropy over the batch.
 
-    >>>     >>> ROBUST["ce"].__name__
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["ce"].__name__
     'CrossEntropy'
     """
 

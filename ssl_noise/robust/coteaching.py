@@ -150,7 +150,8 @@ def pair_outputs(method: RobustMethod) -> Dict[str, np.ndarray]:
 class CoTeaching(RobustMethod):
     """Two classifiers, per-batch small-loss selection, cross update (Han et al. 2018, arXiv 1804.06872).
 
-    >>>     >>> ROBUST["coteaching"].Args().num_gradual is None
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["coteaching"].Args().num_gradual is None
     True
     """
 

@@ -219,7 +219,8 @@ class HSANRL(RobustMethod):
     """Label correction (stages 1-5, nested runs in ``setup``) then NSHE on the kept, corrected samples; the NSHE
     stage is a composed :class:`~ssl_noise.robust.nshe.NSHE` that this method delegates training to.
 
-    >>>     >>> ROBUST["hsa_nrl"].Args().dirty_factor
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["hsa_nrl"].Args().dirty_factor
     1.5
     """
 

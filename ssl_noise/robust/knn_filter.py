@@ -49,7 +49,8 @@ class KNNFilterArgs:
 class KNNFilter(RobustMethod):
     """Flag by k-NN disagreement in the init's embedding, drop or relabel, then cross-entropy.
 
-    >>>     >>> ROBUST["knn_filter"].Args().k
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["knn_filter"].Args().k
     20
     """
 

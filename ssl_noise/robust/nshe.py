@@ -105,7 +105,8 @@ class NSHEWarning(SslNoiseWarning):
 class NSHE(RobustMethod):
     """Student + EMA copy with cross sample dropping and per-sample re-weighting (see the module docstring).
 
-    >>>     >>> ROBUST["nshe"].Args().ema_momentum
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["nshe"].Args().ema_momentum
     0.999
     """
 

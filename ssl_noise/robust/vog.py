@@ -112,7 +112,8 @@ def mixed_pick(loss: torch.Tensor, vog: torch.Tensor, keep: int, mix_ratio: floa
 class VoGCoTeaching(RobustMethod):
     """Co-teaching whose per-batch pick mixes small loss with low Variance of Gradients (arXiv 2407.05973).
 
-    >>>     >>> ROBUST["vog"].Args().mix_ratio
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["vog"].Args().mix_ratio
     0.2
     """
 
