@@ -231,7 +231,7 @@ def rounds_label(path: Path) -> str:
     another acquisition, budget or a named (expert) session gets its own.
     """
     run = RunFolder(path.parent.parent.parent)  # RUN/refine/<session>/rounds.csv -> RUN
-    if path.name == "rounds.csv" and path.parent.parent.name == "refine" and (run.path / "config.yaml").is_file():
+    if path.name == "rounds.csv" and path.parent.parent.name == "refine" and run.is_finished():
         method = run.config().get("method", "?")
         return f"{method} · {re.sub(r'-s[0-9]+$', '', path.parent.name)}"
     return path.stem.removesuffix("_rounds") if path.stem != "rounds" else path.parent.name

@@ -149,6 +149,11 @@ def run_id(*, init_method: str, dataset: str, noise_record: Mapping[str, Any], m
                      f"s{seed}", io.short_hash(identity)])
 
 
+def results_path(runs: str | Path) -> Path:
+    """``<runs>/results.csv``: one row per finished run, appended by :func:`append_result`."""
+    return Path(runs) / RESULTS_FILE
+
+
 def append_result(runs: str | Path, row: Mapping[str, Any]) -> Path:
     """Append ``row`` to ``runs/results.csv`` under an exclusive lock (concurrent sweeps never interleave).
 
@@ -156,7 +161,7 @@ def append_result(runs: str | Path, row: Mapping[str, Any]) -> Path:
     """
     import pandas as pd
 
-    path = Path(runs) / RESULTS_FILE
+    path = results_path(runs)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = _io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(["" if row.get(c) is None else row.get(c) for c in RESULT_COLUMNS])

@@ -343,3 +343,35 @@ def test_method_hooks_drop_select_and_outputs_reach_the_run_folder(tmp_path) -> 
     assert np.array_equal(np.load(folder / "kept.npy"), np.arange(0, 32, 2))
     log = json.loads((folder / "train_log.jsonl").read_text())
     assert log["hook_epoch"] == 0 and log["selected_frac"] == 0.5
+
+
+def test_methods_plug_in_per_epoch_through_the_hooks(tmp_path) -> None:
+    """on_epoch_start runs before each epoch and epoch_batches decides what the epoch trains on (a per-epoch split
+    into labelled and unlabelled parts, as DivideMix needs): samples left out get no history entry that epoch."""
+    from ssl_noise.robust.base import RobustMethod
+    from ssl_noise.robust.ce import ce_step
+
+    class HalfTheBatchesOnOddEpochs(RobustMethod):
+        def setup(self) -> None:
+            self.model = self.ctx.build_model(0)
+            self.ctx.build_optimizer(self.model)
+            self.started = []
+
+        def on_epoch_start(self, epoch: int) -> None:
+            self.started.append(epoch)
+
+        def epoch_batches(self, epoch: int):
+            batches = super().epoch_batches(epoch)
+            return (b for i, b in enumerate(batches) if epoch % 2 == 0 or i % 2 == 0)
+
+        def train_step(self, batch, epoch):
+            return ce_step(self.model, batch)
+
+        def predict(self, x):
+            return self.model(x)
+
+    prep = prepare(_cfg(epochs=2, batch_size=8, augmentation=False), data_root=None, checkpoints=tmp_path / "ck")
+    result = fit(prep, show_progress=False, make_method=HalfTheBatchesOnOddEpochs)
+    assert result.method.started == [0, 1]
+    assert np.isfinite(result.history[:, 0]).all()
+    assert np.isfinite(result.history[:, 1]).sum() == 16  # 2 of the 4 batches of 8

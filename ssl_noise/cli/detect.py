@@ -65,6 +65,7 @@ def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_mode
 
     from ssl_noise import detect
     from ssl_noise.config import FinetuneConfig
+    from ssl_noise.runs import RunFolder
 
     opts = detect.DetectOptions(k=k, t=t, folds=folds, cv_model=cv_model, seed=options["seed"] or 0, skip=skip,
                                 noise_estimate=noise_estimate)
@@ -78,7 +79,7 @@ def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_mode
     if as_json:
         click.echo(json.dumps(metrics, indent=2, sort_keys=True))
     else:
-        _echo_summary(detector, metrics, json.loads((folder / "run.json").read_text()))
+        _echo_summary(detector, metrics, RunFolder(folder).provenance())
     click.echo(str(folder))
 
 

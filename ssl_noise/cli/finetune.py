@@ -75,9 +75,9 @@ def finetune(settings, recipe, overrides, quiet, **options):
 
 def _summary(folder) -> str:
     """One line from the run's metrics.json: the selected epoch's test accuracy, how it was chosen, memorisation."""
-    import json
+    from ssl_noise.runs import RunFolder
 
-    m = json.loads((folder / "metrics.json").read_text())
+    m = RunFolder(folder).metrics()
     best, last5 = m["test"]["best"], m["test"]["last5_mean"]
     return (f"test acc {num(best['acc'])} auc {num(best['auc'])} at epoch {m['selected_epoch']} (chosen on "
             f"{m['val']['labels']} validation {m['select_metric']}); last-5 mean acc {num(last5['acc'])}; "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ssl_noise.config import method_args_text
 from ssl_noise.io import atomic_path
-from ssl_noise.runs import read_results
+from ssl_noise.runs import read_results, results_path
 from ssl_noise.sweep.cells import Cell
 from ssl_noise.sweep.queue import done_record
 
@@ -24,7 +24,7 @@ def collect(cells: Sequence[Cell], runs: Path):
 
     records = {c.cell_id: done_record(runs, c.cell_id) for c in cells}
     by_run = {r["run_id"]: cid for cid, r in records.items() if r}
-    frame = read_results(Path(runs) / "results.csv")
+    frame = read_results(results_path(runs))
     if frame.empty or not by_run:
         return pd.DataFrame()
     frame = frame[frame["run_id"].isin(by_run)].drop_duplicates("run_id", keep="last").copy()
