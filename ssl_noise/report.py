@@ -52,6 +52,9 @@ def test_name() -> str:
     return "paired t-test"
 
 
+test_name.__test__ = False  # a helper, not a pytest test (pytest collects this file when it is named explicitly)
+
+
 def sign_test(diffs: np.ndarray) -> Optional[float]:
     """Exact two-sided sign test (ties dropped): P(a split at least this uneven | fair coin).
 
