@@ -1,17 +1,8 @@
-"""``ssl-noise demo``: the study in miniature, on real BloodMNIST, in about ten minutes on a 2-core CPU.
+"""``ssl-noise demo``: the study in miniature, on real BloodMNIST, in minutes on a 2-core CPU.
 
-Four steps, each the real code path a full study uses, all written under one folder (default ``./demo``):
-
-1. data: BloodMNIST (28 px) is found in the data roots or downloaded, and its md5 checked against MedMNIST's;
-2. pretraining: a short SimCLR run on a stratified subset (recipe ``pretrain/bloodmnist/demo_simclr.yaml``) into
-   the demo's own registry ``<out>/checkpoints`` (a re-run reuses the entry whose recorded config is identical);
-3. a paired sweep (``finetune/sweeps/demo.yaml``): random init vs that SimCLR entry, a linear probe at a few
-   symmetric noise rates and two noise seeds, into ``<out>/runs`` (a re-run skips the finished cells);
-4. the robustness plot and the report (``<out>/robustness.png``, ``<out>/report.md``), and on stdout the mean
-   accuracy of both inits at each rate with the paired gain, which is the effect the demo exists to show.
-
-``quick=True`` swaps in the synthetic set at 16 px, one epoch everywhere and two rates: the whole path in well
-under a minute, for tests and a smoke check. It shows that the code runs, not the effect.
+Data check, a short SimCLR pretraining, a paired sweep (random vs SimCLR init under symmetric noise), the plot and
+the report, all under one folder; ``quick=True`` runs the same path on synthetic data as a smoke test.
+Steps: docs/methods.md#the-demo-ssl_noisedemopy-ssl-noise-demo
 """
 
 from __future__ import annotations
@@ -93,7 +84,10 @@ def summary_table(table: Path, metric: str = "test_acc") -> str:
 
 def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, device: str = "cpu", jobs: int = 1,
              quick: bool = False, show_progress: bool = True, log: sweep.Log = sweep.log_stderr) -> DemoResult:
-    """Data check, SimCLR pretraining, paired sweep, plot and report under ``out``; see the module docstring."""
+    """Data check, SimCLR pretraining, paired sweep, plot and report under ``out``.
+
+    Steps: docs/methods.md#the-demo-ssl_noisedemopy-ssl-noise-demo
+    """
     from ssl_noise import plots, report
     from ssl_noise.pretrain import pretrain
 

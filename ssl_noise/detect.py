@@ -1,25 +1,10 @@
 """Noisy-label detectors and the runner behind ``ssl-noise detect``: which training labels are wrong?
 
-Every detector gives each training sample a noisiness score (higher = more likely wrong) and a flag, and all are
-scored by the same :func:`ssl_noise.metrics.detection_metrics` against the known flips. ``DETECTORS``:
-
-* ``knn`` (no training at all): in the frozen SSL embedding of ``--init``, the weighted share of a sample's k nearest
-  neighbours (faiss, cosine, self excluded, weights exp(sim / t) as :func:`ssl_noise.knn.vote`) whose label
-  differs from its own. Flags the top ε̂ share.
-* ``cleanlab``: ``cleanlab.filter.find_label_issues`` (its own verdict, prune_by_noise_rate) on out-of-fold
-  predicted probabilities, computed as cleanlab advises for large data (issue #555) ourselves: stratified K-fold
-  logistic regression on the same frozen features (``--cv-model linear``; K fits of a linear model, seconds;
-  K-fold fine-tuning would cost K fine-tuning runs). Score: 1 − cleanlab's self-confidence label quality.
-* ``loss`` (small-loss criterion): 1 − mean p(given label) over the epochs after ``skip`` of a CE run's
-  ``history.npy`` (``--run``); exactly HSA-NRL's easy score. Flags the top ε̂ share. Costs a fine-tuning run.
-* ``ehn``: the verdicts of an ``hsa_nrl`` run (``--run``, round 1): flagged = EHN says noisy; score = 1 + EHN's
-  p(noisy) on the dirty samples, 1 − easy score on the easy ones (dirty above easy). Also reports the label
-  correction against the clean labels. Costs the three stage runs.
-
-ε̂ (``--noise-estimate``) defaults to the configured noise's expected rate. Outputs go to
-``<runs>/detect/<detector>-<source>-<hash10>/``: ``scores.csv`` (index, given_label, clean_label, score, flagged),
-``metrics.json`` (deterministic) and ``run.json`` (wall times, command, versions). :func:`collect` (``ssl-noise
-detections``) reads such folders and selecting runs back into one side-by-side table.
+Each detector in ``DETECTORS`` (``knn``, ``cleanlab``, ``loss``, ``ehn``) scores every training sample (higher =
+more likely wrong) and flags some; all are measured by the same detection metrics against the known flips.
+:func:`collect` (``ssl-noise detections``) reads detection folders and selecting runs into one table.
+Detectors and sources: docs/methods.md#detectors-ssl_noisedetectpy-ssl-noise-detect
+Output folder: docs/formats.md#detection-folder
 """
 
 from __future__ import annotations

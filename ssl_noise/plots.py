@@ -1,18 +1,8 @@
-"""Figures of a results table (``runs/results.csv`` or a sweep's ``runs/sweeps/<name>.csv``), headless.
+"""Figures of a results table (``runs/results.csv`` or ``runs/sweeps/<name>.csv``), headless.
 
-* :func:`robustness_figure`: test accuracy (by default ``test_acc``: the clean test split at the epoch chosen on
-  validation, a column of :data:`ssl_noise.finetune.RESULT_COLUMNS`) against the noise rate, one line per
-  initialisation with a mean ± std band over seeds (noise seed x training seed), one panel per noise type (rows)
-  and noisy-label method + protocol (columns).
-* :func:`detection_figure`: detection quality (columns ``detect_*`` / ``detection_*`` that noisy-label detectors
-  add, e.g. ``detect_precision``, ``detect_recall``, ``detect_auroc``) against the noise rate, when present.
-* :func:`budget_figure`: active label refinement's test metric against the labels an oracle has supplied, from the
-  ``rounds.csv`` of ``ssl-noise refine`` sessions (:func:`budget_curves`), with optional reference lines (the CE
-  run on the same noisy labels is the number refinement has to beat).
-
-Clean runs (rate 0) belong to no noise type, so a noise-type panel without its own rate-0 runs borrows the clean
-runs of the same init and method. Rows whose noise came from a user's file (type ``file``, no rate) have no x value
-and are left out (the figures say how many). Same seeds give the same figure; nothing here trains or reads models.
+:func:`robustness_figure` (metric against noise rate, per init), :func:`detection_figure` (detection quality
+against noise rate) and :func:`budget_figure` (active refinement against oracle labels); nothing here trains.
+What each shows and how rows are grouped: docs/methods.md#study-figures-and-report-ssl_noisetablespy-plotspy-reportpy
 """
 
 from __future__ import annotations
@@ -189,9 +179,6 @@ def plot_results(source, out: str | Path, *, metric: str = DEFAULT_METRIC, pool:
     """Both figures of a results table (path, paths or DataFrame); returns the files written.
 
     ``pool``: one line per pretraining command rather than per registry entry (:func:`pool_reruns`).
-
-    >>> plot_results("runs/sweeps/demo.csv", "demo/robustness.png")   # doctest: +SKIP
-    [PosixPath('demo/robustness.png')]
     """
     frame = load_results(source)
     if pool:

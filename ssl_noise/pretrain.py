@@ -1,19 +1,9 @@
 """The self-supervised pretraining loop: images in, a registry entry out.
 
-``pretrain(cfg, ...)`` is a plain PyTorch loop shared by every method in ``ssl_noise.methods``. The method owns its
-views, heads and loss; the loop owns the rest:
-
-* data: the training split held in memory as uint8 (N, H, W, C); batches are index lookups, augmentation runs
-  batched on the training device (``ssl_noise.augment``), so nothing is decoded per step;
-* speed: bf16 autocast and ``channels_last`` on CPU and CUDA (about 2x fp32 for a ResNet-18 step on this CPU);
-* optimisation: SGD / Adam / LARS, linear warm-up then cosine decay per step, no weight decay on BN and bias;
-* monitoring: a faiss k-NN classifier on the validation split every ``knn_every`` epochs and at the end,
-  one JSON line per epoch in ``train_log.jsonl``, a tqdm bar with loss, samples/s and ETA;
-* resume: the full training state is saved after every epoch in a work folder outside the registry
-  (``<runs>/pretrain/<config hash>/``). All randomness of an epoch (sample order, augmentations) is re-seeded
-  from (seed, epoch, rank), so a resumed run repeats exactly what an uninterrupted run would have done;
-* scale-out: under ``torchrun`` each process trains on its shard (``DistributedSampler``), DDP averages
-  gradients, contrastive losses gather negatives from all processes, and rank 0 writes the entry.
+``pretrain(cfg, ...)`` is a plain PyTorch loop shared by every method in ``ssl_noise.methods``: the method owns its
+views, heads and loss; the loop owns data, precision, optimiser and schedule, the k-NN monitor, per-epoch resumable
+state, DDP and the registry write.
+What the loop does and why: docs/methods.md#self-supervised-pretraining-ssl_noisemethods
 """
 
 from __future__ import annotations

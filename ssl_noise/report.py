@@ -1,18 +1,8 @@
 """A study report from a results table: what each initialisation scored, and what SSL gained over random init.
 
-``write_report(results, "report.md")`` (or ``.html``) writes, next to the report, the figures of
-:mod:`ssl_noise.plots` and a document with
-
-1. mean ± std (n) of the metric (default ``test_acc``, clean test split at the validation-selected epoch) per noise
-   type, method and protocol: one row per init, one column per noise rate;
-2. the share of flipped training labels each init memorised (``train_memorised``), same layout;
-3. the gain of every other init over **random** init at each rate, paired: runs are matched on everything but the
-   init (dataset, protocol, method, noise type, rate, mode, epochs, ... and the pair (noise seed, training seed)),
-   so each pair saw identical noisy labels. Per rate: n pairs, mean and std of the difference, how many pairs the
-   SSL init won, and a two-sided paired t-test (scipy) or, without scipy, an exact sign test. With fewer than
-   five pairs the p-value is printed but is not evidence either way; the report says so next to the table;
-4. when the table holds noise-robust methods and ``ce``: the gain of each method over ``ce`` with the same init,
-   paired the same way (what the method adds on top of random or SSL init).
+``write_report(results, "report.md")`` (or ``.html``) writes score and memorisation tables, the paired gains of
+each init over random init and of each method over ``ce`` (t-test or sign test), and links the figures.
+How runs are paired and tested: docs/methods.md#study-figures-and-report-ssl_noisetablespy-plotspy-reportpy
 """
 
 from __future__ import annotations
@@ -60,6 +50,9 @@ def test_name() -> str:
     except ImportError:
         return "sign test"
     return "paired t-test"
+
+
+test_name.__test__ = False  # a helper, not a pytest test (pytest collects this file when it is named explicitly)
 
 
 def sign_test(diffs: np.ndarray) -> Optional[float]:
@@ -321,9 +314,6 @@ def write_report(source, out: str | Path, *, metric: str = tables.DEFAULT_METRIC
         figures: figures to link; by default :func:`ssl_noise.plots.plot_results` writes
             ``<out stem>_robustness.png`` (and ``..._detection.png``) next to the report.
         pool: one row per pretraining command rather than per registry entry (:func:`ssl_noise.tables.pool_reruns`).
-
-    >>> write_report("runs/sweeps/demo.csv", "demo/report.md")      # doctest: +SKIP
-    [PosixPath('demo/report.md'), PosixPath('demo/report_robustness.png')]
     """
     from ssl_noise.io import atomic_path
 

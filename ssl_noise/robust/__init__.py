@@ -3,7 +3,8 @@
 Adding a method (Co-teaching, VoG, HSA-NRL, a k-NN filter, ...): write ``ssl_noise/robust/<name>.py`` with a
 subclass of :class:`RobustMethod` (hooks and their contract: :mod:`ssl_noise.robust.base`) decorated with
 ``@ROBUST.register("<name>")``, and import it below. ``ssl-noise finetune --method <name>`` then runs it, and the
-tests parametrised over ``ROBUST`` exercise it (a tiny run end to end) without a new test.
+tests parametrised over ``ROBUST`` exercise it (a tiny run end to end) without a new test. The methods, their
+papers and deviations: docs/methods.md#noisy-label-methods-ssl_noiserobust
 """
 
 from ssl_noise.robust import ce, coteaching, hsa_nrl, knn_filter, nshe, vog  # noqa: F401  (fill the registry)

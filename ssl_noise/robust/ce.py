@@ -2,6 +2,7 @@
 
 It trusts every label, so under noise it first learns the clean majority and later memorises the flipped
 labels (Arpit et al. 2017, arXiv 1706.05394); ``history.npy`` and the ``memorised`` metric show exactly that.
+See docs/methods.md#ce-cepy
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
-"""Co-teaching (Han et al. 2018, arXiv 1804.06872): two networks pick small-loss samples for each other.
+"""Co-teaching (Han, Yao, Yu, Niu, Xu, Hu, Tsang & Sugiyama, NeurIPS 2018, arXiv 1804.06872).
 
-Both networks start from the same ``--init`` (heads drawn from different seeds, ``ctx.build_model(0)`` and
-``(1)``). In every batch each network ranks the samples by its own cross-entropy and keeps the
-``R = floor((1 - tau(e)) * B)`` smallest; its *peer* is updated on them (loss = sum of the peer's CE over the kept
-samples / R). Networks memorise noisy labels late, so early small-loss samples are mostly clean, and two networks
-with different heads filter different errors, which slows the drift a single self-selecting network would have.
-
-Forget rate: ``tau(e) = tau_max * min(e / T_k, 1)`` with 0-based epoch ``e`` (no samples dropped in the first
-epoch), ``tau_max = noise_estimate`` (default: ``ctx.noise_rate``, the expected wrong-label rate of the configured
-noise; a run on a noise file must give it) and ``T_k = num_gradual``. The paper and the ALR code use T_k = 10 (of
-200 and 50 epochs); with fewer epochs the default is ``min(10, max(1, epochs // 3))``, so the last two thirds of
-any run train at the full forget rate (30 epochs: 10, as in the paper).
-
-Evaluation and ``predict``: the sum of both networks' logits (as the ALR code). The history row is the softmax of
-that sum. ``selected`` (and so ``selected.npy``) is network 1's pick, which updates network 2; ALR's "clean set
-guessed by LNL" is network 1's pick in the last epoch: the ``kept`` output (int64 training rows), whose
-complement is the pool that ``ssl-noise refine`` relabels. Also ``selection_freq`` (share of epochs network 1
-picked the sample) and ``noise_score`` (network 1's eval-mode cross-entropy of the given label on un-augmented
-images after the last epoch; higher = more likely noisy). A run that outputs ``kept`` also saves its
-selected-epoch state as ``model.safetensors`` and gets a ``detection`` block in ``metrics.json``.
+Two networks from the same ``--init`` each pick their small-loss samples per batch and update their peer on them;
+the forget rate ramps up to the estimated noise rate. :mod:`ssl_noise.robust.vog` reuses its pieces.
+Details, defaults, outputs and deviations: docs/methods.md#co-teaching-coteachingpy
 """
 
 from __future__ import annotations

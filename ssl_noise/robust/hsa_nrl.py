@@ -1,27 +1,9 @@
 """HSA-NRL: hard-sample-aware noise-robust learning (Zhu et al., IEEE TMI 2021, arXiv 2112.03694; code
 bupt-ai-cz/HSA-NRL ``step1.py``), as explicit stages that run and can be inspected one by one.
 
-Per round (``rounds``, default 1, as the public code), on the samples still kept and their current labels:
-
-1. train plain cross-entropy and record the history (p of the given label per epoch; ``ctx.run_stage``, i.e. this
-   package's own loop with the run's config and init, so round 1 equals ``--method ce`` with the same seeds);
-2. :func:`split_easy_dirty`: the ``dirty_factor`` x ε̂ share with the lowest mean probability after
-   ``skip_epochs`` is *dirty*, the rest *easy* (ε̂ = ``noise_estimate``, default: the configured noise rate);
-3. :func:`inject_anchor_noise`: symmetric noise at ε̂ on the easy set (the anchors, with known flips); train on it
-   and record those histories (same epochs, so the trajectories have the same length);
-4. :func:`train_ehn`: an MLP on the raw trajectories (hidden 200, 500 full-batch SGD steps, lr 0.02, as coded)
-   learns flipped vs not; applied to the dirty samples' round-1 trajectories it calls each *noisy* or *hard*;
-5. :func:`correct_labels`: a correction model trained on easy + hard relabels the dirty set by its argmax; a dirty
-   sample is dropped where detector and correction disagree (hard but relabelled, noisy but unchanged).
-
-Then :class:`~ssl_noise.robust.nshe.NSHE` trains on the kept samples with their corrected labels
-(``ssl-noise finetune --method hsa_nrl`` runs everything in one run folder; the stage models' logs are
-``train_log_r<round>_<stage>.jsonl``, their arrays the ``.npy`` files of :data:`STAGE_OUTPUTS`).
-
-Open points the paper leaves (our choices): later rounds re-estimate ε̂ as what the previous round left,
-``(ε̂·n − relabelled − dropped) / n_kept``, and stop early below one expected wrong label; ``skip_epochs`` is capped
-at epochs − 1; the EHN verdict is its argmax (p(noisy) > 0.5), unweighted, as coded. The anchors are drawn with
-``noise.corrupt(mode="exact")`` so the injected rate is ε̂ up to rounding (the code samples, ``random_state=0``).
+Per round: CE with history, easy/dirty split, anchor noise, the EHN detector, label correction (the functions
+below); then :class:`~ssl_noise.robust.nshe.NSHE` on the kept, corrected samples, all in one run folder.
+Stages, outputs, our choices where the paper is open, deviations: docs/methods.md#hsa-nrl-hsa_nrlpy
 """
 
 from __future__ import annotations
@@ -165,8 +147,8 @@ def _full(n: int, values: np.ndarray, at: np.ndarray, fill, dtype) -> np.ndarray
 def label_correction(labels: np.ndarray, num_classes: int, run_stage: Callable, *, noise_estimate: float,
                      rounds: int = 1, dirty_factor: float = 1.5, skip: int = 10, hidden: int = 200, steps: int = 500,
                      lr: float = 0.02, seed: int = 0) -> Correction:
-    """Stages 1-5 for ``rounds`` rounds (module docstring). ``run_stage(rows, labels, *, name, predict=None) ->
-    (history, probs)`` trains a model (:attr:`FinetuneContext.run_stage`)."""
+    """Stages 1-5 for ``rounds`` rounds (docs/methods.md#hsa-nrl-hsa_nrlpy). ``run_stage(rows, labels, *, name,
+    predict=None) -> (history, probs)`` trains a model (:attr:`FinetuneContext.run_stage`)."""
     labels = np.asarray(labels, dtype=np.int64)
     n, current, keep, est = len(labels), labels.copy(), np.ones(len(labels), dtype=bool), float(noise_estimate)
     per_round: Dict[str, List[np.ndarray]] = {k: [] for k in STAGE_OUTPUTS}

@@ -1,14 +1,8 @@
-"""k-NN filter: drop (or relabel by neighbour vote) the samples whose neighbours in the frozen embedding of the
-run's initialisation disagree with their label, then train plain cross-entropy on the rest.
+"""k-NN filter (this project's; in the spirit of deep k-NN, Bahri, Jiang & Gupta, ICML 2020, arXiv 2004.12289).
 
-The training-free ``knn`` detector of :mod:`ssl_noise.detect` (weighted share of the k nearest neighbours, faiss,
-self excluded) run on the encoder the fine-tuning starts from, before any training: with an SSL encoder the
-neighbourhoods reflect the images only, so the filter uses exactly what self-supervised pretraining adds. A sample
-is flagged when its score is among the top ``noise_estimate`` share (default: the configured noise rate) or, with
-``threshold``, above it (0.5: the weighted majority of its neighbours disagrees). With nothing flagged the run is
-identical to ``--method ce``. Outputs: ``noise_score`` (the k-NN score), ``flagged`` (indices) and ``knn_labels``
-(labels trained on); the run's ``metrics.json`` gets the same ``detection`` block as the selecting methods (the
-flags against the known flips).
+Before any training, the ``knn`` detector of :mod:`ssl_noise.detect` runs on the frozen embedding of the run's own
+init; flagged samples are dropped or relabelled by their neighbours' vote, then plain cross-entropy trains.
+Flags, modes, outputs: docs/methods.md#k-nn-filter-knn_filterpy
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """NSHE (noise suppressing, hard enhancing): the training phase of HSA-NRL (Zhu et al., IEEE TMI 2021, arXiv
 2112.03694; code bupt-ai-cz/HSA-NRL ``NSHE.py`` and ``loss.py``), usable on its own or after HSA-NRL's correction.
 
-A student network and its EMA copy (mean teacher, momentum 0.999, same initialisation, no gradient) both record
-every sample's probability of its training label in every training forward pass. From the second epoch on:
-
-* **noise suppressing**: the ⌊φ·N⌋ samples the EMA copy is least sure of (highest u = 1 − p) are dropped from the
-  student's update (the crossed arrows of Co-teaching; the EMA's own "update" is the moving average, so the
-  student's ranking is recorded but, as in the public code, drops nothing);
-* **hard enhancing** (after ``warm_up`` epochs of plain mean cross-entropy over the kept samples): per-sample
-  weights from each sample's *own* last recorded probability.
-
-The weighting, and why it differs from the public code: ``loss.py`` multiplies a mean-reduced cross-entropy by the
-sum of weights looked up at *batch positions* (samples 0..B-1 of the dataset) instead of dataset indices, so it is a
-noisy global loss scale, not a per-sample weight. Here ``w_i = p_i ** weight_power`` (power 2 = the code's intended
-``(1 - u_i)²``) with ``p_i`` the student's last recorded probability of sample i's label (indexed by dataset
-index), normalised to mean 1 over the kept samples of the epoch, and the batch loss is
-``sum_i w_i CE_i / (number of kept samples in the batch)``: an unbiased mini-batch estimate of the dataset-level
-weighted risk ``mean_i w_i CE_i``, which equals plain cross-entropy when all weights are equal, so the learning
-rate keeps its meaning. Why ``p²`` and not a focal ``(1 - p)^γ``: it is the only weighting function a primary
-source shows (the paper's formula could not be read), and on an almost-clean set the residual wrong labels are
-exactly the low-``p`` samples HSA-NRL could not resolve; a focal weight would up-weight them. ``weight_power=0``
-turns the weighting off (ablation). Weights and drops are fixed per epoch, from the records of the previous one.
+A student and its EMA copy record each sample's p(label); the samples the EMA copy is least sure of are left out
+and, after a warm-up, each sample's loss is weighted by its own recorded probability.
+Details, defaults and deviations (the per-sample weighting): docs/methods.md#nshe-nshepy
 """
 
 from __future__ import annotations
@@ -103,7 +86,7 @@ class NSHEWarning(SslNoiseWarning):
 
 @ROBUST.register("nshe")
 class NSHE(RobustMethod):
-    """Student + EMA copy with cross sample dropping and per-sample re-weighting (see the module docstring).
+    """Student + EMA copy with cross sample dropping and per-sample re-weighting (docs/methods.md#nshe-nshepy).
 
     >>> from ssl_noise.robust import ROBUST
     >>> ROBUST["nshe"].Args().ema_momentum

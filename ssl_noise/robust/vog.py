@@ -1,32 +1,9 @@
-"""Co-teaching with Variance-of-Gradients selection (Khanal et al., MICCAI 2024, arXiv 2407.05973).
+"""Co-teaching with Variance-of-Gradients selection: Active Label Refinement's training phase (Khanal et al.,
+MICCAI 2024, arXiv 2407.05973), with VoG from Agarwal, D'souza & Hooker (CVPR 2022, arXiv 2008.11600).
 
-Loss-only selection throws away clean samples that are merely hard, and in imbalanced data these are mostly the
-minority classes. VoG (Agarwal et al. 2022, arXiv 2008.11600) measures how much a sample's gradient changes across
-training; a sample whose gradient is stable is learnt consistently, whatever its loss. After the warm-up each
-network keeps, per batch, ``R - floor(lambda * R)`` samples by small loss and the ``floor(lambda * R)`` samples of
-*lowest VoG among the rest* (``lambda = mix_ratio``, default 0.2), then Co-teaching's cross update as usual.
-
-Gradient vector, as the ALR code (not the original pixel-space VoG): the per-sample gradient of the cross-entropy
-with respect to the final layer's row of the given label y, in closed form from the features h and the softmax p:
-``dL/dW_y = (p_y - 1) h`` and ``dL/db_y = p_y - 1``, i.e. ``(p_y - 1) * [h, 1]`` (D + 1 values; no backward pass,
-no BackPACK). Unlike ALR it is the gradient of the sample's own loss, not of a batch mean (no 1/B factor).
-VoG_i = mean over the D + 1 dimensions of the population standard deviation across the last ``vog_window`` epochs
-(default 5); no per-class normalisation (as ALR; the original VoG normalises within class).
-
-Where the vectors come from (``vog_inputs``):
-
-* ``eval`` (default): after each epoch, one forward pass per network over the un-augmented training images in eval
-  mode (``ctx.batches(augment=False)``). BatchNorm statistics are not touched and the vectors change only because
-  the network did, which is what VoG is meant to measure. ALR instead ran an extra pass on augmented images in train
-  mode, which mixes augmentation noise into the variance and moves the BN running statistics (a defect).
-  Cost: one forward per network per epoch, only in the epochs whose vectors are used
-  (from ``max(0, warmup - vog_window)`` on).
-* ``train``: the vectors of the training forward pass itself (train mode, augmented), at no extra forward pass.
-
-Memory: only a rolling window of ``vog_window`` epochs is kept, float16, (W, N, D + 1) per network (BloodMNIST,
-ResNet-18: 5 x 11959 x 513 x 2 B = 61 MB each), on the training device. VoG mixes in from epoch ``warmup`` (default
-``num_gradual``, as ALR: loss-only until the forget-rate ramp ends) once at least two epochs are in the window.
-Outputs: Co-teaching's plus ``vog`` (network 1's latest VoG per sample, NaN before any).
+After the warm-up, part of each network's pick is the lowest-VoG samples among those loss alone would reject, so
+clean but hard samples (often minority classes) stay in training.
+Details, defaults, memory and deviations: docs/methods.md#vog-vogpy
 """
 
 from __future__ import annotations
