@@ -1,4 +1,4 @@
-"""``ssl-noise refine``: active label refinement of the samples an LNL run rejected (ssl_noise/refine.py)."""
+"""``ssl-noise refine``: active label refinement of the samples an LNL run rejected (ssl_noise/refine/)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,81 @@
+"""The expert oracle's second half: read a filled-in review sheet and run the round it completes.
+
+Answers are checked in full before anything is written (every sample under review answered exactly once, with a
+known class index or name), so a bad file changes nothing. Format: docs/formats.md (refinement session).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ssl_noise.errors import UserError
+from ssl_noise.io import read_csv_strict
+from ssl_noise.refine.run import load_run
+from ssl_noise.refine.session import Session, open_session
+
+
+def read_answers(path: str | Path, session: Session) -> np.ndarray:
+    """The expert's labels for the samples awaiting review, in their order; UserError on any problem."""
+    path, run = Path(path), session.run
+    frame = read_csv_strict(path, what="answer file", columns=("index", "label"))
+    rows = np.asarray(session.state["pending"]["rows"], np.int64)
+    wanted = {int(i): k for k, i in enumerate(run.index[rows])}
+    out, seen = np.full(len(rows), -1, np.int64), set()
+    for line, (raw_index, raw_label) in enumerate(zip(frame["index"].str.strip(), frame["label"].str.strip()), 2):
+        if not raw_index.lstrip("+-").isdigit():
+            raise UserError(f"{path} line {line}: index {raw_index!r} is not an integer")
+        index = int(raw_index)
+        if index not in wanted:
+            where = ("a training sample of this run" if index not in set(run.index.tolist())
+                     else "among the samples under review")
+            raise UserError(f"{path} line {line}: index {index} is not {where}")
+        if index in seen:
+            raise UserError(f"{path} line {line}: index {index} is answered twice")
+        seen.add(index)
+        out[wanted[index]] = _label(raw_label, run.class_names, run.data.num_classes, f"{path} line {line}", index)
+    if (out < 0).any():
+        missing = run.index[rows][out < 0]
+        raise UserError(f"{path} answers {len(rows) - len(missing)} of the {len(rows)} samples under review; "
+                        f"missing: index {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
+    return out
+
+
+def _label(raw: str, class_names: List[str], num_classes: int, where: str, index: int) -> int:
+    """A class given by name or index (``where`` and ``index`` place the error).
+
+    >>> _label("b", ["a", "b"], 2, "f line 2", 7), _label("0", ["a", "b"], 2, "f line 2", 7)
+    (1, 0)
+    """
+    names = {n: k for k, n in enumerate(class_names)}
+    if raw in names:
+        return names[raw]
+    if raw.lstrip("+-").isdigit() and 0 <= int(raw) < num_classes:
+        return int(raw)
+    raise UserError(f"{where}: label {raw!r} of index {index} is not a class "
+                    f"(0..{num_classes - 1} or a name: {', '.join(class_names)})")
+
+
+def import_review(run_folder: str | Path, answers: str | Path, *, name: Optional[str] = None,
+                  data_root: Optional[str] = None, device: str = "cpu", show_progress: bool = True) -> tuple:
+    """Merge an expert's answers into the session awaiting them and run that round.
+
+    Returns ``(session folder, the round's rounds.csv row)``; raises UserError (nothing changed) on a bad file.
+    """
+    folder = Path(run_folder)
+    waiting = sorted(p.parent.name for p in (folder / "refine").glob("*/state.json")
+                     if json.loads(p.read_text()).get("pending") and (name is None or p.parent.name == name))
+    if not waiting:
+        raise UserError(f"no refine session of {folder} awaits answers"
+                        f"{f' under the name {name}' if name else ''}; run `ssl-noise refine export` first")
+    if len(waiting) > 1:
+        raise UserError(f"several refine sessions await answers ({', '.join(waiting)}); pass --name")
+    run = load_run(folder, data_root=data_root)
+    session = open_session(run, waiting[0], {}, device=device)
+    labels = read_answers(answers, session)
+    pending = session.state["pending"]
+    return session.folder, session.complete_round(np.asarray(pending["rows"], np.int64),
+                                                  np.asarray(pending["score"]), labels, show_progress=show_progress)
