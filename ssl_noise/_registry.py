@@ -1,7 +1,7 @@
 """Name -> object registries filled by decorators (``BACKBONES``, ``METHODS``, ``ROBUST``, ...).
 
-A registry is a plain dict with two rules that a dict does not enforce: registering a name twice is a bug
-(it would silently replace a method), and looking up an unknown name is a user error that lists the choices.
+A plain dict with two rules a dict does not enforce: registering a name twice is a bug (it would silently replace
+a method), and looking up an unknown name is a user error that lists the choices.
 
 >>> WIDGETS = Registry("widget")
 >>> @WIDGETS.register("spanner")

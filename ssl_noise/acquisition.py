@@ -1,22 +1,8 @@
 """Acquisition functions for active label refinement: which rejected samples an oracle should relabel next.
 
-Each function takes a *pool view* (what the current model says about the pool, computed lazily so a function pays
-only for what it reads), the budget B and an explicit ``numpy.random.Generator``, and returns
-``(picks, scores)``: B distinct positions into the pool, highest priority first, and a (P,) score per pool sample
-(higher = acquired earlier; written next to each acquired sample). The view (:class:`ssl_noise.refine.PoolView`,
-or any object with these methods) offers:
-
-* ``probs()``: (P, K) eval-mode softmax on the un-augmented pool images;
-* ``mc_probs()``: (T, P, K) softmax of T stochastic passes (BALD);
-* ``features()`` / ``labelled_features()``: (P, D) and (L, D) L2-normalised encoder features of the pool and of
-  the samples already trained on (core-set).
-* ``size``: P, the number of pool samples (random).
-
-Definitions follow ALR's ``active_learning_strategies.py`` (itself from ej0cl6/deep-active-learning): entropy
-(Shannon entropy of the prediction), least confidence (1 - max probability), margin (top-1 minus top-2 probability,
-smallest first), BALD (Houlsby et al. 2011, arXiv 1112.5745: entropy of the mean prediction minus the mean entropy),
-core-set (Sener & Savarese 2018, arXiv 1708.00489: greedy k-centre, the labelled samples as initial centres) and
-random. Ties go to the earlier pool position.
+One function per strategy in :data:`ACQUISITION` (entropy, least confidence, margin, BALD, core-set, random), so
+``ssl-noise refine --acquisition`` can name any of them; definitions and sources: docs/methods.md, "Active label
+refinement".
 """
 
 from __future__ import annotations
@@ -29,7 +15,12 @@ from ssl_noise._registry import Registry
 
 Acquired = Tuple[np.ndarray, np.ndarray]  # (B,) int64 pool positions, (P,) float64 scores
 
-#: name -> fn(view, budget, rng) -> (picks, scores). Register with ``@ACQUISITION.register("name")``.
+#: name -> fn(view, budget, rng) -> (picks, scores): B distinct pool positions, highest priority first, and a (P,)
+#: score per pool sample (higher = acquired earlier; ties go to the earlier position). Register with
+#: ``@ACQUISITION.register("name")``. The view (:class:`ssl_noise.refine.PoolView`, or any object with these) is
+#: lazy, so a function pays only for what it reads: ``probs()`` (P, K) eval-mode softmax on un-augmented pool
+#: images; ``mc_probs()`` (T, P, K) softmax of T stochastic passes; ``features()`` / ``labelled_features()``
+#: (P, D) / (L, D) L2-normalised features of the pool and of the samples trained on; ``size`` (P).
 ACQUISITION: Registry[Callable[[Any, int, np.random.Generator], Acquired]] = Registry("acquisition function")
 
 

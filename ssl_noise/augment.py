@@ -1,17 +1,8 @@
 """Batched, per-sample image augmentation on tensors, on whatever device the model runs on.
 
-Why not torchvision/lightly transforms: those work one PIL image (or one tensor) at a time, so a 28 px SimCLR
-batch of 256 costs thousands of small Python calls per step, which on a 2-core CPU competes with the model for the
-same cores. Here every random parameter is drawn for the whole batch at once from an explicit
-``torch.Generator`` and applied with a handful of tensor ops (one ``grid_sample`` for crop + flips, a few
-element-wise ops for colour), so augmentation is a few percent of a training step and bitwise reproducible.
-
-The operations and their parameter names follow lightly's ``SimCLRTransform``/``MoCoV2Transform`` so recipes
-read the same: ``min_scale``, ``hf_prob``, ``vf_prob``, ``rr_prob`` (90° rotations), ``cj_prob``, ``cj_bright``,
-``cj_contrast``, ``cj_sat``, ``cj_hue``, ``random_gray_scale``. Colour-jitter order is fixed
-(brightness, contrast, saturation, hue) where torchvision shuffles it; the distribution of outputs is close and
-the fixed order keeps the code vectorised. Gaussian blur is left out on purpose: at 28 px it destroys the
-image (lightly's own CIFAR advice), and it is rarely used above 64 px for microscopy in our recipes.
+torchvision and lightly transforms work one image at a time, which at 28 px costs more than the model step; here
+every random parameter is drawn for the whole batch from an explicit ``torch.Generator`` and applied with a few
+tensor ops (one ``grid_sample`` for crop + flips), so augmentation is cheap and bitwise reproducible.
 """
 
 from __future__ import annotations
@@ -28,7 +19,12 @@ from ssl_noise.errors import UserError
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Parameters of one augmentation pipeline (a recipe's ``augment:`` mapping)."""
+    """Parameters of one augmentation pipeline (a recipe's ``augment:`` mapping).
+
+    Names follow lightly's ``SimCLRTransform``/``MoCoV2Transform`` so recipes read the same. Colour-jitter order is
+    fixed (brightness, contrast, saturation, hue) where torchvision shuffles it, which keeps the code vectorised.
+    Gaussian blur is left out on purpose: at 28 px it destroys the image (lightly's own CIFAR advice).
+    """
 
     min_scale: float = 0.2          # RandomResizedCrop area range is (min_scale, 1)
     hf_prob: float = 0.5            # horizontal flip

@@ -1,21 +1,8 @@
 """Backbones: torchvision ResNets with a stem that fits the image size, and nothing else of our own.
 
-Why torchvision and not a hand-written ResNet: the registry promises weights whose keys are *exactly* those of
-``torchvision.models.resnet18()`` minus ``fc``, so anyone can load them into a plain torchvision model with
-``strict=True`` (ecosystem notes §3.1: the most requested feature in SSL libraries). The only surgery we do is
-documented here and repeated, on purpose without any ssl-noise helper, in :func:`plain_torchvision_resnet`:
-
-* ``fc = nn.Identity()``: ``forward`` returns the pooled features ``(B, feat_dim)``; heads live in the methods.
-* ``stem="cifar"`` (MedMNIST's ResNet (28) layout): ``conv1`` becomes a 3×3, stride-1, padding-1 conv without bias,
-  and ``maxpool`` becomes ``nn.Identity()``. The ImageNet stem (7×7 stride 2 + max-pool) shrinks a 28 px image to
-  7 px before the first block, which throws away most of the detail a small medical image has.
-* ``in_channels``: ``conv1`` is rebuilt for grey (1) or multi-channel input; every other layer is untouched.
-
-Use :func:`default_stem` to pick the stem from the image size (below 64 px: ``cifar``).
-
->>> model, feat_dim = build_backbone("resnet18", stem="cifar", in_channels=1)
->>> feat_dim
-512
+torchvision, not a hand-written ResNet, because registry weights promise keys *exactly* those of
+``torchvision.models.resnet18()`` minus ``fc``, so anyone can load them with ``strict=True`` into a plain
+torchvision model (docs/formats.md, "Registry entry"). :func:`default_stem` picks the stem from the image size.
 """
 
 from __future__ import annotations
@@ -71,6 +58,11 @@ def default_stem(image_size: int) -> str:
 
 def build_backbone(name: str, *, stem: str = "cifar", in_channels: int = 3) -> Tuple[nn.Module, int]:
     """Build a randomly initialised torchvision ResNet without its classifier.
+
+    The only surgery (repeated with torchvision calls alone in :func:`plain_torchvision_resnet`): ``fc`` becomes
+    ``nn.Identity()``, so ``forward`` returns pooled features (heads live in the methods); ``stem="cifar"``
+    (MedMNIST's ResNet (28) layout) makes ``conv1`` a 3×3 stride-1 conv and drops the max-pool, since the ImageNet
+    stem shrinks a 28 px image to 7 px before the first block; ``conv1`` takes ``in_channels``.
 
     Args:
         name: a key of :data:`BACKBONES` (``resnet18``, ``resnet34``, ``resnet50``).
@@ -140,8 +132,6 @@ def load_imagenet_backbone(name: str, *, stem: str = "imagenet", in_channels: in
 
     Raises:
         UserError: unknown name, or the weights are neither cached nor downloadable (offline machine).
-
-    >>> model, d = load_imagenet_backbone("resnet18", stem="cifar", in_channels=1)  # doctest: +SKIP
     """
     model, feat_dim = build_backbone(name, stem=stem, in_channels=in_channels)
     state = {k: v for k, v in _imagenet_state_dict(name).items() if not k.startswith("fc.")}

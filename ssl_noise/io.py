@@ -32,8 +32,13 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``, on failure delete it.
 
-    >>> with atomic_path("out.csv") as tmp:          # doctest: +SKIP
-    ...     frame.to_csv(tmp)
+    >>> out = Path(tempfile.mkdtemp()) / "out.csv"
+    >>> with atomic_path(out) as tmp:
+    ...     _ = tmp.write_text("a,b\\n1,2\\n")
+    ...     out.exists()
+    False
+    >>> out.read_text()
+    'a,b\\n1,2\\n'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

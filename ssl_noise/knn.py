@@ -1,13 +1,8 @@
 """k-nearest-neighbour evaluation and neighbourhoods in an encoder's feature space, on faiss.
 
-Three users: the pretraining monitor (how good is the encoder so far?), ``ssl-noise knn`` (evaluate any registry
-entry by k-NN and by a linear probe), and the training-free noisy-label detector (do a sample's neighbours
-disagree with its label?). Features are L2-normalised so inner product = cosine similarity, and faiss's exact
-``IndexFlatIP`` does the search in chunks without materialising an N×N matrix (a dense matmul, as in lightly's
-``knn_predict``, needs N_query × N_bank floats at once).
-
-The vote is the weighted k-NN of Wu et al. 2018 (arXiv 1805.01978) used by lightly and solo-learn:
-each neighbour votes for its label with weight exp(similarity / t); defaults k=200, t=0.1.
+Used by the pretraining monitor, ``ssl-noise knn`` (k-NN and linear probe of a registry entry) and the
+training-free noisy-label detector. Features are L2-normalised, so faiss's exact ``IndexFlatIP`` searches by cosine
+similarity in chunks, never materialising an N x N matrix.
 """
 
 from __future__ import annotations
@@ -75,7 +70,11 @@ def search(bank: np.ndarray, queries: np.ndarray, k: int, *,
 
 
 def vote(sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, t: float = 0.1) -> np.ndarray:
-    """Weighted class scores (Nq, num_classes) from neighbour similarities and labels, each (Nq, k)."""
+    """Weighted class scores (Nq, num_classes) from neighbour similarities and labels, each (Nq, k).
+
+    The weighted k-NN of Wu et al. 2018 (arXiv 1805.01978), as in lightly and solo-learn: each neighbour votes for
+    its label with weight ``exp(similarity / t)``; rows are normalised to sum to 1.
+    """
     weights = np.exp(np.nan_to_num(sims.astype(np.float64), nan=-1.0, neginf=-1.0) / t)
     scores = np.zeros((len(sims), num_classes))
     rows = np.repeat(np.arange(len(sims)), sims.shape[1])

@@ -1,22 +1,8 @@
 """Metrics of a classifier trained on noisy labels: how well it classifies, and how much of the noise it learnt.
 
-Three kinds, all pure functions over numpy arrays (``y``: (N,) int labels, ``probs``: (N, K) softmax rows):
-
-* :func:`classification_metrics`: accuracy and AUC exactly as MedMNIST defines them (``medmnist.evaluator``'s
-  ``getACC``/``getAUC`` are called, so the numbers compare with the MedMNIST v2 table), plus balanced accuracy,
-  macro-F1 and MCC (scikit-learn) and per-class accuracy (recall). MedMNIST's ACC is top-1 accuracy of the
-  argmax (binary tasks: ``p(class 1) > 0.5``, the same decision for two softmax columns); its AUC is the
-  *unweighted* mean over classes of the one-vs-rest ROC AUC of each class's score column (binary tasks: the AUC of
-  ``p(class 1)``, which equals that mean). MedMNIST's AUC fails when a class is missing from ``y``; there the
-  mean runs over the classes that have both positives and negatives and ``auc_classes`` says how many did.
-* :func:`memorisation`: predictions on the training split against the noisy and the clean labels. On flipped
-  samples, ``memorised`` is the share predicted as their (wrong) given label and ``corrected`` the share predicted
-  as their true class; a network that memorises the noise drives ``memorised`` to 1 late in training.
-* :func:`detection_metrics`: precision, recall, F1 and AUROC of a noisy-label detector against the known flips.
-
-Undefined values (a metric over zero samples, a diverged network) are ``None`` so ``metrics.json`` stays strict
-JSON. Metric names are short keys (``acc``, ``auc``, ``balanced_acc``, ``macro_f1``, ``mcc``); the caller
-prefixes the split (``test_acc``).
+Pure functions over numpy arrays: classification (ACC and AUC exactly as MedMNIST defines them, so numbers compare
+with its benchmark table), memorisation of the flipped labels, and detection of them. Undefined values are
+``None`` so ``metrics.json`` stays strict JSON; definitions per key: docs/formats.md, "Run folder".
 """
 
 from __future__ import annotations
@@ -32,6 +18,10 @@ SCALARS = ("acc", "auc", "balanced_acc", "macro_f1", "mcc")
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, *, task: str = "multi-class") -> Dict[str, Any]:
     """ACC and AUC (MedMNIST definitions), balanced accuracy, macro-F1, MCC and per-class accuracy.
+
+    ``medmnist.evaluator``'s ``getACC``/``getAUC`` are called: top-1 accuracy of the argmax, and the *unweighted*
+    mean over classes of the one-vs-rest ROC AUC. MedMNIST's AUC fails when a class is missing from ``y``; then the
+    mean runs over the classes that have both positives and negatives and ``auc_classes`` says how many did.
 
     Args:
         y: (N,) integer labels in 0..K-1 (the clean test labels, or whatever is being scored against).

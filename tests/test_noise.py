@@ -11,6 +11,7 @@ from ssl_noise import noise
 from ssl_noise.cli import main
 from ssl_noise.errors import UserError
 from ssl_noise.noise import NOISE_TYPES, MajorityNoiseError, NoiseWarning
+from ssl_noise.noise.corruption import _corrupt_sampled_loop
 
 K = 8
 
@@ -210,7 +211,7 @@ def test_vectorised_matches_loop_reference(name):
     labels, T = labels_for(3_000, seed=5), build(name, K, 0.4)
     rng_a, rng_b = np.random.default_rng(11), np.random.default_rng(11)
     fast = noise.corrupt(labels, T, rng=rng_a).noisy
-    slow = noise._corrupt_sampled_loop(labels, T, rng=rng_b)
+    slow = _corrupt_sampled_loop(labels, T, rng=rng_b)
     np.testing.assert_array_equal(fast, slow)
     assert rng_a.random() == rng_b.random()  # both consumed the generator identically
 
@@ -219,7 +220,7 @@ def test_loop_reference_on_zero_probability_entries():
     T = np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.3, 0.0, 0.7]])
     labels = labels_for(3_000, K=3)
     fast = noise.corrupt(labels, T, rng=np.random.default_rng(2)).noisy
-    np.testing.assert_array_equal(fast, noise._corrupt_sampled_loop(labels, T, rng=np.random.default_rng(2)))
+    np.testing.assert_array_equal(fast, _corrupt_sampled_loop(labels, T, rng=np.random.default_rng(2)))
     counts = np.zeros((3, 3), dtype=int)
     np.add.at(counts, (labels, fast), 1)
     assert (counts[T == 0] == 0).all()

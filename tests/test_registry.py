@@ -17,6 +17,7 @@ from ssl_noise import registry
 from ssl_noise.backbones import build_backbone
 from ssl_noise.cli import main
 from ssl_noise.errors import UserError
+from ssl_noise.io import file_digest
 
 
 def _meta(**overrides: Any) -> Dict[str, Any]:
@@ -56,7 +57,7 @@ def test_round_trip(tmp_path: Path) -> None:
     folder = tmp_path / entry_id
     meta = json.loads((folder / "meta.json").read_text())
     assert entry_id == f"simclr-resnet18-bloodmnist-e1-s0-{meta['sha256'][:8]}" == meta["id"]
-    assert meta["sha256"] == registry.file_digest(folder / "encoder.safetensors")
+    assert meta["sha256"] == file_digest(folder / "encoder.safetensors")
     assert meta["normalisation"] == {"mean": [0.25] * 3, "std": [0.5] * 3}  # numbers, not "0.25" strings
     assert json.loads((folder / "permutations.json").read_text()) == [[1, 0], [0, 1]]
     assert meta["schema_version"] == 1 and meta["versions"]["torch"] and "created_at" in meta and "git" in meta
@@ -148,7 +149,7 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def broken_write_json(path, obj):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(registry, "write_json", broken_write_json)
+    monkeypatch.setattr(registry.entries, "write_json", broken_write_json)
     with pytest.raises(RuntimeError, match="disk on fire"):
         _save(tmp_path)
     assert list(tmp_path.iterdir()) == []  # no entry, no hidden temp folder

@@ -1,23 +1,8 @@
 """The data layer: one call, :func:`load_dataset`, turns a dataset spec into in-memory uint8 arrays.
 
-Every stage (pretraining, fine-tuning, evaluation) names its data with one string, so recipes, the CLI and
-run records all use the same spelling. A spec is one of:
-
-==============================  ===================================================================================
-``bloodmnist``                  a 2D MedMNIST flag (``ssl-noise data list``); the image size comes from ``size``
-                                (28, 64, 128, 224); the file is found in the data roots or downloaded and verified
-``path/to/file.npz``            any MedMNIST-format archive (also ``npz:PATH``); class names from the catalogue
-                                when the file name starts with a flag, md5 ``OK`` only if it is an official file
-``folder:PATH``                 ``PATH/<class>/<image>`` or ``PATH/{train,val,test}/<class>/<image>``
-``csv:PATH``                    a manifest with columns ``path,label[,split]``
-``chaoyang:PATH``               a folder with Chaoyang's ``train.json`` and ``test.json``
-``synthetic``                   the learnable synthetic set; parameters as ``synthetic:num_classes=6,n_train=200``
-                                (n_train, n_val, n_test, num_classes, channels, size, seed)
-==============================  ===================================================================================
-
-Image files (folder, csv, chaoyang) are resized to ``size``; archives keep their own size. Splits missing from
-file sources are drawn with a fixed split seed (see :mod:`ssl_noise.data.files`), never with ``seed``, so the
-test images are the same in every compared run; ``seed`` only picks the optional train ``subset``.
+Every stage names its data with one string (``bloodmnist``, ``path.npz``, ``folder:PATH``, ``csv:PATH``,
+``chaoyang:PATH``, ``synthetic[:k=v,...]``), so recipes, the CLI and run records spell it the same way.
+Spec syntax and guarantees: docs/formats.md, "Dataset specs".
 """
 
 from __future__ import annotations
@@ -61,7 +46,7 @@ def spec_label(spec: str) -> str:
 
 def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, size: int = 28,
                  subset: Optional[int] = None, seed: int = 0, download: bool = True) -> ImageDataset:
-    """Load the dataset named by ``spec`` (see the module docstring for the syntax).
+    """Load the dataset named by ``spec`` (syntax: docs/formats.md, "Dataset specs").
 
     Args:
         spec: A MedMNIST flag, a path to an ``.npz``, ``folder:PATH``, ``csv:PATH``, ``chaoyang:PATH`` or

@@ -1,12 +1,8 @@
 """The MedMNIST 2D catalogue: which flags exist, their classes, splits, download urls and official md5s.
 
-The facts come from ``medmnist.INFO`` (the ``medmnist`` 3.x package) rather than a hand-copied table, so a new
-release of the catalogue is picked up by upgrading the package. ``import medmnist`` pulls in torch (seconds);
-the catalogue only needs the plain dict in ``medmnist/info.py``, so that file is loaded on its own unless the
-package is already imported. 3D flags are left out: ssl-noise trains 2D classifiers.
-
-A second, smaller table lists mirrors: PyPI wheels that carry byte-identical copies of some official files, for
-machines that reach a package index but not the web.
+The facts come from ``medmnist.INFO`` rather than a hand-copied table, so a new catalogue arrives with a package
+upgrade; only ``medmnist/info.py`` is loaded (``import medmnist`` pulls in torch). A second table lists mirrors:
+PyPI wheels with byte-identical copies of some official files, for machines that reach a package index only.
 """
 
 from __future__ import annotations

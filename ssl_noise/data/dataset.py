@@ -1,12 +1,8 @@
 """The one in-memory shape every loader returns, and the seeded stratified splits and subsets built on it.
 
-Whatever the source (a MedMNIST archive, an image folder, a CSV manifest, synthetic data), the rest of ssl-noise
-sees the same thing: uint8 ``N×H×W×C`` images and int64 labels per split, the class names, and where the data
-came from (path, md5 and whether that md5 is the official one). Keeping the arrays in memory is what makes
-28-224 px medical sets fast to train on, and it lets every check (label range, shapes) happen once, here.
-
-Subsets keep the original train-split positions in ``train_indices`` so that noisy-label files written for a
-subset still name rows of the full, published split.
+Whatever the source, the rest of ssl-noise sees uint8 ``N×H×W×C`` images and int64 labels per split, the class
+names and where the data came from; in memory because that is what makes 28-224 px sets fast to train on, and
+checked once, here. Guarantees (subsets keep ``train_indices``): docs/formats.md, "Dataset specs".
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Image sets stored as files: class-per-folder trees, CSV manifests and the Chaoyang JSON layout.
 
-These sources hold full-size PNG/JPEG/TIFF files. Each image is decoded once with PIL, resized to a square
-``size`` and kept in memory as uint8, so training reads arrays exactly as it does for MedMNIST. A set is gray
-(``L``, one channel) when every file is gray, else every file is converted to RGB, so one set never mixes
-channel counts. 16-bit images (common for X-ray) are scaled to 8 bit per image.
-
-When the source gives no validation or test split, one is drawn stratified by class with ``split_seed``. The
-split seed defaults to 0 and is deliberately separate from the subset/training seed: a dataset's test images
-must be the same in every run that is compared.
+Each image is decoded once with PIL, resized to a square ``size`` and kept as uint8, so training reads arrays as
+it does for MedMNIST. Gray/RGB, 16-bit and missing-split rules (a split seed separate from every training seed):
+docs/formats.md, "Dataset specs".
 """
 
 from __future__ import annotations

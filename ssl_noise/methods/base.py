@@ -1,19 +1,7 @@
-"""What every self-supervised method provides, and nothing more.
+"""What every self-supervised method provides, and nothing more: the :class:`SSLMethod` contract and ``METHODS``.
 
-A method is an ``nn.Module`` that owns the encoder (``self.backbone``, a torchvision ResNet with ``fc`` removed)
-plus its own heads, turns a batch of clean images into its views, and returns a scalar loss. The training loop
-(``ssl_noise.pretrain``) owns everything else: data, optimiser, schedule, precision, DDP, logging, checkpoints.
-That split keeps each method file readable on its own (about 100-200 lines) and lets one loop serve all methods.
-
-Contract with the loop:
-
-* ``forward(x, g)`` is the training step: ``x`` is a float batch (B, C, H, W) in [0, 1] on the training device
-  (un-normalised, un-augmented), ``g`` the ``torch.Generator`` that every random choice must use (so a run is
-  reproducible and resumable). It returns the loss. It is ``forward`` so that DDP's gradient hooks work.
-* ``on_step_end(progress)`` runs after each optimiser step with the fraction of training done (MoCo's momentum
-  encoder update and schedule live here).
-* ``extra_files()`` returns JSON-able objects to store with the registry entry (jigsaw's permutation set).
-* ``check_input(spec, args)`` rejects impossible set-ups before any work (jigsaw on images too small to tile).
+A method owns the encoder and its heads, makes its views and returns a loss; the loop (``ssl_noise.pretrain``) owns
+everything else. That split keeps each method file readable on its own and lets one loop serve all methods.
 """
 
 from __future__ import annotations
@@ -50,7 +38,19 @@ def distributed() -> bool:
 
 
 class SSLMethod(nn.Module):
-    """Base class: holds the backbone, the input spec and the parsed method arguments."""
+    """Base class: holds the backbone, the input spec and the parsed method arguments.
+
+    Contract with the training loop:
+
+    * ``forward(x, g)`` is the training step: ``x`` is a float batch (B, C, H, W) in [0, 1] on the training device
+      (un-normalised, un-augmented), ``g`` the ``torch.Generator`` every random choice must use (so a run is
+      reproducible and resumable). It returns the loss; it is ``forward`` so that DDP's gradient hooks work.
+    * ``on_step_end(progress)`` runs after each optimiser step (MoCo's momentum update lives here).
+    * ``extra_files()`` returns JSON-able objects stored with the registry entry (jigsaw's permutation set).
+    * ``check_input(spec, args)`` rejects impossible set-ups before any work (jigsaw on images too small to tile).
+
+    ``self.backbone`` is a torchvision ResNet with ``fc`` removed; it is what the registry saves.
+    """
 
     Args: ClassVar[Type] = NoArgs
 

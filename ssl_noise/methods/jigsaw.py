@@ -1,24 +1,9 @@
-"""Jigsaw puzzles: cut an image into a grid of tiles, shuffle them with one of a fixed set of permutations, and
-classify which permutation was used from the tiles' features.
+"""Jigsaw puzzles (Noroozi & Favaro, ECCV 2016, arXiv 1603.09246): shuffle a grid of tiles with one of a fixed set of
+permutations and classify which one from the tiles' features.
 
-Choices, and where they differ from the paper:
-
-* **Permutation set**: greedy max-min Hamming selection over all ``9!`` permutations (3×3 grid; larger grids use a
-  seeded pool of random candidates), see :func:`hamming_permutations`. The paper's Algorithm 1 is greedy too but,
-  as we read it, ranks candidates by their summed distance to the set; max-min guarantees a floor (for 100
-  permutations at least 6 of 9 positions differ; no set of more than 72 can reach 8). Saved as ``permutations.json``.
-* **Tiles keep their native size** (``cell - jitter`` px, no resizing) and go through the shared tile encoder,
-  ``self.backbone``, a full ResNet, so the exported encoder is the usual whole-image one. With the cifar stem 4 px
-  tiles still work; the ImageNet stem (32× downsampling) reduces tiles below ~32 px to 1×1 maps early, so prefer the
-  cifar stem (or ``grid: 2``) for images below ~100 px. ``check_input`` only sees the size and enforces 4 px tiles.
-* **Shortcut blockers**: each tile is cut at a random offset inside its cell (the paper's gap, so edges do not line
-  up), and colour jitter / grayscale is drawn independently per tile (the paper normalises every tile on its own
-  against low-level cues). Tiles are then normalised with the data set statistics, so the encoder sees the same
-  input range as on whole images.
-* The whole image first gets the spec's crop/flip augmentation; flips and quarter turns do not make the label
-  ambiguous, since the tiles turn with the image.
-* One MLP on the concatenated tile features (``grid² · F -> hidden_dim -> num_permutations``); the paper has a
-  per-tile fc layer before the concatenation.
+The whole image first gets the spec's crop/flip augmentation (flips and quarter turns cannot make the label
+ambiguous: the tiles turn with the image). Permutation set, tile sizes and shortcut blockers: docs/methods.md,
+"Jigsaw", and :func:`hamming_permutations`.
 """
 
 from __future__ import annotations
@@ -100,7 +85,8 @@ def hamming_permutations(n: int, grid_cells: int = 9, seed: int = 0) -> np.ndarr
     Greedy max-min selection: a seeded random first permutation, then each step adds the candidate whose smallest
     Hamming distance (number of positions that differ) to the permutations chosen so far is largest, ties broken
     at random with the same seed. Candidates are all ``grid_cells!`` permutations up to 9 cells (about 1 s for 100
-    on a CPU, 8 s for 1000), else 100,000 seeded random ones.
+    on a CPU, 8 s for 1000), else 100,000 seeded random ones. Max-min guarantees a floor (for 100 permutations of
+    9 tiles at least 6 positions differ; no set of more than 72 reaches 8) where the paper ranks by summed distance.
 
     Args:
         n: number of permutations, ``1 <= n <= grid_cells!`` (at most 50,000 above 9 cells).

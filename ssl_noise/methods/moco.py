@@ -1,28 +1,9 @@
-"""MoCo v2: a query encoder trained against keys from a slowly moving (momentum) copy of itself and a queue.
+"""MoCo v2 (Chen et al. 2020, arXiv 2003.04297, on He et al., CVPR 2020): a query encoder trained against keys from
+a momentum copy of itself and a queue of past keys.
 
-Lightly provides the head (``MoCoProjectionHead``), the loss with its queue (``NTXentLoss(memory_bank_size=(K, D))``)
-and the helpers (``update_momentum``, ``batch_shuffle``); this file makes the views and wires them up.
-
-Choices, and where they differ from the paper or the official code:
-
-* **One direction by default** (``symmetric: false``): query = view 0 through ``backbone`` + ``head``, key = view 1
-  through the momentum copies, as in MoCo v1/v2 and the official ``main_moco.py`` (whose checkpoint format the
-  medical reference loads). ``symmetric: true`` adds the swapped pair and averages the two losses (MoCo v3 style):
-  twice the compute per step, both views used as queries, and ``2B`` keys enqueued per step instead of ``B``
-  (all ``2B`` queries are scored against the queue as it was before this step).
-* **Momentum schedule**: cosine from ``momentum`` (default 0.99) to 1.0 over training (lightly's
-  ``cosine_schedule``, the BYOL schedule); the paper keeps 0.999 constant with a 65,536 queue on ImageNet. A 4,096
-  queue at batch 256 is refreshed every 16 steps, so a faster-moving key encoder early in training fits better.
-* **Shuffle BN only under DDP.** MoCo shuffles the key batch across GPUs so that a query and its key do not share
-  BatchNorm statistics (a shortcut that "cheats" the pretext task). On a single process ``batch_shuffle`` would
-  only permute rows inside one BatchNorm batch; batch statistics are permutation-invariant, so it changes nothing
-  and we skip it. Single-process runs therefore keep the (usually mild) BN leak; the remedies are multi-GPU
-  training or a split ("ghost") BatchNorm in the key encoder, which this toolkit does not implement.
-* The momentum update runs in ``on_step_end`` (after the optimiser step) rather than at the start of the next
-  forward as in the official code; the sequence of key encoders is the same.
-* The key encoder (``backbone_momentum``, ``head_momentum``) and the queue are training state only: the exported
-  encoder is ``self.backbone`` (the query encoder), as in the official linear-evaluation loader. Lightly keeps the
-  queue in a non-persistent buffer, so it is not in ``state_dict`` and restarts random after a resume.
+Lightly provides the head, the queued loss and the helpers (``update_momentum``, ``batch_shuffle``); this file makes
+the views and wires them up. Defaults and deviations (momentum schedule, shuffle-BN only under DDP, ``symmetric``):
+docs/methods.md, "MoCo v2".
 """
 
 from __future__ import annotations

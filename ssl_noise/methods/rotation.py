@@ -1,22 +1,8 @@
-"""RotNet: predict by how many quarter turns (0°, 90°, 180°, 270°) an image was rotated, a 4-way classification.
+"""RotNet (Gidaris et al., ICLR 2018, arXiv 1803.07728): predict by how many quarter turns an image was rotated.
 
-Choices, and where they differ from the paper:
-
-* ``mode: all`` (default, the paper's choice: it found feeding all four rotations of an image in the same batch
-  better than one random rotation): every image contributes its four rotations, so a batch of ``B`` images is a
-  ``4B`` forward. ``mode: sampled`` draws one rotation per image from the step's generator: a ``B`` forward, four
-  times cheaper, noisier gradients.
-* The rotation is ``torch.rot90`` over (H, W), which is exact (no interpolation, no border), so the network cannot
-  tell the rotation from resampling artefacts. Images must be square (``InputSpec.image_size`` is one number).
-* Before rotating, the spec's augmentation is applied with vertical flips and 90° rotations switched off
-  (``vf_prob = rr_prob = 0``): a vertical flip is a 180° rotation plus a horizontal flip, and a random quarter turn
-  would make the label meaningless. Horizontal flips, crops and colour jitter stay: they do not change "which way
-  is up".
-* The head is linear on the pooled features (``hidden_dim: 0``) or a one-hidden-layer MLP; the paper attaches
-  conv blocks to intermediate feature maps, which does not fit an encoder that only exposes pooled features.
-* Caveat for medical images: histology and cytology patches have no canonical orientation, so their rotations
-  are as likely as the originals and the task can only be solved from acquisition artefacts (illumination
-  gradients, scan lines); it suits X-rays and other images with an "up" far better.
+Rotations are exact ``torch.rot90`` and the spec's augmentation runs first with vertical flips and quarter turns
+off (a vertical flip is a 180° turn plus a horizontal flip). Defaults, deviations and the caveat for images with no
+"up": docs/methods.md, "Rotation".
 """
 
 from __future__ import annotations

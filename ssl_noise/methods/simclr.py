@@ -1,17 +1,8 @@
-"""SimCLR: two augmented views of each image, pulled together against every other view in the batch (NT-Xent).
+"""SimCLR (Chen et al., ICML 2020, arXiv 2002.05709): two augmented views of each image, pulled together against
+every other view in the batch (NT-Xent).
 
-The projection head and the loss are lightly's (``SimCLRProjectionHead``, ``NTXentLoss``); this file only makes the
-views and wires them up. Deviations from the paper, on purpose:
-
-* The head is 2 layers with ``hidden_dim`` 512 (the paper uses the backbone width, 2048 for ResNet-50; 512 matches
-  ResNet-18's width and the medical reference's ``Linear(512, 512) -> ReLU -> Linear(512, 128)``). Lightly's
-  head adds BatchNorm after the hidden and the output layer (``batch_norm=True``, its default), which the paper's
-  equation and the medical reference do not have; it makes training less sensitive to the learning rate.
-* The default temperature is lightly's 0.5, a common choice for small images such as CIFAR-10. The medical
-  reference this toolkit reproduces (algorithms notes §3.4) used 0.07: set ``temperature: 0.07`` in the recipe to
-  match it.
-* Both views go through the backbone in one ``2B`` batch, so BatchNorm statistics are shared by the two views
-  (as in the paper's global-BN setting; with DDP, add SyncBatchNorm in the loop if batches per GPU are small).
+Head and loss are lightly's (``SimCLRProjectionHead``, ``NTXentLoss``); this file makes the views and wires them
+up. Defaults and deviations from the paper: docs/methods.md, "SimCLR".
 """
 
 from __future__ import annotations

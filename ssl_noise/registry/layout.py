@@ -1,0 +1,91 @@
+"""The registry's on-disk layout: file names, meta.json keys, entry ids, and reading an entry's meta.json.
+
+Format: docs/formats.md, "Registry entry" (and checkpoints/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+from ssl_noise.errors import UserError
+
+SCHEMA_VERSION = 1
+WEIGHTS_FILE = "encoder.safetensors"
+META_FILE = "meta.json"
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "train_log.jsonl"
+#: meta.json keys the caller (the pretraining loop) must provide.
+REQUIRED_META = ("method", "method_config", "backbone", "stem", "feat_dim", "dataset", "image_size", "channels",
+                 "normalisation", "epochs", "batch_size", "optimizer", "seed")
+#: meta.json keys the registry fills in itself; a caller passing them is overruled.
+FILLED_META = ("schema_version", "id", "sha256", "created_at", "versions", "git")
+#: Wrapper prefixes stripped from state_dict keys (DataParallel/DDP, SSL wrappers, torch.compile).
+STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+HOW_TO_CREATE = "create one with: ssl-noise pretrain --method simclr"
+PathLike = str | os.PathLike
+
+
+def make_id(meta: Mapping[str, Any], sha256: str) -> str:
+    """``<method>-<backbone>-<dataset>-e<epochs>-s<seed>-<sha8>``, each part made file-name safe.
+
+    >>> make_id({"method": "simclr", "backbone": "resnet18", "dataset": "bloodmnist", "epochs": 100,
+    ...          "seed": 0}, "3f2a9c1d" + "0" * 56)
+    'simclr-resnet18-bloodmnist-e100-s0-3f2a9c1d'
+    """
+    parts = [meta["method"], meta["backbone"], meta["dataset"], f"e{meta['epochs']}", f"s{meta['seed']}"]
+    safe = [re.sub(r"[^A-Za-z0-9_.]+", "_", str(p)).strip("._") or "_" for p in parts]
+    return "-".join(safe + [sha256[:8]])
+
+
+def _plain(obj: Any) -> Any:
+    """JSON/YAML-native copy: numpy and torch scalars/arrays become numbers/lists, paths and tuples too.
+
+    Without this, ``json.dumps(default=str)`` would store a numpy mean as the *string* ``"0.5"`` and
+    ``yaml.safe_dump`` would refuse it.
+
+    >>> import numpy as np
+    >>> _plain({"mean": (np.float32(0.5),), "root": Path("/data")})
+    {'mean': [0.5], 'root': '/data'}
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy / torch scalars and arrays
+        return _plain(obj.tolist())
+    return obj
+
+
+def _entry_dirs(root: PathLike) -> List[Path]:
+    """Entry folders; hidden ones (``.<id>.*.tmp`` saves in progress, removals) are not entries."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_meta(path: Path) -> Dict[str, Any]:
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path.name}: {META_FILE} is missing or not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("id") != path.name:
+        raise UserError(f"{path.name}: {META_FILE} records id {meta.get('id') if isinstance(meta, dict) else None!r}"
+                        "; the folder was renamed or the file replaced")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path.name}: schema_version {meta.get('schema_version')!r} is not {SCHEMA_VERSION}; "
+                        "upgrade ssl-noise")
+    return meta
+
+
+def _listing(ids: Any, limit: int = 10) -> str:
+    ids = list(ids)
+    more = f" ... and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
