@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar
+from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar, Union
 
 import yaml
 
@@ -66,6 +66,20 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return value
         raise UserError(f"config key {name!r} expects a string, got {value!r}")
     return value
+
+
+def check_noise_estimate(value: Any) -> Any:
+    """``auto`` (estimate the rate from the noisy labels), ``oracle`` (the injected rate: ablations only) or a rate
+    in [0, 1) given as a number or its text; UserError otherwise."""
+    if isinstance(value, str) and value in ("auto", "oracle"):
+        return value
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"noise estimate must be auto, oracle or a rate in [0, 1), got {value!r}") from None
+    if not 0 <= rate < 1:
+        raise UserError(f"noise estimate must be auto, oracle or a rate in [0, 1), got {rate:g}")
+    return rate
 
 
 @dataclass
@@ -244,6 +258,7 @@ class FinetuneConfig:
     noise_file: Optional[str] = None     # reuse exactly these training labels (index,clean_label,noisy_label)
     noise_force: bool = False            # accept noise where a wrong class is as likely as the clean one
     clean_val: bool = False              # default: validation labels are noisy too, as in practice
+    noise_estimate: Union[str, float] = "auto"  # rate told to methods that need one: auto | oracle | a rate
     epochs: int = 30
     batch_size: int = 128
     optimizer: str = "sgd"               # sgd | adam | lars
@@ -280,5 +295,6 @@ class FinetuneConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise UserError(f"lr must be positive and weight_decay, warmup_epochs non-negative "
                             f"(got {self.lr}, {self.weight_decay}, {self.warmup_epochs})")
+        check_noise_estimate(self.noise_estimate)
         if self.noise_file is not None and (self.class_map is not None or self.noise_matrix is not None):
             raise UserError("--noise-file gives the labels itself; do not combine it with --class-map/--noise-matrix")

@@ -17,10 +17,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ssl_noise import io, noise
+from ssl_noise import estimate, io, noise
 from ssl_noise._registry import Registry
+from ssl_noise.config import check_noise_estimate
 from ssl_noise.errors import UserError
 from ssl_noise.finetune import prepare
+from ssl_noise.finetune.prepare import oracle_rate
 from ssl_noise.knn import extract_features, knn_scores, top_fraction
 from ssl_noise.metrics import detection_metrics, kept_metrics
 from ssl_noise.robust.hsa_nrl import EASY, NOISY, easy_score
@@ -31,29 +33,6 @@ DETECTORS: Registry = Registry("detector")
 
 
 # ============ pure functions ============
-
-def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 5,
-                      seed: int = 0) -> np.ndarray:
-    """(N, K) out-of-fold probabilities of a standardised multinomial logistic regression (stratified K-fold)."""
-    import warnings
-
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    labels = np.asarray(labels, dtype=np.int64)
-    if not 2 <= folds <= len(labels):
-        raise UserError(f"--folds must be between 2 and the {len(labels)} samples, got {folds}")
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0))
-    with warnings.catch_warnings():  # "least populated class has only n members": cleanlab handles small classes
-        warnings.simplefilter("ignore", UserWarning)
-        probs = cross_val_predict(model, features, labels, method="predict_proba",
-                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    out = np.zeros((len(labels), num_classes))
-    out[:, np.unique(labels)] = probs  # columns of the classes present
-    return out
-
 
 def correction_metrics(given: np.ndarray, clean: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> Dict[str, Any]:
     """How a label correction did: relabelled samples right, dropped samples noisy, noise left in the kept set."""
@@ -99,11 +78,10 @@ class DetectOptions:
     cv_model: str = "linear"
     seed: int = 0
     skip: int = 10
-    noise_estimate: Optional[float] = None
+    noise_estimate: estimate.Setting = "auto"   # auto | oracle | a rate: the share knn and loss flag
 
     def __post_init__(self) -> None:
-        if self.noise_estimate is not None and not 0 <= self.noise_estimate < 1:
-            raise UserError(f"--noise-estimate must be in [0, 1), got {self.noise_estimate}")
+        self.noise_estimate = check_noise_estimate(self.noise_estimate)
 
 
 @dataclass
@@ -114,6 +92,8 @@ class Detection:
     info: Dict[str, Any] = field(default_factory=dict)
     labels: Optional[np.ndarray] = None       # a correcting detector's labels and kept mask (ehn)
     keep: Optional[np.ndarray] = None
+    rate: Optional[float] = None              # the share it flagged by (knn, loss), or its own estimate (cleanlab)
+    rate_source: Optional[str] = None         # auto | oracle | given
 
 
 def _register(name: str, needs: str, options: Tuple[str, ...]) -> Callable:
@@ -123,19 +103,19 @@ def _register(name: str, needs: str, options: Tuple[str, ...]) -> Callable:
     return add
 
 
-def _estimate(source: Source, opts: DetectOptions) -> float:
-    value = source.noise_rate if opts.noise_estimate is None else opts.noise_estimate
-    if value is None:
-        raise UserError("labels from a noise file: give --noise-estimate (the share of labels to flag)")
-    return float(value)
+def _flag_top(scores: np.ndarray, source: Source, opts: DetectOptions, auto: Callable[[], float], **info) -> Detection:
+    """Flag the top ε̂ share by score; ε̂ from ``--noise-estimate`` (auto: ``auto()``, oracle: the injected rate)."""
+    rate, how = estimate.resolve(opts.noise_estimate, oracle=source.noise_rate, auto=auto)
+    return Detection(scores, top_fraction(scores, rate), f"top {rate:g} share by score ({how} estimate)", info,
+                     rate=rate, rate_source=how)
 
 
 @_register("knn", "features", ("k", "t"))
 def _knn(source: Source, opts: DetectOptions) -> Detection:
     scores, votes = knn_scores(source.features, source.given, source.num_classes, k=opts.k, t=opts.t)
-    est = _estimate(source, opts)
-    return Detection(scores, top_fraction(scores, est), f"top {est:g} share by score",
-                     {"vote_disagrees": int(np.sum(votes.argmax(1) != source.given))})
+    return _flag_top(scores, source, opts, lambda: estimate.features_rate(
+        source.features, source.given, source.num_classes, folds=opts.folds, seed=opts.seed),
+        vote_disagrees=int(np.sum(votes.argmax(1) != source.given)))
 
 
 @_register("cleanlab", "features", ("folds", "cv_model", "seed"))
@@ -143,11 +123,13 @@ def _cleanlab(source: Source, opts: DetectOptions) -> Detection:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    probs = out_of_fold_probs(source.features, source.given, source.num_classes, folds=opts.folds, seed=opts.seed)
+    probs = estimate.out_of_fold_probs(source.features, source.given, source.num_classes, folds=opts.folds,
+                                       seed=opts.seed)
     flagged = find_label_issues(source.given, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     scores = 1.0 - get_label_quality_scores(source.given, probs, method="self_confidence")
     return Detection(scores, np.asarray(flagged, bool), "cleanlab find_label_issues (prune_by_noise_rate)",
-                     {"oof_acc_given": float(np.mean(probs.argmax(1) == source.given))})
+                     {"oof_acc_given": float(np.mean(probs.argmax(1) == source.given))},
+                     rate=estimate.confident_joint_rate(source.given, probs), rate_source="auto")
 
 
 @_register("loss", "run", ("skip",))
@@ -157,9 +139,8 @@ def _loss(source: Source, opts: DetectOptions) -> Detection:
         raise UserError(f"{source.run}: history.npy is not a full (N, epochs) record of the given labels "
                         f"(method {source.identity.get('method')}); use a --method ce run")
     scores = 1.0 - easy_score(history, opts.skip)
-    est = _estimate(source, opts)
-    return Detection(scores, top_fraction(scores, est), f"top {est:g} share by score",
-                     {"epochs": int(history.shape[1]), "skip_used": min(opts.skip, history.shape[1] - 1)})
+    return _flag_top(scores, source, opts, lambda: estimate.mixture_rate(scores, seed=opts.seed),
+                     epochs=int(history.shape[1]), skip_used=min(opts.skip, history.shape[1] - 1))
 
 
 @_register("ehn", "run", ())
@@ -190,7 +171,7 @@ def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device
                 "dataset": data.name, "data_md5": data.md5, "n_train": len(data.train), "image_size": data.image_size,
                 "noise": {k: nz[k] for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
     return Source(f"{prep.init['method']}-{data.name}-{kind}n{nz['seed']}", prep.train_noise.noisy, data.train.labels,
-                  data.train_indices, data.num_classes, None if nz["source"] == "file" else nz["expected_rate"],
+                  data.train_indices, data.num_classes, oracle_rate(nz),
                   identity, features=features, timing={"features_s": time.perf_counter() - start},
                   dataset=data.name, class_names=list(data.class_names), init=prep.init["id"])
 
@@ -205,7 +186,7 @@ def source_from_run(folder: Path) -> Source:
     identity = {"run": run_folder.name, "method": cfg.get("method"), "labels_sha256": nz["labels_sha256"],
                 "noise": {k: nz.get(k) for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
     return Source(run_folder.name, labels.noisy, labels.clean, labels.index, len(metrics["class_names"]),
-                  None if nz["source"] == "file" else nz["expected_rate"], identity, run=run_folder.path,
+                  oracle_rate(nz), identity, run=run_folder.path,
                   timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)},
                   dataset=run.get("result", {}).get("dataset"), class_names=list(metrics["class_names"]),
                   init=metrics.get("init", {}).get("id"))
@@ -254,8 +235,9 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
     is_noisy = source.given != source.clean
     metrics = {"schema_version": SCHEMA_VERSION, "id": folder.name, "detector": name, "options": options,
                "source": {"id": source.id, **source.identity},
-               "noise_estimate": source.noise_rate if opts.noise_estimate is None else opts.noise_estimate,
-               "configured_rate": source.noise_rate, "flag_rule": result.rule, "n": int(len(source.given)),
+               "noise_estimate": opts.noise_estimate, "noise_rate_estimate": result.rate,
+               "noise_rate_source": result.rate_source, "configured_rate": source.noise_rate,
+               "realised_rate": float(np.mean(is_noisy)), "flag_rule": result.rule, "n": int(len(source.given)),
                "dataset": source.dataset, "class_names": source.class_names, "init": source.init,
                "detection": {**detection_metrics(is_noisy, result.flagged, result.scores),
                              **kept_metrics(is_noisy, ~result.flagged, source.clean, source.num_classes)},
@@ -318,8 +300,8 @@ def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
         labels_sha, detector_s = noise.get("labels_sha256"), None
     row.update({"folder": folder.name, "init": init, "dataset": dataset, "noise_type": noise.get("type"),
                 "noise_rate": noise.get("rate"), "noise_seed": noise.get("seed"), "labels_sha256": labels_sha})
-    row.update({k: found.get(k) for k in ("precision", "recall", "f1", "auroc", "n_noisy", "n_flagged", "n_kept",
-                                         "kept_purity", "clean_kept")})
+    row.update({k: found.get(k) for k in ("precision", "recall", "f1", "auroc", "ap", "n_noisy", "n_flagged",
+                                         "n_kept", "kept_purity", "clean_kept")})
     per_class, classes = found.get("clean_kept_per_class") or [], metrics.get("class_names")
     names = classes if classes and len(classes) == len(per_class) else [str(k) for k in range(len(per_class))]
     row.update({f"clean_kept_{name}": value for name, value in zip(names, per_class)})

@@ -36,6 +36,7 @@ class Init:
     backbone: str
     stem: str
     pretrain_dataset: Optional[str]
+    seed: Optional[int]                # the entry's pretraining seed (None for random and ImageNet weights)
     image_size: int
     channels: int
     normalisation: Dict[str, List[float]]
@@ -44,7 +45,7 @@ class Init:
         """The ``init`` block of run.json (metrics.json drops ``normalisation``)."""
         return {"kind": self.kind, "id": self.id, "sha256": self.sha256, "method": self.method,
                 "backbone": self.backbone, "stem": self.stem, "pretrain_dataset": self.pretrain_dataset,
-                "image_size": self.image_size, "channels": self.channels,
+                "seed": self.seed, "image_size": self.image_size, "channels": self.channels,
                 "normalisation": {"mean": list(self.normalisation["mean"]), "std": list(self.normalisation["std"])}}
 
 
@@ -77,7 +78,8 @@ def resolve(ref: str, data: ImageDataset, *, checkpoints: Path, backbone: str = 
         mean, std = meta["normalisation"]["mean"], meta["normalisation"]["std"]
     return Init(encoder, feat_dim, ref if ref in BUILTIN_INITS else "registry", meta["id"],
                 meta.get("sha256") or encoder_sha256(encoder), meta["method"], meta.get("backbone", backbone), stem,
-                meta.get("dataset"), data.image_size, data.channels, {"mean": list(mean), "std": list(std)})
+                meta.get("dataset"), meta.get("seed"),
+                data.image_size, data.channels, {"mean": list(mean), "std": list(std)})
 
 
 def _load_entry(ref: str, data: ImageDataset, checkpoints: Path, given_stem: Optional[str]):

@@ -144,13 +144,14 @@ def detection_metrics(is_noisy: np.ndarray, flagged: np.ndarray,
         scores: (N,) optional noisiness scores (higher = more likely noisy) for the AUROC.
 
     Returns:
-        ``precision``, ``recall``, ``f1`` (None when undefined), ``auroc`` (None without scores or when only one
+        ``precision``, ``recall``, ``f1`` (None when undefined), ``auroc`` and ``ap`` (average precision: the noisy
+        samples are the minority class, where AP shows what AUROC hides; both None without scores or when only one
         class is present), ``n_flagged``, ``n_noisy``.
 
     >>> detection_metrics(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool))["precision"]
     0.5
     """
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     is_noisy, flagged = np.asarray(is_noisy, bool).reshape(-1), np.asarray(flagged, bool).reshape(-1)
     tp = int(np.sum(is_noisy & flagged))
@@ -159,12 +160,13 @@ def detection_metrics(is_noisy: np.ndarray, flagged: np.ndarray,
     f1 = None
     if precision is not None and recall is not None:
         f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
-    auroc = None
+    auroc = ap = None
     if scores is not None and 0 < is_noisy.sum() < len(is_noisy):
         auroc = float(roc_auc_score(is_noisy, np.asarray(scores, dtype=np.float64)))
+        ap = float(average_precision_score(is_noisy, np.asarray(scores, dtype=np.float64)))
     return {"precision": None if precision is None else float(precision),
             "recall": None if recall is None else float(recall), "f1": None if f1 is None else float(f1),
-            "auroc": auroc, "n_flagged": int(flagged.sum()), "n_noisy": int(is_noisy.sum())}
+            "auroc": auroc, "ap": ap, "n_flagged": int(flagged.sum()), "n_noisy": int(is_noisy.sum())}
 
 
 def kept_metrics(is_noisy: np.ndarray, kept: np.ndarray, clean: np.ndarray, num_classes: int) -> Dict[str, Any]:

@@ -218,7 +218,7 @@ def rounds_label(path: Path) -> str:
     another acquisition, budget or a named (expert) session gets its own.
     """
     run = RunFolder(path.parent.parent.parent)  # RUN/refine/<session>/rounds.csv -> RUN
-    if path.name == "rounds.csv" and path.parent.parent.name == "refine" and run.is_finished():
+    if path.name == "rounds.csv" and path.parent.parent.name == "refine" and run.has_config():
         method = run.config().get("method", "?")
         return f"{method} · {re.sub(r'-s[0-9]+$', '', path.parent.name)}"
     return path.stem.removesuffix("_rounds") if path.stem != "rounds" else path.parent.name
@@ -251,10 +251,37 @@ def budget_curves(sources: Sequence[str | Path], *, metric: str = DEFAULT_METRIC
             choices = [c for c in frame.columns if c.startswith("test_")]
             raise UserError(f"{path} has no column {metric!r}; choose from: {', '.join(choices)}")
         label = labels[i] if labels is not None else rounds_label(path)
-        parts.append(frame[["budget", metric]].assign(label=label))
-    rows = pd.concat(parts, ignore_index=True)
-    out = rows.groupby(["label", "budget"])[metric].agg(["mean", "std", "count"]).reset_index()
+        parts.append(frame[["round", "budget", metric]].assign(label=label, control=frame["budget"].max() == 0))
+    rows = _align_controls(pd.concat(parts, ignore_index=True))
+    out = rows.groupby(["label", "budget", "control"])[metric].agg(["mean", "std", "count"]).reset_index()
     return out.rename(columns={"count": "n"}).fillna({"std": 0.0})
+
+
+def _align_controls(rows):
+    """Place a zero-budget control's round r at the budget the acquisition sessions reach in round r: the control
+    has had the same rounds of fine-tuning, so the vertical gap is what the relabelled samples added."""
+    sessions = rows[~rows["control"] & (rows["round"] > 0)]
+    per_round = (sessions["budget"] / sessions["round"]).round(6).unique()
+    if rows["control"].any() and len(per_round) > 1:
+        raise UserError("a zero-budget control can only be drawn beside sessions with one budget per round, "
+                        f"got {sorted(per_round)}")
+    if rows["control"].any() and len(per_round) == 1:
+        rows.loc[rows["control"], "budget"] = rows.loc[rows["control"], "round"] * per_round[0]
+    return rows
+
+
+def gains_over_control(curves):
+    """Each session line minus the zero-budget control at the same round (``label, budget, gain, n``); empty
+    without a control. Refinement is credited only with this gap, not with the extra epochs of its rounds."""
+    import pandas as pd
+
+    control = curves[curves["control"]]
+    if control["label"].nunique() != 1:
+        return pd.DataFrame(columns=["label", "budget", "gain", "n"])
+    base = control.set_index("budget")["mean"]
+    lines = curves[~curves["control"] & curves["budget"].isin(base.index)]
+    return lines.assign(gain=lines["mean"].to_numpy() - base.loc[lines["budget"]].to_numpy())[
+        ["label", "budget", "gain", "n"]].reset_index(drop=True)
 
 
 def parse_references(references: Sequence[str]) -> List[tuple]:
@@ -282,8 +309,9 @@ def budget_figure(curves, out: str | Path, *, metric: str = DEFAULT_METRIC, refe
     for label in sorted(curves["label"].unique()):
         line = curves[curves["label"] == label].sort_values("budget")
         x, y, s = line["budget"].to_numpy(), line["mean"].to_numpy(), line["std"].to_numpy()
-        n = line["n"].max()
-        ax.plot(x, y, marker="o", color=colours[label], label=label + (f" (n={n})" if n > 1 else ""))
+        n, control = line["n"].max(), bool(line["control"].any()) if "control" in line else False
+        ax.plot(x, y, marker="o", color=colours[label], ls="--" if control else "-",
+                label=label + (" (no relabelling)" if control else "") + (f" (n={n})" if n > 1 else ""))
         if n > 1:
             _spread(ax, x, y, s, colours[label])
     for i, (name, value) in enumerate(references):

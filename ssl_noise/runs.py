@@ -24,9 +24,10 @@ RESULTS_FILE = "results.csv"
 #: Arrays the loop itself writes; a method's own outputs (``<name>.npy``) may not take these names.
 LOOP_ARRAYS = ("history", "selected", "test_probs")
 RESULT_COLUMNS = (
-    ["run_id", "dataset", "image_size", "n_train", "init", "encoder_id", "encoder_sha256", "backbone", "stem",
-     "protocol", "method", "method_args", "noise_source", "noise_type", "noise_rate", "noise_realised_rate",
-     "noise_seed", "noise_mode", "clean_val", "val_realised_rate", "seed", "epochs", "select_metric", "selected_epoch"]
+    ["run_id", "dataset", "image_size", "n_train", "init", "encoder_id", "encoder_sha256", "encoder_method",
+     "encoder_seed", "backbone", "stem", "protocol", "method", "method_args", "method_active", "noise_source",
+     "noise_type", "noise_rate", "noise_realised_rate", "noise_seed", "noise_mode", "clean_val", "val_realised_rate",
+     "noise_rate_estimate", "noise_rate_source", "seed", "epochs", "select_metric", "selected_epoch"]
     + [f"test_{m}{s}" for s in ("", "_last", "_last5") for m in SCALARS]
     + ["val_acc", "val_macro_f1", "train_acc_noisy", "train_acc_clean", "train_memorised", "train_memorised_last",
        "wall_time_s", "created_at"])
@@ -72,6 +73,9 @@ class RunFolder:
     def provenance(self) -> Dict[str, Any]:
         """run.json (provenance and timing); {} for folders written before it existed."""
         return self._json("run.json") if (self.path / "run.json").is_file() else {}
+
+    def has_config(self) -> bool:
+        return (self.path / "config.yaml").is_file()
 
     def config(self) -> Dict[str, Any]:
         """config.yaml as a plain mapping (resolve it into a FinetuneConfig where needed)."""

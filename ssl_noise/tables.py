@@ -16,7 +16,7 @@ from ssl_noise.runs import detection_of, read_results
 
 DEFAULT_METRIC = "test_acc"
 #: Keys of ``metrics.json["detection"]`` (ssl_noise.metrics.detection_report) plotted.
-DETECTION_KEYS = ("precision", "recall", "f1", "auroc", "kept_purity", "clean_kept")
+DETECTION_KEYS = ("precision", "recall", "f1", "auroc", "ap", "kept_purity", "clean_kept")
 #: Columns a results table needs for the curves (all written by ssl_noise.finetune.run.result_row).
 REQUIRED = ("run_id", "encoder_id", "method", "protocol", "noise_type", "noise_rate", "noise_seed", "seed")
 #: Columns that must match for two runs to differ only in their initialisation (the pairing key of the report).
@@ -147,6 +147,9 @@ def tidy(frame, metric: str = DEFAULT_METRIC):
     frame["init_label"] = frame["encoder_id"].map(init_labels(frame["encoder_id"]))
     args = frame["method_args"] if "method_args" in frame.columns else [""] * len(frame)
     frame["method_label"] = [method_label(*r) for r in zip(frame["method"], args, frame["protocol"])]
+    if "method_active" in frame.columns:  # a schedule too short for the method: its own line, never pooled
+        inactive = frame["method_active"].astype(str).str.lower().isin(["false", "0", "0.0"])
+        frame.loc[inactive, "method_label"] = frame.loc[inactive, "method_label"] + " [schedule too short]"
     if "dataset" in frame.columns and frame["dataset"].nunique() > 1:  # never pool two datasets in one panel
         frame["method_label"] = frame["dataset"].astype(str) + " · " + frame["method_label"]
     usable = frame["noise_rate"].notna() & frame[metric].notna() & frame["noise_type"].ne("file")

@@ -159,7 +159,8 @@ def test_method_args_are_checked() -> None:
 @pytest.mark.parametrize("name", ["coteaching", "vog"])
 def test_tiny_run_writes_detection_records(tmp_path, name) -> None:
     args = {"num_gradual": 1, **({"warmup": 1} if name == "vog" else {})}
-    cfg = resolve(FinetuneConfig, TINY, {"method": name, "noise_rate": 0.4, "epochs": 3, "method_args": args})
+    cfg = resolve(FinetuneConfig, TINY, {"method": name, "noise_rate": 0.4, "epochs": 3, "method_args": args,
+                                         "noise_estimate": "oracle"})  # the injected rate: counts known below
     folder, _ = finetune(cfg, data_root=None, checkpoints=tmp_path / "ck", runs=tmp_path / "runs", show_progress=False)
     selected = np.load(folder / "selected.npy")
     # Epoch 0 keeps everything; then each batch of 16 keeps floor(0.6 * 16) = 9.
@@ -177,7 +178,8 @@ def test_tiny_run_writes_detection_records(tmp_path, name) -> None:
         assert np.isfinite(np.load(folder / "vog.npy")).all()
 
 
-def test_noise_file_without_an_estimate_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
+def test_noise_file_with_the_oracle_estimate_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
+    """A noise file's injected rate is unknown: --noise-estimate oracle cannot be honoured (auto, the default, can)."""
     from ssl_noise.data import load_dataset
 
     noisy = tmp_path / "noisy.csv"
@@ -186,7 +188,7 @@ def test_noise_file_without_an_estimate_exits_2_and_writes_nothing(tmp_path, cap
                                                                   for i, c in enumerate(clean)))
     with pytest.raises(SystemExit) as exit_info:
         main(["--runs", str(tmp_path / "runs"), "finetune", "--method", "vog", "--noise-file", str(noisy),
-              "--dataset", SPEC, "--image-size", "16", "--epochs", "1", "--quiet"])
+              "--dataset", SPEC, "--image-size", "16", "--epochs", "1", "--quiet", "--noise-estimate", "oracle"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "method_args.noise_estimate" in err and len(err.strip().splitlines()) == 1
+    assert exit_info.value.code == 2 and "injected rate is unknown" in err and len(err.strip().splitlines()) == 1
     assert not any((tmp_path / "runs").glob("*-vog-*"))

@@ -4,6 +4,7 @@ inputs, the side-by-side table of `ssl-noise detections`, and the knn_filter fin
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 
 from ssl_noise.cli import main
 from ssl_noise.config import FinetuneConfig, resolve
-from ssl_noise.detect import (DETECTORS, correction_metrics, knn_scores, out_of_fold_probs, top_fraction)
+from ssl_noise.detect import DETECTORS, correction_metrics
+from ssl_noise.estimate import out_of_fold_probs
+from ssl_noise.knn import knn_scores, top_fraction
 from ssl_noise.errors import UserError
 from ssl_noise.finetune import finetune, fit, prepare
 
@@ -120,8 +123,11 @@ def test_detect_writes_scores_and_metrics(make_entry, tmp_path, capsys, detector
         (kept & truly & (clean == k)).sum() / (truly & (clean == k)).sum() for k in range(4)]
     assert metrics["detection"]["kept_purity"] == truly[kept].mean()
     assert "clean kept per class" in out
-    if detector == "knn":  # the top 40 % by score, and the scores are knn_scores of the frozen features
-        assert scores["flagged"].sum() == round(0.4 * 32) and metrics["options"] == {"k": 5, "t": 0.1}
+    assert metrics["noise_rate_source"] == "auto" and 0 <= metrics["noise_rate_estimate"] < 1
+    assert metrics["realised_rate"] == 12 / 32 and "ap" in metrics["detection"]
+    if detector == "knn":  # the top ε̂ share by score (auto: estimated), the scores are knn_scores of the features
+        assert scores["flagged"].sum() == round(metrics["noise_rate_estimate"] * 32)
+        assert metrics["options"] == {"k": 5, "t": 0.1}
         assert scores["score"][scores["flagged"] == 1].min() >= scores["score"][scores["flagged"] == 0].max()
     run = json.loads((folder / "run.json").read_text())
     assert {"features_s", "detector_s"} == set(run["timing"])
@@ -137,7 +143,13 @@ def test_loss_detector_scores_a_ce_runs_history(tmp_path, capsys) -> None:
     folder = Path(out.strip().splitlines()[-1])
     scores = pd.read_csv(folder / "scores.csv")
     np.testing.assert_allclose(scores["score"], 1 - np.load(run / "history.npy")[:, 1:].mean(axis=1), atol=1e-5)
-    assert scores["flagged"].sum() == 8
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["noise_rate_source"] == "auto"  # the mixture on the losses
+    assert scores["flagged"].sum() == round(metrics["noise_rate_estimate"] * 32)
+    code, out, err = _detect(capsys, tmp_path, "--detector", "loss", "--run", str(run), "--skip", "1",
+                             "--noise-estimate", "oracle")
+    oracle = json.loads((Path(out.strip().splitlines()[-1]) / "metrics.json").read_text())
+    assert oracle["noise_rate_source"] == "oracle" and oracle["detection"]["n_flagged"] == 8  # the injected 0.25
     assert "run_wall_time_s" in json.loads((folder / "run.json").read_text())["timing"]
 
 
@@ -147,6 +159,8 @@ def test_bad_detect_inputs_exit_2_and_write_nothing(make_entry, tmp_path, capsys
     ce_run, _ = finetune(resolve(FinetuneConfig, TINY, {"noise_rate": 0.25, "epochs": 1}), data_root=None,
                          checkpoints=tmp_path / "ck", runs=tmp_path / "ce", show_progress=False)
     noise_file = str(ce_run / "noisy_labels.csv")
+    plain_file = str(tmp_path / "plain.csv")  # a noise file that is not a run's: its injected rate is unknown
+    shutil.copyfile(noise_file, plain_file)
     cases = {
         "estimate too high": (["--init", "simclr", *FEATURES, "--noise-estimate", "1.5"], "[0, 1)"),
         "estimate negative": (["--init", "simclr", *FEATURES, "--noise-estimate", "-0.1"], "[0, 1)"),
@@ -157,8 +171,9 @@ def test_bad_detect_inputs_exit_2_and_write_nothing(make_entry, tmp_path, capsys
         "ehn on a ce run": (["--detector", "ehn", "--run", str(ce_run)], "not an hsa_nrl run"),
         "not a run": (["--detector", "loss", "--run", str(tmp_path)], "not a finished"),
         "unknown detector": (["--detector", "nosuch"], "unknown detector"),
-        "noise file, no estimate": (["--init", "simclr", "--dataset", SPEC, "--noise-file", noise_file],
-                                    "--noise-estimate"),
+        "noise file, oracle": (["--init", "simclr", "--dataset", SPEC, "--noise-file", plain_file,
+                                "--noise-estimate", "oracle"], "injected rate is unknown"),
+        "estimate not a rate": (["--init", "simclr", *FEATURES, "--noise-estimate", "guess"], "auto, oracle or a rate"),
     }
     for name, (args, needle) in cases.items():
         code, out, err = _detect(capsys, tmp_path, *args)
@@ -219,7 +234,7 @@ def test_detections_puts_detectors_and_selecting_runs_side_by_side(make_entry, t
 # ---------------------------------------------------------------- knn_filter
 
 def test_knn_filter_drops_or_relabels_the_flagged_samples(tmp_path) -> None:
-    base = dict(TINY, epochs=1, noise_rate=0.4, noise_mode="exact")
+    base = dict(TINY, epochs=1, noise_rate=0.4, noise_mode="exact", noise_estimate="oracle")  # cut at the injected 0.4
     prep = prepare(resolve(FinetuneConfig, base, {"method": "knn_filter", "method_args": {"k": 5}}), data_root=None,
                    checkpoints=tmp_path / "ck")
     dropped = fit(prep, show_progress=False)

@@ -226,7 +226,7 @@ def test_nshe_ema_follows_each_step_and_weights_use_dataset_indices() -> None:
 # ---------------------------------------------------------------- the pipeline end to end
 
 def test_finetune_hsa_nrl_writes_every_stage_and_stage_1_is_the_ce_run(tmp_path, capsys) -> None:
-    common = dict(TINY, noise_rate=0.4, noise_mode="exact")
+    common = dict(TINY, noise_rate=0.4, noise_mode="exact", noise_estimate="oracle")
     ce_run, _ = finetune(resolve(FinetuneConfig, common), data_root=None, checkpoints=tmp_path / "ck",
                          runs=tmp_path / "runs", show_progress=False)
     cfg = resolve(FinetuneConfig, common, {"method": "hsa_nrl", "method_args": {"ehn_steps": 50, "skip_epochs": 1}})
@@ -265,7 +265,7 @@ def _finetune_cli(capsys, tmp_path, *args):
 @pytest.mark.parametrize("args, needle", [
     (["--noise", "0.4", "--set", "method_args.noise_estimate=0.7"], "outside (0, 0.5]"),
     (["--noise", "0.4", "--set", "method_args.noise_estimate=0"], "outside (0, 0.5]"),
-    (["--noise", "0.6"], "noise estimate 0.6 is outside"),
+    (["--noise", "0.6", "--noise-estimate", "oracle"], "noise estimate 0.6 is outside"),
     (["--noise", "0.4", "--set", "method_args.rounds=0"], "rounds"),
     (["--noise", "0.4", "--set", "method_args.forget_rate=1.0"], "forget_rate"),
     (["--noise", "0.4", "--set", "method_args.nosuch=1"], "nosuch"),
@@ -284,9 +284,10 @@ def test_cli_shows_the_ema_warning_as_one_line_and_still_runs(tmp_path, capsys) 
     assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 1
 
 
-def test_noise_file_without_estimate_exits_2(tmp_path, capsys) -> None:
+def test_noise_file_with_the_oracle_estimate_exits_2(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["noise", "--dataset", SPEC, "--size", "16", "--rate", "0.3", "--out", str(tmp_path / "n.csv")])
     capsys.readouterr()
-    code, _, err = _finetune_cli(capsys, tmp_path, "--method", "hsa_nrl", "--noise-file", str(tmp_path / "n.csv"))
-    assert code == 2 and "method_args.noise_estimate" in err
+    code, _, err = _finetune_cli(capsys, tmp_path, "--method", "hsa_nrl", "--noise-file", str(tmp_path / "n.csv"),
+                                 "--noise-estimate", "oracle")
+    assert code == 2 and "injected rate is unknown" in err

@@ -20,7 +20,7 @@ from ssl_noise.finetune import finetune
 
 SPEC = "synthetic:n_train=32,n_val=16,n_test=32"
 TINY = dict(dataset=SPEC, image_size=16, batch_size=16, precision="fp32", epochs=2, noise_rate=0.4,
-            method="coteaching", method_args={"num_gradual": 1})
+            method="coteaching", method_args={"num_gradual": 1}, noise_estimate="oracle")
 FAST = {"budget": 3, "epochs": 1}
 
 
@@ -181,7 +181,8 @@ def test_bad_inputs_exit_2_and_change_nothing(run, tmp_path, capsys) -> None:
     fails("pool of samples the LNL run rejected holds 14", "run", str(run), "--budget", "15", "--rounds", "1")
     fails("= 15 relabels", "run", str(run), "--budget", "5", "--rounds", "3")
     fails("unknown acquisition function 'nosuch'", "run", str(run), "--acquisition", "nosuch")
-    fails("budget must be at least 1", "run", str(run), "--budget", "0")
+    fails("budget must be non-negative", "run", str(run), "--budget", "-1")
+    fails("an expert needs samples", "export", str(run), "--out", str(tmp_path / "zero"), "--budget", "0")
     fails("no refine session", "import", str(run), str(tmp_path / "answers.csv"))
     fails("not a finished run folder", "run", str(tmp_path / "nowhere"))
     assert not (run / "refine").exists()
@@ -209,3 +210,22 @@ def test_bad_inputs_exit_2_and_change_nothing(run, tmp_path, capsys) -> None:
           "--name", "expert-entropy-b3-s0")
     (run / "kept.npy").unlink()
     fails("refinement needs a run of a selecting method", "run", str(run))
+
+
+def test_the_zero_budget_control_trains_the_same_rounds_and_refinement_is_credited_over_it(run, tmp_path) -> None:
+    """--budget 0 relabels nothing but fine-tunes as many rounds; refine plot measures the sessions against it."""
+    from ssl_noise.plots import budget_curves, gains_over_control
+
+    control = refine.refine_run(run, rounds=2, given={"budget": 0, "epochs": 1}, show_progress=False)
+    rounds = pd.read_csv(control / "rounds.csv")
+    assert control.name == "control-b0-s0" and list(rounds["round"]) == [0, 1, 2]
+    assert list(rounds["budget"]) == [0, 0, 0] and rounds["selected_epoch"].iloc[1:].notna().all()
+    assert not list(control.glob("acquired_r*.csv"))
+    session = refine.refine_run(run, rounds=2, given={**FAST, "acquisition": "random"}, show_progress=False)
+    curves = budget_curves([control, session])
+    aligned = curves[curves["control"]].sort_values("budget")
+    assert list(aligned["budget"]) == [0, 3, 6]  # round r of the control sits at round r's budget of the session
+    gains = gains_over_control(curves)
+    mine = pd.read_csv(session / "rounds.csv")
+    expected = mine["test_acc"].to_numpy() - rounds["test_acc"].to_numpy()
+    np.testing.assert_allclose(gains.sort_values("budget")["gain"], expected)

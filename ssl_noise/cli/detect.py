@@ -8,6 +8,7 @@ from ssl_noise.cli.app import cli
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
+    noise_estimate_option,
     noise_options,
     num,
     out_option,
@@ -29,9 +30,9 @@ from ssl_noise.cli.options import (
 @click.option("--image-size", type=int, help="Image size (default: the encoder's).")
 @click.option("--subset", type=click.IntRange(min=1), metavar="N", help="Stratified training subset, as finetune.")
 @noise_options
-@click.option("--noise-estimate", type=float, metavar="R",
-              help="knn/loss flag the top R share by score (default: the configured noise rate; needed with a noise "
-                   "file). In [0, 1).")
+@noise_estimate_option("knn/loss flag the top share by score: auto (default; knn: cleanlab's confident joint "
+                       "on the frozen features, loss: a two-component mixture on the losses), oracle (the injected "
+                       "rate: ablations only) or a rate in [0, 1).")
 @click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
               help="knn: neighbours (self excluded); small k keeps a neighbourhood within one class.")
 @click.option("--t", "t", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
@@ -68,7 +69,7 @@ def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_mode
     from ssl_noise.runs import RunFolder
 
     opts = detect.DetectOptions(k=k, t=t, folds=folds, cv_model=cv_model, seed=options["seed"] or 0, skip=skip,
-                                noise_estimate=noise_estimate)
+                                noise_estimate=noise_estimate or "auto")
     source = detect.source_for(detector, run=run_dir, flags=config_flags(FinetuneConfig, options),
                                data_root=settings.data_root, checkpoints=settings.checkpoints,
                                device=settings.torch_device())
@@ -89,7 +90,8 @@ def _echo_summary(detector: str, metrics: dict, run: dict) -> None:
     timing = sorted(run["timing"].items(), key=lambda kv: kv[0] == "detector_s")  # inputs first, detector last
     costs = " + ".join(f"{key[:-2].replace('_', ' ')} {value:.1f} s" for key, value in timing)
     click.echo(f"{detector} on {metrics['source']['id']}: precision {num(d['precision'])} recall "
-               f"{num(d['recall'])} f1 {num(d['f1'])} auroc {num(d['auroc'])} (flagged {d['n_flagged']}, "
+               f"{num(d['recall'])} f1 {num(d['f1'])} auroc {num(d['auroc'])} ap {num(d.get('ap'))} "
+               f"(flagged {d['n_flagged']}, "
                f"noisy {d['n_noisy']} of {metrics['n']}; {metrics['flag_rule']}); wall time "
                f"{run['wall_time_s']:.1f} s ({costs})")
     if d.get("clean_kept_per_class"):  # absent from detections written before it was recorded

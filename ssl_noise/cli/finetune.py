@@ -8,6 +8,7 @@ from ssl_noise.cli.app import cli
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
+    noise_estimate_option,
     noise_options,
     num,
     pass_settings,
@@ -32,6 +33,9 @@ from ssl_noise.cli.options import (
               help="Linear probe: freeze the encoder (weights and BN statistics); recipe linear_probe.yaml.")
 @click.option("--method", help="Noisy-label method from the ROBUST registry (default ce).")
 @noise_options
+@noise_estimate_option("What methods that need a noise rate are told (coteaching, vog, hsa_nrl, knn_filter): auto "
+                       "(default; estimated from the noisy labels on the init's frozen features), oracle (the "
+                       "injected rate: ablations only) or a rate.")
 @click.option("--clean-val", is_flag=True, default=None,
               help="Keep validation labels clean (default: noisy like the training labels, as in practice).")
 @click.option("--epochs", type=int, help="Training epochs (recipe default).")
@@ -78,7 +82,7 @@ def _summary(folder) -> str:
     from ssl_noise.runs import RunFolder
 
     m = RunFolder(folder).metrics()
-    best, last5 = m["test"]["best"], m["test"]["last5_mean"]
+    best, last5 = m["test"]["best"], m["test"]["last5_mean"] or {}
     return (f"test acc {num(best['acc'])} auc {num(best['auc'])} at epoch {m['selected_epoch']} (chosen on "
-            f"{m['val']['labels']} validation {m['select_metric']}); last-5 mean acc {num(last5['acc'])}; "
+            f"{m['val']['labels']} validation {m['select_metric']}); last-5 mean acc {num(last5.get('acc'))}; "
             f"flipped training labels memorised {num(m['train']['best']['memorised'])}")

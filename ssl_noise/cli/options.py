@@ -70,6 +70,11 @@ noise_options = stack(
 )
 
 
+def noise_estimate_option(help: str) -> Callable:
+    """``--noise-estimate auto|oracle|RATE``: the noise rate a method or detector is told (checked by the config)."""
+    return click.option("--noise-estimate", metavar="auto|oracle|RATE", help=help)
+
+
 def config_flags(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     """The command's options that are fields of the config dataclass ``cls`` (None: not given), so no field is
     copied by hand; the others (``--recipe``, ``--quiet``, ...) are left out."""

@@ -15,7 +15,8 @@ from ssl_noise.settings import Settings
 
 #: The settings of a refinement session, shared by `refine run` and `refine export`.
 refine_options = stack(
-    click.option("--budget", type=int, metavar="B", help="Samples relabelled per round (default 70, ALR's README)."),
+    click.option("--budget", type=int, metavar="B", help="Samples relabelled per round (default 70, ALR's README); 0 is the control: the same "
+                      "rounds of fine-tuning with nothing relabelled."),
     click.option("--acquisition", metavar="NAME",
                  help="entropy (default), least_confidence, margin, bald, coreset or random."),
     click.option("--epochs", type=int, help="Fine-tuning epochs per round (default 10; ALR used 25)."),
@@ -43,6 +44,7 @@ def refine_group() -> None:
     \b
     RUN is a run folder of a selecting method (ssl-noise finetune --method coteaching|vog):
       ssl-noise refine run RUN --rounds 8 --budget 70 --acquisition entropy     # simulated oracle
+      ssl-noise refine run RUN --rounds 8 --budget 0                            # its extra-training control
       ssl-noise refine export RUN --out review/      # expert: to_review.csv + to_review.html
       ssl-noise refine import RUN review/to_review.csv                          # merge answers, run the round
       ssl-noise refine plot RUN --out budget.png --reference CE=0.880           # accuracy against budget
@@ -135,8 +137,11 @@ def refine_plot_cmd(sources, out, metric, labels, references, title) -> None:
     (all its sessions). One line per session; sessions with the same legend name (seeds of one acquisition on one
     run) are drawn as mean ± std. Prints the file written.
     """
-    from ssl_noise.plots import budget_curves, budget_figure, parse_references
+    from ssl_noise.plots import budget_curves, budget_figure, gains_over_control, parse_references
 
     lines = parse_references(references)
     curves = budget_curves(sources, metric=metric, labels=list(labels) or None)
+    for gain in gains_over_control(curves).itertuples():  # what relabelling added over the same extra training
+        click.echo(f"{gain.label} at {gain.budget:g} labels: {gain.gain:+.4f} over the zero-budget control "
+                   f"(n={gain.n})", err=True)
     click.echo(str(budget_figure(curves, out, metric=metric, references=lines, title=title)))

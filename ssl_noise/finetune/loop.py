@@ -11,20 +11,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ssl_noise import engine, io, noise
+from ssl_noise import engine, estimate, inits, io, noise
 from ssl_noise.data.dataset import Split
 from ssl_noise.finetune.inputs import Inputs, chunks, encoded_splits
-from ssl_noise.finetune.prepare import Prepared
+from ssl_noise.finetune.prepare import Prepared, oracle_rate
 from ssl_noise.io import derive_seed
 from ssl_noise.metrics import classification_metrics, memorisation
 from ssl_noise.robust import ROBUST, Classifier, FinetuneContext
+from ssl_noise.robust.base import MethodWarning
 
 
 @dataclass
@@ -58,6 +61,9 @@ class FitResult:
     test_probs: np.ndarray              # (N_test, K) at best_epoch
     train: Dict[str, Dict[str, Any]]    # {"best", "last"}: metrics.memorisation on the training split
     outputs: Dict[str, np.ndarray]
+    noise_rate: Optional[float] = None          # the rate the method was told (None: it needs none)
+    noise_rate_source: Optional[str] = None     # auto | oracle | given
+    inactive_reason: Optional[str] = None       # why the schedule is too short for the method to work as designed
 
 
 def train_one_epoch(method, ctx: FinetuneContext, batches, state: TrainState, clean: torch.Tensor, epoch: int,
@@ -133,9 +139,17 @@ class _Loop:
         self.ctx: Optional[FinetuneContext] = None
 
     def build_model(self, k: int) -> Classifier:
+        """Classifier ``k`` from the init. Network 0 starts from the run's encoder; a second network of a
+        two-network method gets its own encoder seed under random init (and ImageNet's re-initialised stem), as
+        Han et al. initialise them, unless the init is a registry entry (one set of weights to start from) or the
+        encoder is frozen (both heads read the same cached features)."""
         cfg, prep = self.prep.cfg, self.prep
+        encoder = prep.encoder
+        if k > 0 and prep.init["kind"] != "registry" and not cfg.freeze:
+            encoder = inits.resolve(cfg.init, prep.data, checkpoints=Path("."), backbone=cfg.backbone,
+                                    stem=cfg.stem, seed=derive_seed(cfg.seed, k, 3)).encoder
         torch.manual_seed(derive_seed(cfg.seed, k, 2))  # head init
-        model = Classifier(copy.deepcopy(prep.encoder), prep.feat_dim, prep.data.num_classes, freeze=cfg.freeze)
+        model = Classifier(copy.deepcopy(encoder), prep.feat_dim, prep.data.num_classes, freeze=cfg.freeze)
         return model.to(self.device, memory_format=self.inputs.fmt)
 
     def build_optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
@@ -164,9 +178,34 @@ class _Loop:
             steps_per_epoch=len(chunks(self.rows, cfg.batch_size)), device=self.device, seed=cfg.seed,
             build_model=self.build_model, build_optimizer=self.build_optimizer, batches=self.batches,
             predict_train=self.predict_train, autocast=self.autocast, augment=cfg.augmentation,
-            noise_rate=None if prep.noise["source"] == "file" else prep.noise["expected_rate"],
             run_stage=self.run_stage)
         return self.ctx
+
+    def auto_rate(self) -> float:
+        """The confident-joint estimate (:mod:`ssl_noise.estimate`) on the init's frozen, L2-normalised features
+        of the training images and their noisy labels: what a user without clean labels can compute."""
+        model = self.build_model(0).eval()
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return F.normalize(model.encode(x).float(), dim=1)
+
+        return estimate.features_rate(self.predict_train(embed), self.prep.train_noise.noisy,
+                                      self.prep.data.num_classes, seed=self.prep.cfg.seed)
+
+    def tell_rate(self, method) -> Tuple[Optional[float], Optional[str]]:
+        """Set ``ctx.noise_rate`` for a method that needs one: its own ``method_args.noise_estimate`` (given), else
+        ``--noise-estimate`` (auto by default; oracle = the configured noise's expected rate)."""
+        if not method.needs_noise_rate(method.args):
+            return None, None
+        given = getattr(method.args, "noise_estimate", None)
+        if given is not None:
+            rate, source = float(given), "given"
+        else:
+            rate, source = estimate.resolve(self.prep.cfg.noise_estimate, oracle=oracle_rate(self.prep.noise),
+                                            auto=self.auto_rate)
+        self.ctx.noise_rate = rate
+        return rate, source
 
     def use_training_set(self, method) -> None:
         """Train on the rows and labels the method's ``training_set()`` chose."""
@@ -192,7 +231,12 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     loop = _Loop(prep, inputs, x_train, device, log_path, show_progress)
     ctx = loop.context()
     method = make_method(ctx) if make_method is not None else ROBUST[cfg.method](ctx, cfg.method_args)
+    told = loop.tell_rate(method)
     method.setup()
+    inactive = method.inactive_reason()
+    if inactive:
+        warnings.warn(f"{cfg.method}: {inactive}; the run is reported as method_active=false", MethodWarning,
+                      stacklevel=2)
     loop.use_training_set(method)
     total = ctx.steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * ctx.steps_per_epoch))
@@ -216,7 +260,10 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
             io.append_jsonl(log_path, record)
         bar.set_postfix(val_acc=f"{state.val[-1]['acc']:.3f}", test_acc=f"{test['acc']:.3f}")
     bar.close()
-    return _finish(method, state, inputs, x_train, prep)
+    result = _finish(method, state, inputs, x_train, prep)
+    result.noise_rate, result.noise_rate_source = told
+    result.inactive_reason = inactive
+    return result
 
 
 def _finish(method, state: TrainState, inputs: Inputs, x_train: np.ndarray, prep: Prepared) -> FitResult:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ssl_noise import inits, noise, runs
+from ssl_noise.runs import RunFolder
 from ssl_noise.config import FinetuneConfig, from_recipe, to_dict
 from ssl_noise.data import ImageDataset, load_dataset
 from ssl_noise.errors import UserError
@@ -82,19 +83,50 @@ def _transition(cfg: FinetuneConfig, data: ImageDataset) -> Tuple[np.ndarray, Op
                                    force=cfg.noise_force), None
 
 
+def _source_run(cfg: FinetuneConfig) -> Optional[RunFolder]:
+    """The finished run whose ``noisy_labels.csv`` is the noise file, if it is one: its validation labels and its
+    noise record then travel with the training labels, so the new run pairs with it like a generated one."""
+    if cfg.noise_file is None or Path(cfg.noise_file).name != "noisy_labels.csv":
+        return None
+    run = RunFolder(Path(cfg.noise_file).parent)
+    return run if run.is_finished() else None
+
+
+def _validation(cfg: FinetuneConfig, data: ImageDataset, T: np.ndarray,
+                source: Optional[RunFolder]) -> Optional[noise.NoisyLabels]:
+    """The noisy validation labels: the source run's own (a noise file from a run), else drawn with T."""
+    if cfg.clean_val:
+        return None
+    K = data.num_classes
+    given = None if source is None else source.val_labels(num_samples=len(data.val), num_classes=K)
+    if given is None:
+        return noise.corrupt(data.val.labels, T, rng=np.random.default_rng([cfg.noise_seed, 1]), mode=cfg.noise_mode)
+    if not np.array_equal(given.clean, data.val.labels):
+        raise UserError(f"{source.path}: its validation labels were written for other data than {data.name}'s")
+    return noise.NoisyLabels.from_labels(data.val.labels, given.noisy, np.eye(K))
+
+
+def _recorded(cfg: FinetuneConfig, source: Optional[RunFolder]) -> Dict[str, Any]:
+    """Type, rate, seed and mode of the noise: the config's, a plain noise file's (unknown) or the source run's."""
+    if source is not None:
+        nz = source.metrics()["noise"]
+        return {k: nz.get(k) for k in ("type", "rate", "seed", "mode")}
+    if cfg.noise_file:
+        return {"type": "file", "rate": None, "seed": cfg.noise_seed, "mode": None}
+    return {"type": cfg.noise_type, "rate": None if cfg.noise_matrix else float(cfg.noise_rate or 0.0),
+            "seed": cfg.noise_seed, "mode": cfg.noise_mode}
+
+
 def corrupt(cfg: FinetuneConfig, data: ImageDataset) -> tuple:
     """(training labels, validation labels or None, the noise summary of metrics.json)."""
-    clean = data.train.labels
+    clean, source = data.train.labels, _source_run(cfg)
     T, train = _transition(cfg, data)
     if train is None:
         train = noise.corrupt(clean, T, rng=np.random.default_rng(cfg.noise_seed), mode=cfg.noise_mode)
-    val = None if cfg.clean_val else noise.corrupt(data.val.labels, T, rng=np.random.default_rng([cfg.noise_seed, 1]),
-                                                    mode=cfg.noise_mode)
+    val = _validation(cfg, data, T, source)
     labels = [data.train_indices, clean, train.noisy] + ([val.noisy] if val is not None else [])
     summary = {"source": "file" if cfg.noise_file else "generated", "file": cfg.noise_file,
-               "type": "file" if cfg.noise_file else cfg.noise_type,
-               "rate": None if cfg.noise_file or cfg.noise_matrix else float(cfg.noise_rate or 0.0),
-               "seed": cfg.noise_seed, "mode": None if cfg.noise_file else cfg.noise_mode,
+               "source_run": None if source is None else source.name, **_recorded(cfg, source),
                "realised_rate": train.realised_rate, "n_flipped": int(train.flipped.sum()),
                "expected_rate": noise.expected_rate(T, clean), "clean_val": cfg.clean_val,
                "val_realised_rate": None if val is None else val.realised_rate,
@@ -103,10 +135,21 @@ def corrupt(cfg: FinetuneConfig, data: ImageDataset) -> tuple:
     return train, val, summary
 
 
+def oracle_rate(summary: Dict[str, Any]) -> Optional[float]:
+    """The injected wrong-label rate (``--noise-estimate oracle``): the configured noise's expected rate, the source
+    run's rate for a noise file taken from a run, None for any other noise file."""
+    if summary["source"] != "file":
+        return summary["expected_rate"]
+    return summary["rate"]
+
+
 def run_id(cfg: FinetuneConfig, data: ImageDataset, init: Dict[str, Any], summary: Dict[str, Any]) -> str:
     """The run folder's name; its hash covers the config (file paths excepted: the label hash has their content),
     the encoder's sha256, the data's identity and the noisy labels."""
     skip = {"noise_file", "class_map", "noise_matrix", "eval_batch_size"}
+    method = ROBUST[cfg.method]
+    if not method.needs_noise_rate(method.parse_args(cfg.method_args)):
+        skip.add("noise_estimate")  # a method told no rate trains the same whatever the setting
     if cfg.noise_file:
         skip |= {"noise_rate", "noise_type", "noise_mode", "noise_force"}
     identity = {"config": {k: v for k, v in to_dict(cfg).items() if k not in skip}, "encoder": init["sha256"],

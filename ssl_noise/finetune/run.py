@@ -23,11 +23,15 @@ from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
 
 def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
     """``metrics.json``: deterministic (no times), epochs 1-based."""
-    b, last5 = result.best_epoch, result.test[-5:]
+    b, epochs = result.best_epoch, prep.cfg.epochs
+    last5 = result.test[-5:] if len(result.test) >= 5 else []  # fewer than 5 epochs: no last-5 mean at all
     return {"schema_version": SCHEMA_VERSION, "run_id": prep.run_id, "select_metric": prep.cfg.select_metric,
-            "selected_epoch": b + 1, "epochs": prep.cfg.epochs, "class_names": prep.data.class_names,
-            "test": {"best": result.test[b], "last": result.test[-1], "last5_mean": mean_metrics(last5),
-                     "last5_epochs": list(range(prep.cfg.epochs - len(last5) + 1, prep.cfg.epochs + 1))},
+            "selected_epoch": b + 1, "epochs": epochs, "class_names": prep.data.class_names,
+            "method_active": result.inactive_reason is None, "method_inactive_reason": result.inactive_reason,
+            "noise_rate_estimate": result.noise_rate, "noise_rate_source": result.noise_rate_source,
+            "test": {"best": result.test[b], "last": result.test[-1],
+                     "last5_mean": mean_metrics(last5) if last5 else None,
+                     "last5_epochs": list(range(epochs - len(last5) + 1, epochs + 1)) if last5 else []},
             "val": {"best": result.val[b], "last": result.val[-1],
                     "labels": "clean" if prep.cfg.clean_val else "noisy"},
             "train": result.train, "noise": prep.noise,
@@ -40,19 +44,22 @@ def result_row(prep: Prepared, metrics: Dict[str, Any], wall: float, created: st
     best, train = metrics["val"]["best"], metrics["train"]
     row = {"run_id": prep.run_id, "dataset": prep.data.name, "image_size": prep.data.image_size,
            "n_train": len(prep.data.train), "init": cfg.init, "encoder_id": init["id"],
-           "encoder_sha256": init["sha256"], "backbone": init["backbone"], "stem": init["stem"],
+           "encoder_sha256": init["sha256"], "encoder_method": None if init["kind"] == "random" else init["method"],
+           "encoder_seed": init.get("seed"), "backbone": init["backbone"], "stem": init["stem"],
            "protocol": "linear_probe" if cfg.freeze else "finetune", "method": cfg.method,
-           "method_args": method_args_text(cfg.method_args),
+           "method_args": method_args_text(cfg.method_args), "method_active": metrics["method_active"],
            "noise_source": nz["source"], "noise_type": nz["type"], "noise_rate": nz["rate"],
            "noise_realised_rate": nz["realised_rate"], "noise_seed": nz["seed"], "noise_mode": nz["mode"],
-           "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"], "seed": cfg.seed,
+           "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"],
+           "noise_rate_estimate": metrics["noise_rate_estimate"], "noise_rate_source": metrics["noise_rate_source"],
+           "seed": cfg.seed,
            "epochs": cfg.epochs, "select_metric": cfg.select_metric, "selected_epoch": metrics["selected_epoch"],
            "val_acc": best["acc"], "val_macro_f1": best["macro_f1"],
            "train_acc_noisy": train["best"]["acc_noisy"], "train_acc_clean": train["best"]["acc_clean"],
            "train_memorised": train["best"]["memorised"], "train_memorised_last": train["last"]["memorised"],
            "wall_time_s": round(wall, 2), "created_at": created}
     for suffix, key in (("", "best"), ("_last", "last"), ("_last5", "last5_mean")):
-        row.update({f"test_{m}{suffix}": t[key][m] for m in SCALARS})
+        row.update({f"test_{m}{suffix}": None if t[key] is None else t[key][m] for m in SCALARS})
     return row
 
 

@@ -7,12 +7,15 @@ so each function pays only for what it needs; the functions themselves live in :
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 import torch
 
 from ssl_noise.acquisition import ACQUISITION
+from ssl_noise.finetune import Inputs
+from ssl_noise.io import derive_seed
 from ssl_noise.robust.base import Classifier
 
 if TYPE_CHECKING:  # annotations only: the session module imports this one
@@ -52,13 +55,16 @@ class PoolView:
         """(T, P, K): train mode (BatchNorm batch statistics; ResNets have no dropout) on augmented, shuffled
         batches; every parameter and BN running statistic is restored afterwards."""
         s, saved = self.s, copy.deepcopy(self.model.state_dict())
+        # the passes' order and augmentation come from the refinement seed and round, not the LNL run's seed
+        inputs = Inputs(dataclasses.replace(s.run.cfg, seed=derive_seed(s.config.seed, s.round + 1, 7)),
+                        s.run.init["normalisation"], s.device)
         images, rows = torch.from_numpy(s.run.data.train.images), torch.from_numpy(self.rows)
         out = np.zeros((s.config.bald_passes, self.size, s.run.data.num_classes), np.float32)
         self.model.train()
         try:
             for t in range(s.config.bald_passes):
-                for batch in s.inputs.batches(images, torch.zeros(len(images), dtype=torch.int64), rows,
-                                              augment=True, shuffle=True, epoch=1_000_000 + t):
+                for batch in inputs.batches(images, torch.zeros(len(images), dtype=torch.int64), rows,
+                                            augment=True, shuffle=True, epoch=t):
                     with s.autocast():
                         p = self.model(batch.x).float().softmax(dim=1).cpu().numpy()
                     out[t, np.searchsorted(self.rows, batch.index.cpu().numpy())] = p

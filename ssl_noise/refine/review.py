@@ -29,6 +29,8 @@ def export_review(run_folder: str | Path, out: str | Path, *, given: Dict[str, A
                   data_root: Optional[str] = None, device: str = "cpu") -> Session:
     """Acquire the next batch for an expert (or re-export the batch awaiting review) and write
     ``out/to_review.csv`` and ``out/to_review.html``."""
+    if given.get("budget") == 0:
+        raise UserError("--budget 0 is the control of simulated sessions (refine run); an expert needs samples")
     run = load_run(run_folder, data_root=data_root)
     name = name or _matching_expert_session(run, given)
     session = open_session(run, name, {**given, "oracle": "expert"}, device=device)

@@ -45,7 +45,7 @@ class RefineConfig:
     """
 
     acquisition: str = "entropy"
-    budget: int = 70                 # samples relabelled per round (ALR README: 70)
+    budget: int = 70                 # samples relabelled per round (ALR README: 70; 0: the extra-training control)
     oracle: str = "simulated"        # simulated | expert
     epochs: int = 10                 # fine-tuning epochs per round (ALR: 25 recalibration epochs)
     lr: float = 0.01                 # peak lr per round (ALR's lr_AL); other optimiser settings from the run
@@ -56,13 +56,17 @@ class RefineConfig:
         ACQUISITION.get_or_fail(self.acquisition)
         if self.oracle not in ("simulated", "expert"):
             raise UserError(f"unknown oracle {self.oracle!r}; choose from: expert, simulated")
-        for name in ("budget", "epochs", "bald_passes"):
+        for name in ("epochs", "bald_passes"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.budget < 0:
+            raise UserError(f"budget must be non-negative (0: the control), got {self.budget}")
         if self.lr <= 0 or self.seed < 0:
             raise UserError(f"lr must be positive and seed non-negative (got {self.lr}, {self.seed})")
 
     def default_name(self) -> str:
+        if self.budget == 0:  # the same rounds of fine-tuning with nothing relabelled: acquisition plays no part
+            return f"control-b0-s{self.seed}"
         return f"{'expert-' if self.oracle == 'expert' else ''}{self.acquisition}-b{self.budget}-s{self.seed}"
 
 
@@ -152,6 +156,9 @@ class Session:
 
     def acquire(self) -> Dict[str, np.ndarray]:
         """The next ``budget`` pool rows to relabel, with their acquisition scores and the model's prediction."""
+        if self.config.budget == 0:  # the control: nothing acquired, the round only fine-tunes
+            empty = np.zeros(0, np.int64)
+            return {"rows": empty, "score": np.zeros(0), "probs": np.zeros((0, self.run.data.num_classes))}
         view = PoolView(self, self.model(), self.pool_rows, np.flatnonzero(self.source != POOL))
         rng = np.random.default_rng(derive_seed(self.config.seed, self.round + 1))
         return acquire(view, self.config.acquisition, self.config.budget, rng)

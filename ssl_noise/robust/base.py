@@ -23,6 +23,7 @@ from torch import nn
 
 from ssl_noise._registry import Registry
 from ssl_noise.config import NoArgs, resolve
+from ssl_noise.errors import SslNoiseWarning
 
 #: The registry every robust method file adds itself to with ``@ROBUST.register("<name>")``.
 ROBUST: Registry = Registry("robust method")
@@ -60,13 +61,17 @@ class FinetuneContext:
     optimizers: List[torch.optim.Optimizer] = field(default_factory=list)
     augment: bool = True                                  # the run's training batches are augmented
     # For multi-stage methods (HSA-NRL, a k-NN filter); optional so other callers need not fill them.
-    noise_rate: Optional[float] = None                   # expected wrong-label rate of the configured noise, as the
-    #                                                      user knows it (None: labels from a noise file)
+    noise_rate: Optional[float] = None                   # the wrong-label rate the method is told: estimated by
+    #                                                      default, the injected one with --noise-estimate oracle
     # run_stage(rows, labels, *, name, predict=None) -> (history (len(rows), epochs), probs (len(predict), K) or
     # None): a nested plain-CE run of this config and init on training rows ``rows`` with ``labels``
     # (:func:`ssl_noise.finetune.fit_subset`); ``probs`` are its selected-epoch softmax on the un-augmented
     # training images ``predict``.
     run_stage: Optional[Callable[..., Tuple[np.ndarray, Optional[np.ndarray]]]] = None
+
+
+class MethodWarning(SslNoiseWarning):
+    """A method runs, but not as designed (a schedule too short for its warm-up, ramp or window)."""
 
 
 class Classifier(nn.Module):
@@ -148,6 +153,17 @@ class RobustMethod(nn.Module):
         optimiser with ``ctx.build_optimizer(module)`` (the loop zeroes, steps and schedules it). A filter method
         may look at the data here (``ctx.predict_train``, ``ctx.batches``)."""
         raise NotImplementedError
+
+    @classmethod
+    def needs_noise_rate(cls, args: Any) -> bool:
+        """Whether ``setup`` with these parsed ``args`` reads ``ctx.noise_rate`` (the loop then estimates it, or
+        takes the oracle or given one); it also decides whether ``--noise-estimate`` is part of the run id."""
+        return False
+
+    def inactive_reason(self) -> Optional[str]:
+        """After ``setup``: why this run's schedule is too short for the method to act as designed (a warm-up,
+        ramp or window that never completes), or None. Such runs are reported with ``method_active`` false."""
+        return None
 
     def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
         """Once: ``(keep, labels)``, (N,) bool samples to train on and (N,) int64 labels to train them with

@@ -115,6 +115,18 @@ def cross_update(method: RobustMethod, batch: Batch, epoch: int,
     return {"loss": loss, "prob": label_prob(logits, batch.y), "pred": logits.argmax(dim=1), "selected": picks[0]}
 
 
+#: The forget-rate ramp of the paper and the ALR code (epochs); a shorter ramp is not Co-teaching as designed.
+PAPER_RAMP = 10
+
+
+def short_ramp(method: RobustMethod) -> Optional[str]:
+    """Why Co-teaching's schedule is too short (a ramp under the paper's 10 epochs), or None."""
+    if method.num_gradual < PAPER_RAMP and method.args.num_gradual is None:
+        return (f"the forget rate reaches its maximum after {method.num_gradual} epoch(s) of {method.ctx.epochs} "
+                f"(the paper ramps over {PAPER_RAMP}; at least {3 * PAPER_RAMP} epochs give that ramp)")
+    return None
+
+
 @torch.no_grad()
 def noise_score(method: RobustMethod) -> np.ndarray:
     """(N,) network 1's eval-mode cross-entropy of the given label on the un-augmented training images."""
@@ -143,6 +155,13 @@ class CoTeaching(RobustMethod):
 
     def setup(self) -> None:
         setup_pair(self)
+
+    @classmethod
+    def needs_noise_rate(cls, args) -> bool:
+        return True
+
+    def inactive_reason(self) -> Optional[str]:
+        return short_ramp(self)
 
     @property
     def nets(self) -> List[Classifier]:

@@ -20,7 +20,7 @@ from torch import nn
 from ssl_noise import noise
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, RobustMethod
-from ssl_noise.robust.nshe import NSHE, NSHEArgs
+from ssl_noise.robust.nshe import NSHE, NSHEArgs, nshe_too_short
 
 #: Arrays written to the run folder, each (rounds, N) or (rounds, N, epochs), -1 / NaN where a sample took no part.
 STAGE_OUTPUTS = ("round_history", "easy_score", "split", "anchor_labels", "anchor_history", "ehn_scores",
@@ -218,6 +218,16 @@ class HSANRL(RobustMethod):
                                            hidden=a.ehn_hidden, steps=a.ehn_steps, lr=a.ehn_lr, seed=ctx.seed)
         self.nshe = NSHE(ctx, {f.name: getattr(a, f.name) for f in dataclasses.fields(NSHEArgs)})
         self.nshe.setup()
+
+    @classmethod
+    def needs_noise_rate(cls, args) -> bool:
+        return True
+
+    def inactive_reason(self) -> Optional[str]:
+        if self.ctx.epochs <= self.args.skip_epochs:
+            return (f"the easy score leaves out the first {self.args.skip_epochs} epochs of a history that has "
+                    f"{self.ctx.epochs}")
+        return nshe_too_short(self.nshe.args, self.ctx.epochs)
 
     def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
         return self.correction.keep, self.correction.labels

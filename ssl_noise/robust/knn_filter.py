@@ -77,6 +77,10 @@ class KNNFilter(RobustMethod):
         self.model = ctx.build_model(0)
         ctx.build_optimizer(self.model)
 
+    @classmethod
+    def needs_noise_rate(cls, args) -> bool:
+        return args.threshold is None
+
     def training_set(self) -> Tuple[np.ndarray, np.ndarray]:
         keep = ~self.flagged if self.args.mode == "drop" else np.ones(len(self.labels), dtype=bool)
         return keep, self.labels

@@ -12,7 +12,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -80,6 +80,13 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, ke
     return (ce * weights.to(ce.dtype) * keep).sum() / keep.sum().clamp(min=1.0)
 
 
+def nshe_too_short(args: NSHEArgs, epochs: int) -> Optional[str]:
+    """Why NSHE's per-sample weighting never starts in ``epochs`` epochs (its warm-up is as long), or None."""
+    if args.weight_power > 0 and args.warm_up >= epochs:
+        return f"the per-sample weighting starts after a {args.warm_up}-epoch warm-up, but the run has {epochs} epochs"
+    return None
+
+
 class NSHEWarning(SslNoiseWarning):
     """A setting that runs but cannot do what NSHE intends (see :meth:`NSHE._check_ema_horizon`)."""
 
@@ -107,6 +114,9 @@ class NSHE(RobustMethod):
         self.weighting = self.args.warm_up == 0
         self._stepped = False
         self._check_ema_horizon()
+
+    def inactive_reason(self) -> Optional[str]:
+        return nshe_too_short(self.args, self.ctx.epochs)
 
     def _check_ema_horizon(self) -> None:
         """Warn when the EMA copy, the network evaluated, cannot leave its initialisation within the run.

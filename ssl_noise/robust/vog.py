@@ -18,7 +18,7 @@ import torch
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod
 from ssl_noise.robust.coteaching import (CoteachingArgs, cross_update, forget_rate, pair_outputs, setup_pair,
-                                         small_loss_pick)
+                                         short_ramp, small_loss_pick)
 
 
 @dataclass
@@ -104,6 +104,18 @@ class VoGCoTeaching(RobustMethod):
         dim = self.net1.head.in_features + 1
         self.windows = [GradientWindow(args.vog_window, n, dim, self.ctx.device) for _ in self.nets]
         self.scores: Optional[list] = None  # [(N,) float32] per network, from the epochs before the current one
+
+    @classmethod
+    def needs_noise_rate(cls, args) -> bool:
+        return True
+
+    def inactive_reason(self) -> Optional[str]:
+        if self.warmup + 2 > self.ctx.epochs or self.args.mix_ratio == 0:
+            return (f"VoG never mixes in: its selection starts at epoch {self.warmup + 1} of {self.ctx.epochs} and "
+                    f"needs two epochs of gradients first")
+        if self.record_from + self.args.vog_window > self.ctx.epochs:
+            return f"VoG's window of {self.args.vog_window} epochs never fills in {self.ctx.epochs} epochs"
+        return short_ramp(self)
 
     @property
     def nets(self) -> List[Classifier]:
