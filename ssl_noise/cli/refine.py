@@ -15,8 +15,9 @@ from ssl_noise.settings import Settings
 
 #: The settings of a refinement session, shared by `refine run` and `refine export`.
 refine_options = stack(
-    click.option("--budget", type=int, metavar="B", help="Samples relabelled per round (default 70, ALR's README); 0 is the control: the same "
-                      "rounds of fine-tuning with nothing relabelled."),
+    click.option("--budget", type=int, metavar="B",
+                 help="Samples relabelled per round (default 70, ALR's README); 0 is the control: the same rounds of "
+                      "fine-tuning with nothing relabelled."),
     click.option("--acquisition", metavar="NAME",
                  help="entropy (default), least_confidence, margin, bald, coreset or random."),
     click.option("--epochs", type=int, help="Fine-tuning epochs per round (default 10; ALR used 25)."),
