@@ -72,7 +72,7 @@ def coreset(view, budget: int, rng: np.random.Generator) -> Acquired:
     squared distance is 2 - 2 cos); each pick then lowers the distances by one (P, D) x (D,) product. The score of
     a pick is its distance at the time it was picked; unpicked samples score their final distance.
     """
-    from ssl_noise.knn import search
+    from ssl_noise.knn import search  # faiss, loaded only by the acquisition that needs neighbours
 
     pool, labelled = view.features(), view.labelled_features()                # (P, D), (L, D)
     if len(labelled):

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar, Union
 import yaml
 
 from ssl_noise.errors import UserError
+from ssl_noise.settings import recipe_path
 
 C = TypeVar("C")
 #: ``--init`` values that are not registry entries.
@@ -154,7 +155,6 @@ def from_recipe(cls: Type[C], kind: str, name: str, flags: Mapping[str, Any], *,
     then the one shipped with the package). Returns the config and the recipe file used (None: defaults only), so
     every entry point layers a run's settings the same way.
     """
-    from ssl_noise.settings import recipe_path
 
     dataset = flags.get("dataset") or getattr(cls, "dataset")
     recipe_file = recipe or recipe_path(kind, dataset, name)

@@ -16,9 +16,12 @@ from typing import List, Optional
 
 import yaml
 
-from ssl_noise import sweep
+from ssl_noise import plots, registry, report, sweep, tables
 from ssl_noise.config import PretrainConfig, load_recipe, resolve, to_dict
+from ssl_noise.data import get_entry
+from ssl_noise.data.medmnist import fetch, md5_status
 from ssl_noise.errors import UserError
+from ssl_noise.pretrain import pretrain
 
 PRETRAIN_RECIPE = "pretrain/bloodmnist/demo_simclr.yaml"
 SWEEP_SPEC = "finetune/sweeps/demo.yaml"
@@ -42,8 +45,6 @@ class DemoResult:
 
 def _existing_entry(checkpoints: Path, cfg: PretrainConfig) -> Optional[str]:
     """A registry entry whose recorded config.yaml equals ``cfg`` in every field (never a subset of fields)."""
-    from ssl_noise import registry
-
     wanted = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
     for meta in registry.list_entries(checkpoints):
         path = Path(checkpoints) / meta["id"] / registry.CONFIG_FILE
@@ -54,9 +55,6 @@ def _existing_entry(checkpoints: Path, cfg: PretrainConfig) -> Optional[str]:
 
 def _check_data(data_root: Optional[str], log: sweep.Log) -> None:
     """Find or download BloodMNIST (28 px) and insist on the official md5."""
-    from ssl_noise.data import get_entry
-    from ssl_noise.data.medmnist import fetch, md5_status
-
     entry = get_entry("bloodmnist")
     path = fetch(entry.flag, 28, data_root=data_root, download=True)
     md5, status = md5_status(path, entry.md5s[28])
@@ -67,8 +65,6 @@ def _check_data(data_root: Optional[str], log: sweep.Log) -> None:
 
 def summary_table(table: Path, metric: str = "test_acc") -> str:
     """Mean ``metric`` per init and rate and the paired gain over random: the lines the demo prints."""
-    from ssl_noise import report, tables
-
     frame = tables.load_results(table)
     rows, _ = tables.tidy(frame, metric)
     means = rows.groupby(["noise_rate", "init_label"])[metric].mean().unstack("init_label")
@@ -88,8 +84,6 @@ def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, devic
 
     Steps: docs/methods.md#the-demo-ssl_noisedemopy-ssl-noise-demo
     """
-    from ssl_noise import plots, report
-    from ssl_noise.pretrain import pretrain
 
     start = time.perf_counter()
     out = Path(out)

@@ -19,12 +19,13 @@ import numpy as np
 
 from ssl_noise import estimate, io, noise
 from ssl_noise._registry import Registry
-from ssl_noise.config import check_noise_estimate
+from ssl_noise.config import FinetuneConfig, check_noise_estimate, resolve
 from ssl_noise.errors import UserError
 from ssl_noise.finetune import prepare
 from ssl_noise.finetune.prepare import oracle_rate
 from ssl_noise.knn import extract_features, knn_scores, top_fraction
 from ssl_noise.metrics import detection_metrics, kept_metrics
+from ssl_noise.provenance import versions
 from ssl_noise.robust.hsa_nrl import EASY, NOISY, easy_score
 from ssl_noise.runs import RunFolder
 
@@ -198,7 +199,6 @@ def source_for(name: str, *, run: Optional[Path] = None, flags: Optional[Dict[st
     """The input detector ``name`` reads: a finished run folder, or frozen features of ``flags["init"]`` on the
     labels ``finetune`` with the same flags (FinetuneConfig fields, None: not given) would train on. Refuses a
     mix of the two, which would silently ignore half of what was asked."""
-    from ssl_noise.config import FinetuneConfig, resolve
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     if DETECTORS.get_or_fail(name).needs == "run":
@@ -217,8 +217,6 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
     """Run ``name`` on ``source``; write ``<runs>/detect/<id>/``. Returns (folder, metrics, computed); an identical
     finished detection is returned as it is (computed False)."""
     from datetime import datetime, timezone
-
-    from ssl_noise.provenance import versions
 
     detector = DETECTORS.get_or_fail(name)
     if (detector.needs == "features") != (source.features is not None):
@@ -292,14 +290,18 @@ def detection_row(folder: Path) -> Optional[Dict[str, Any]]:
         init = metrics.get("init") or src.get("init")
         row = {"kind": "detect", "detector": metrics["detector"], "options": json.dumps(metrics["options"])}
         labels_sha, detector_s = src.get("labels_sha256"), run.get("timing", {}).get("detector_s")
+        realised = metrics.get("realised_rate", noise.get("realised_rate"))
     else:                                                       # a fine-tuning run that selects samples
         cfg = folder.config()
         noise, dataset = metrics["noise"], run.get("result", {}).get("dataset")
         init = (metrics.get("init") or {}).get("id")
         row = {"kind": "run", "detector": cfg.get("method"), "options": json.dumps(cfg.get("method_args") or {})}
         labels_sha, detector_s = noise.get("labels_sha256"), None
+        realised = noise.get("realised_rate")
     row.update({"folder": folder.name, "init": init, "dataset": dataset, "noise_type": noise.get("type"),
-                "noise_rate": noise.get("rate"), "noise_seed": noise.get("seed"), "labels_sha256": labels_sha})
+                "noise_rate": noise.get("rate"), "noise_seed": noise.get("seed"), "labels_sha256": labels_sha,
+                "realised_rate": realised, "noise_rate_estimate": metrics.get("noise_rate_estimate"),
+                "noise_rate_source": metrics.get("noise_rate_source")})
     row.update({k: found.get(k) for k in ("precision", "recall", "f1", "auroc", "ap", "n_noisy", "n_flagged",
                                          "n_kept", "kept_purity", "clean_kept")})
     per_class, classes = found.get("clean_kept_per_class") or [], metrics.get("class_names")

@@ -10,6 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ssl_noise import inits, registry
+from ssl_noise.data import load_dataset
+from ssl_noise.knn import extract_features, knn_accuracy, linear_probe_accuracy
+
 
 def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: int = 200, t: float = 0.1,
                      data_root: str | None = None, checkpoints: Path = Path("checkpoints"),
@@ -19,9 +23,6 @@ def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: 
 
     Returns ``{encoder, dataset, k, t, knn_test_acc, linear_probe_test_acc}``.
     """
-    from ssl_noise import inits, registry
-    from ssl_noise.data import load_dataset
-    from ssl_noise.knn import extract_features, knn_accuracy, linear_probe_accuracy
 
     if ref == "random":
         data = load_dataset(dataset or "bloodmnist", data_root=data_root)

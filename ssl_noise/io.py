@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from ssl_noise.errors import UserError
+
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
     """Hex digest of a file, read in chunks (md5 for MedMNIST archives, sha256 for weights)."""
@@ -93,8 +95,6 @@ def read_csv_strict(path: str | os.PathLike, *, what: str, columns: tuple = ()):
     """Read a user-supplied CSV as strings; a missing file, a parse error or missing ``columns`` is a UserError
     naming the file and ``what`` it is (e.g. "noise file"). Column names are stripped of spaces."""
     import pandas as pd
-
-    from ssl_noise.errors import UserError
 
     path = Path(path)
     if not path.is_file():

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ssl_noise.errors import UserError
+from ssl_noise.io import atomic_path
 from ssl_noise.runs import RunFolder
 from ssl_noise.tables import DEFAULT_METRIC, load_results, pool_reruns, summarise, tidy
 
@@ -63,8 +64,6 @@ def _grid(n_rows: int, n_cols: int, *, sharey: bool = True, extra_width: float =
 
 def _save(fig, out: Path) -> Path:
     import matplotlib.pyplot as plt
-
-    from ssl_noise.io import atomic_path
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ssl_noise import io
+from ssl_noise import io, registry
 from ssl_noise.augment import AugmentConfig, to_float
-from ssl_noise.config import PretrainConfig, to_dict
-from ssl_noise.data import channel_stats, spec_label
+from ssl_noise.backbones import BACKBONES, build_backbone, default_stem
+from ssl_noise.config import PretrainConfig, from_recipe, to_dict
+from ssl_noise.data import channel_stats, load_dataset, spec_label
 from ssl_noise.engine import autocast, build_optimizer, lr_at, memory_format, set_lr
 from ssl_noise.errors import UserError
+from ssl_noise.knn import extract_features, knn_accuracy
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
 
 STATE_FILE = "last_state.pt"
@@ -55,8 +57,6 @@ def resolve_config(flags: Dict[str, Any], *, recipe: Optional[str] = None, overr
     Checks the method before looking for its recipe and the backbone before any data is loaded, so a typo
     fails at once with the list of choices.
     """
-    from ssl_noise.backbones import BACKBONES
-    from ssl_noise.config import from_recipe
 
     method = flags.get("method") or PretrainConfig.method
     METHODS.get_or_fail(method)
@@ -75,8 +75,6 @@ def work_dir(runs_root: Path, cfg: PretrainConfig) -> Path:
 
 def knn_monitor(encoder: torch.nn.Module, data, spec: InputSpec, cfg: PretrainConfig, device: str) -> float:
     """k-NN accuracy of the current encoder: train split as the bank, validation split as queries."""
-    from ssl_noise.knn import extract_features, knn_accuracy
-
     bf16 = cfg.precision == "bf16"
     bank = extract_features(encoder, data.train.images, mean=spec.mean, std=spec.std, device=device, bf16=bf16)
     query = extract_features(encoder, data.val.images, mean=spec.mean, std=spec.std, device=device, bf16=bf16)
@@ -127,7 +125,6 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
     error if there is none); ``stop_after`` stops after that many epochs (an interruption, for tests) and returns
     None; ``command`` is the argv recorded in the entry; the progress bar shows on rank 0 only.
     """
-    from ssl_noise.data import load_dataset
 
     rank, world, device = _init_distributed(device)
     method_cls = METHODS.get_or_fail(cfg.method)
@@ -178,8 +175,6 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
 
 def _build(cfg: PretrainConfig, method_cls, spec: InputSpec, device: str, world: int):
     """(method, the module to call (DDP-wrapped under torchrun), stem, feat_dim), seeded by ``cfg.seed``."""
-    from ssl_noise.backbones import build_backbone, default_stem
-
     stem = cfg.stem or default_stem(spec.image_size)
     torch.manual_seed(cfg.seed)  # identical initial weights on every process (DDP also broadcasts rank 0's)
     backbone, feat_dim = build_backbone(cfg.backbone, stem=stem, in_channels=spec.channels)
@@ -242,8 +237,6 @@ def _entry_meta(cfg: PretrainConfig, method, data, spec: InputSpec, *, stem: str
 
 def _register(checkpoints: Path, work: Path, method, meta: Dict[str, Any], cfg: PretrainConfig) -> str:
     """Save the backbone as a registry entry, then drop the resumable state (the entry is the artefact now)."""
-    from ssl_noise import registry
-
     entry = registry.save_entry(checkpoints, cpu_copy(method.backbone), meta, config=to_dict(cfg),
                                 train_log_path=work / LOG_FILE, extra_files=method.extra_files())
     (work / STATE_FILE).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ssl_noise import plots, tables
 from ssl_noise.errors import UserError
+from ssl_noise.io import atomic_path
 
 FORMATS = (".md", ".html")
 BASELINE = "random"
@@ -315,7 +316,6 @@ def write_report(source, out: str | Path, *, metric: str = tables.DEFAULT_METRIC
             ``<out stem>_robustness.png`` (and ``..._detection.png``) next to the report.
         pool: one row per pretraining command rather than per registry entry (:func:`ssl_noise.tables.pool_reruns`).
     """
-    from ssl_noise.io import atomic_path
 
     out = Path(out)
     if out.suffix.lower() not in FORMATS:

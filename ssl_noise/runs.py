@@ -112,7 +112,7 @@ class RunFolder:
 
     def model_state(self):
         """The selected-epoch state of a selecting method (``model.safetensors``), CPU tensors."""
-        from ssl_noise.engine import load_state
+        from ssl_noise.engine import load_state  # torch: tables and figures read run folders without it
 
         return load_state(self.path / "model.safetensors")
 
@@ -130,7 +130,7 @@ class RunFolder:
         np.save(self.path / f"{name}.npy", np.asarray(array))
 
     def write_model_state(self, state) -> None:
-        from ssl_noise.engine import save_state
+        from ssl_noise.engine import save_state  # torch, as above
 
         save_state(state, self.path / "model.safetensors")
 

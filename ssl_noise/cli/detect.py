@@ -126,8 +126,9 @@ def detections_cmd(folders, out):
     from ssl_noise import detect, io
 
     frame = detect.collect(folders)
-    shown = ["detector", "options", "init", "dataset", "noise_type", "noise_rate", "noise_seed", "precision", "recall",
-             "f1", "auroc", *[c for c in frame.columns if c.startswith("clean_kept_")], "wall_time_s"]
+    shown = ["detector", "options", "init", "dataset", "noise_type", "noise_rate", "noise_seed", "realised_rate",
+             "noise_rate_estimate", "precision", "recall", "f1", "auroc", "ap",
+             *[c for c in frame.columns if c.startswith("clean_kept_")], "wall_time_s"]
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 40):
         click.echo(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     if out:

@@ -18,6 +18,7 @@ from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text,
 from ssl_noise.finetune.loop import FitResult, fit
 from ssl_noise.finetune.prepare import Prepared, prepare
 from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
+from ssl_noise.provenance import git_state, versions
 from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
 
 
@@ -83,7 +84,6 @@ def write_outputs(run: RunFolder, prep: Prepared, result: FitResult) -> Dict[str
 
 def provenance(prep: Prepared, row: Dict[str, Any], created: str, device: str, command) -> Dict[str, Any]:
     """run.json: how and where the run was made (not part of the deterministic metrics)."""
-    from ssl_noise.provenance import git_state, versions
 
     cfg, data = prep.cfg, prep.data
     return {"schema_version": SCHEMA_VERSION, "run_id": prep.run_id, "created_at": created,

@@ -145,7 +145,7 @@ def noise_file(out: Union[str, os.PathLike], dataset: str, noise_type: str = "sy
     Returns ``(dataset, T, NoisyLabels)`` for the caller's summary. The type is checked before any data is loaded; the
     file records original indices under ``subset``, so other commands map it back onto the full split.
     """
-    from ssl_noise.data import load_dataset
+    from ssl_noise.data import load_dataset  # only this command loads images; readers of noise files need not
 
     NOISE_TYPES.get_or_fail(noise_type)  # fail on a typo before loading any data
     ds = load_dataset(dataset, data_root=data_root, size=size, subset=subset, seed=seed)
