@@ -20,14 +20,6 @@ SPEC = "synthetic:n_train=32,n_val=16,n_test=32"
 TINY = dict(dataset=SPEC, image_size=16, epochs=2, batch_size=16, precision="fp32")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**overrides) -> FinetuneConfig:
     return resolve(FinetuneConfig, TINY, overrides)
 
