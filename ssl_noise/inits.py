@@ -58,10 +58,11 @@ def image_size(ref: str, dataset: str, *, checkpoints: Path, requested: Optional
     return requested or registry.read_meta(checkpoints, entry)["image_size"]
 
 
-def resolve(ref: str, data: ImageDataset, *, checkpoints: Path, backbone: str = "resnet18",
+def resolve(ref: str, data: ImageDataset, *, checkpoints: Optional[Path] = None, backbone: str = "resnet18",
             stem: Optional[str] = None, seed: int = 0) -> Init:
     """The encoder ``ref`` names for ``data``: random weights from ``seed``, torchvision's ImageNet weights, or a
-    registry entry (sha256 checked, loaded strictly, channels / size / stem checked against the data)."""
+    registry entry (sha256 checked, loaded strictly, channels / size / stem checked against the data; only this
+    needs ``checkpoints``)."""
     given_stem, stem = stem, stem or backbones.default_stem(data.image_size)
     torch.manual_seed(seed)  # random init, and imagenet's re-initialised cifar conv1
     if ref == "random":

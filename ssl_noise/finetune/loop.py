@@ -146,8 +146,8 @@ class _Loop:
         cfg, prep = self.prep.cfg, self.prep
         encoder = prep.encoder
         if k > 0 and prep.init["kind"] != "registry" and not cfg.freeze:
-            encoder = inits.resolve(cfg.init, prep.data, checkpoints=Path("."), backbone=cfg.backbone,
-                                    stem=cfg.stem, seed=derive_seed(cfg.seed, k, 3)).encoder
+            encoder = inits.resolve(cfg.init, prep.data, backbone=cfg.backbone, stem=cfg.stem,
+                                    seed=derive_seed(cfg.seed, k, 3)).encoder
         torch.manual_seed(derive_seed(cfg.seed, k, 2))  # head init
         model = Classifier(copy.deepcopy(encoder), prep.feat_dim, prep.data.num_classes, freeze=cfg.freeze)
         return model.to(self.device, memory_format=self.inputs.fmt)
