@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,28 @@ class NoArgs:
     """The ``Args`` of a method (SSL or noise-robust) without hyper-parameters of its own."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax: YAML 1.1, which PyYAML follows, needs a dot and a signed
+    exponent, so ``1e-3`` and ``1e6`` would be read as strings and refused as "not a number"."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?(?:\d[\d_]*)?\.\d+$|^[-+]?\d[\d_]*\.$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as recipes, specs and ``--set`` values are read (safe, with YAML 1.2 floats such as ``1e-3``).
+
+    >>> load_yaml("lr: 1e-3"), load_yaml("1e6"), load_yaml("7")
+    ({'lr': 0.001}, 1000000.0, 7)
+    """
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
     """Turn ``["lr=0.1", "optimizer=sgd"]`` into ``{"lr": 0.1, "optimizer": "sgd"}`` (values parsed as YAML)."""
     out: Dict[str, Any] = {}
@@ -95,7 +118,11 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = load_yaml(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        out[key.strip().replace("-", "_")] = value
     return out
 
 
@@ -105,8 +132,8 @@ def load_recipe(path: str | Path) -> Dict[str, Any]:
     if not path.is_file():
         raise UserError(f"recipe {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = load_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"recipe {path} must be a mapping of key: value")

@@ -7,12 +7,25 @@ place means a change of optimiser or precision policy reaches both loops (and th
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List
 
 import torch
 
 from ssl_noise import io
+from ssl_noise.errors import NonFiniteLoss
+
+
+def check_finite(loss: float, *, epoch: int, step: int, what: str) -> None:
+    """Stop a loop at the first non-finite loss, naming the 1-based ``epoch`` and ``step``.
+
+    ``loss`` is the Python float both loops already take for logging (``float(loss.detach())``, one host sync per
+    step), so this check adds no synchronisation of its own; going on would train on garbage and register it.
+    """
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"{what} diverged: the loss is {loss} at epoch {epoch + 1}, step {step + 1}; "
+                            f"lower the learning rate (--lr) and run again (nothing was registered or recorded)")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:

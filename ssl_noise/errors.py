@@ -15,3 +15,11 @@ class UserError(ValueError):
 
 class SslNoiseWarning(UserWarning):
     """A setting that runs but likely not as the user meant; subclassed per topic (noise, NSHE, ...)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during work that can be continued; the message says how (the CLI prints it, exit status 130)."""
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: the run diverged (almost always a learning rate too high)."""

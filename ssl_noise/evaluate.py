@@ -12,7 +12,7 @@ from typing import Any
 
 from ssl_noise import inits, registry
 from ssl_noise.data import load_dataset
-from ssl_noise.knn import extract_features, knn_accuracy, linear_probe_accuracy
+from ssl_noise.knn import check_knn_settings, extract_features, knn_accuracy, linear_probe_accuracy
 
 
 def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: int = 200, t: float = 0.1,
@@ -24,6 +24,7 @@ def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: 
     Returns ``{encoder, dataset, k, t, knn_test_acc, linear_probe_test_acc}``.
     """
 
+    check_knn_settings(k, t, n_bank=max(k, 1))  # the range checks that need no data, before anything loads
     if ref == "random":
         data = load_dataset(dataset or "bloodmnist", data_root=data_root)
         init = inits.resolve("random", data, checkpoints=checkpoints, seed=seed)
@@ -34,6 +35,7 @@ def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: 
         data = load_dataset(dataset or registry.pretrain_data_spec(checkpoints, label), data_root=data_root,
                             size=size)
         init = inits.resolve(label, data, checkpoints=checkpoints)
+    check_knn_settings(k, t, n_bank=len(data.train))  # before ~minutes of feature extraction
     encoder, norm = init.encoder.to(device), init.normalisation
     feats = {split: extract_features(encoder, getattr(data, split).images, mean=norm["mean"], std=norm["std"],
                                      device=device) for split in ("train", "test")}

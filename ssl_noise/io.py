@@ -21,6 +21,51 @@ import yaml
 from ssl_noise.errors import UserError
 
 
+def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> Path:
+    """Refuse, before any work starts, an output location that cannot be written; returns ``path``.
+
+    A command that trains for minutes and then fails to write its result loses the work, so every command checks
+    its outputs first: the nearest existing ancestor must be a writable folder (no file on the way), and the target
+    itself must be a folder when ``folder`` else not one. Nothing is created here.
+
+    >>> check_writable(Path(tempfile.mkdtemp()) / "a" / "b.csv", "--out").name
+    'b.csv'
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UserError(f"{what} {path} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise UserError(f"{what} {path} is a folder; give a file name")
+        target = path if path.is_dir() else path.parent
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise UserError(f"{what} {path} is not writable (permission denied)")
+        return path
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be created: {ancestor} is not writable (permission denied)")
+    return path
+
+
+def check_name(name: str, what: str) -> str:
+    """Refuse a user-given name that becomes a path component but could name another place: empty, absolute,
+    containing ``/``, ``\\`` or ``..``, or hidden (leading ``.``, the prefix of our temporary folders).
+
+    >>> check_name("entropy-b70", "--name")
+    'entropy-b70'
+    """
+    text = str(name)
+    if (not text.strip() or text.startswith(".") or "/" in text or "\\" in text or ".." in text
+            or os.path.isabs(text) or "\0" in text):
+        raise UserError(f"{what} {text!r} must be a plain name: no '/', '\\', '..' or "
+                        f"leading '.', not empty, not a path")
+    return text
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
     """Hex digest of a file, read in chunks (md5 for MedMNIST archives, sha256 for weights)."""
     h = hashlib.new(algorithm)

@@ -69,12 +69,23 @@ def search(bank: np.ndarray, queries: np.ndarray, k: int, *,
     return sims[keep].reshape(len(queries), k), idx[keep].reshape(len(queries), k)
 
 
+def check_knn_settings(k: int, t: float, n_bank: int) -> None:
+    """Refuse a k or temperature that cannot give a meaningful vote, from the bank's size alone (before any feature
+    is extracted): ``t <= 0`` gives NaN weights or an inverted vote, ``k`` beyond the bank is not a k-NN."""
+    if not (isinstance(t, (int, float)) and t > 0 and np.isfinite(t)):
+        raise UserError(f"the vote temperature t must be a positive number, got {t}")
+    if not 1 <= k <= n_bank:
+        raise UserError(f"k must be between 1 and the {n_bank} training samples, got {k}")
+
+
 def vote(sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, t: float = 0.1) -> np.ndarray:
     """Weighted class scores (Nq, num_classes) from neighbour similarities and labels, each (Nq, k).
 
     The weighted k-NN of Wu et al. 2018 (arXiv 1805.01978), as in lightly and solo-learn: each neighbour votes for
     its label with weight ``exp(similarity / t)``; rows are normalised to sum to 1.
     """
+    if not t > 0:
+        raise UserError(f"the vote temperature t must be positive, got {t}")
     weights = np.exp(np.nan_to_num(sims.astype(np.float64), nan=-1.0, neginf=-1.0) / t)
     scores = np.zeros((len(sims), num_classes))
     rows = np.repeat(np.arange(len(sims)), sims.shape[1])

@@ -24,7 +24,7 @@ from ssl_noise.augment import AugmentConfig, to_float
 from ssl_noise.backbones import BACKBONES, build_backbone, default_stem
 from ssl_noise.config import PretrainConfig, from_recipe, to_dict
 from ssl_noise.data import channel_stats, load_dataset, spec_label
-from ssl_noise.engine import autocast, build_optimizer, lr_at, memory_format, set_lr
+from ssl_noise.engine import autocast, build_optimizer, check_finite, lr_at, memory_format, set_lr
 from ssl_noise.errors import UserError
 from ssl_noise.knn import extract_features, knn_accuracy
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
@@ -109,6 +109,7 @@ def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Genera
         optimizer.step()
         method.on_step_end((step + 1) / total_steps)
         losses.append(float(loss.detach()))
+        check_finite(losses[-1], epoch=epoch, step=i, what="pretraining")
         rate = (i + 1) * len(batch) * world / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.3g}", samples_s=f"{rate:.0f}")
     elapsed = time.perf_counter() - start

@@ -12,10 +12,12 @@ import traceback
 import warnings
 from collections.abc import Callable
 
+from pathlib import Path
+
 import click
 
 from ssl_noise import __version__
-from ssl_noise.errors import SslNoiseWarning, UserError
+from ssl_noise.errors import Interrupted, SslNoiseWarning, UserError
 from ssl_noise.settings import Settings, checkpoints_root, runs_root
 
 
@@ -40,6 +42,10 @@ def cli(ctx: click.Context, data_root, checkpoints, runs, device, threads) -> No
       ssl-noise pretrain --method simclr
       ssl-noise finetune --init simclr --noise 0.4
     """
+    if data_root and ctx.get_parameter_source("data_root") is click.core.ParameterSource.COMMANDLINE \
+            and not Path(data_root).expanduser().is_dir():  # else the search would silently go on to the cache
+        raise UserError(f"--data-root {data_root} is not a folder" + ("" if Path(data_root).exists() else
+                        " (it does not exist)"))
     if threads:
         import torch  # here, not at the top: --help must not pay for importing torch
 
@@ -59,6 +65,11 @@ def _one_line_warnings(default: Callable) -> Callable:
     return show
 
 
+def one_line(message: str) -> str:
+    """A message as one line: the contract is exactly one ``error:`` line, whatever a library's text spans."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "unknown error"
+
+
 def main(argv=None) -> None:
     """Console-script entry point: run the group and map exceptions to exit codes."""
     try:
@@ -66,17 +77,19 @@ def main(argv=None) -> None:
             warnings.simplefilter("always", SslNoiseWarning)  # each occurrence, not once per source line
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             cli.main(args=argv, prog_name="ssl-noise", standalone_mode=False)
-    except (UserError, click.UsageError, click.BadParameter, FileExistsError) as e:
+    except (UserError, click.UsageError, click.BadParameter, FileExistsError, PermissionError) as e:
         message = e.format_message() if isinstance(e, click.ClickException) else str(e)
-        click.echo(f"error: {message}", err=True)
+        click.echo(f"error: {one_line(message)}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+    except (Interrupted, click.exceptions.Abort) as e:  # click turns Ctrl-C into Abort (from the original)
+        cause = e if isinstance(e, Interrupted) else e.__cause__
+        said = str(cause) if isinstance(cause, Interrupted) else ""
+        click.echo(f"error: {one_line(said) if said else 'aborted'}", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import click
 
 from ssl_noise.cli.app import cli
+from ssl_noise.errors import Interrupted, NonFiniteLoss, UserError
+from ssl_noise.io import check_writable
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
@@ -39,16 +43,40 @@ def pretrain(settings, recipe, overrides, resume, quiet, **options):
     """
     from ssl_noise.config import PretrainConfig
     from ssl_noise.pretrain import pretrain as run_pretrain
-    from ssl_noise.pretrain import resolve_config
+    from ssl_noise.pretrain import resolve_config, work_dir
 
     cfg, recipe_file = resolve_config(config_flags(PretrainConfig, options), recipe=recipe, overrides=overrides)
+    check_writable(settings.checkpoints, "--checkpoints", folder=True)
+    check_writable(settings.runs, "--runs (where the resumable state is kept)", folder=True)
+    work = work_dir(settings.runs, cfg)
+    existed = work.exists()
     if recipe_file:
         click.echo(f"recipe: {recipe_file}", err=True)
-    entry = run_pretrain(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints, runs=settings.runs,
-                         device=settings.torch_device(), resume=resume, command=command_line(),
-                         show_progress=not quiet)
+    try:
+        entry = run_pretrain(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints, runs=settings.runs,
+                             device=settings.torch_device(), resume=resume, command=command_line(),
+                             show_progress=not quiet)
+    except NonFiniteLoss:
+        if not existed:  # a diverged run's state is no use to resume: the same config diverges again
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_hint(work)) from None
     if entry:
         click.echo(entry)
+
+
+def _resume_hint(work) -> str:
+    """What Ctrl-C says: the exact command that continues from the last finished epoch, if one finished."""
+    import shlex
+
+    from ssl_noise.pretrain import STATE_FILE
+
+    if not (work / STATE_FILE).is_file():
+        return "interrupted before the first epoch finished; nothing to resume (run the same command again)"
+    argv = command_line()
+    return (f"interrupted; the last finished epoch is saved in {work}; continue with: "
+            f"{shlex.join(argv if '--resume' in argv else [*argv, '--resume'])}")
 
 
 @cli.command()

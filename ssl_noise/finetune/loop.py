@@ -85,7 +85,9 @@ def train_one_epoch(method, ctx: FinetuneContext, batches, state: TrainState, cl
         idx = batch.index.cpu()
         state.history[idx.numpy(), epoch] = out["prob"].float().cpu().numpy()
         b = len(idx)
-        loss_sum, n = loss_sum + float(out["loss"].detach()) * b, n + b
+        loss = float(out["loss"].detach())
+        engine.check_finite(loss, epoch=epoch, step=i, what="fine-tuning")
+        loss_sum, n = loss_sum + loss * b, n + b
         if "selected" in out:
             state.selected[idx.numpy(), epoch] = out["selected"].cpu().numpy()
             n_sel += float(out["selected"].sum())
@@ -95,7 +97,7 @@ def train_one_epoch(method, ctx: FinetuneContext, batches, state: TrainState, cl
             hit_clean += float((pred == clean[idx]).sum())
             n_flip, hit_flip = n_flip + float(flip.sum()), hit_flip + float((pred == batch.y.cpu())[flip].sum())
         bar.update(1)
-        bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}", lr=f"{lr:.3g}")
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
     elapsed = time.perf_counter() - start
     return {"loss": loss_sum / max(n, 1), "lr": lr, "train_acc_given": hit_given / max(n, 1),
             "train_acc_clean": hit_clean / max(n, 1), "train_memorised": hit_flip / n_flip if n_flip else None,

@@ -58,9 +58,19 @@ def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path)
     data = load_dataset(cfg.dataset, data_root=data_root, size=size, subset=cfg.subset, seed=cfg.noise_seed)
     if data.multilabel:
         raise UserError(f"{data.name} is multi-label ({data.task}); fine-tuning needs one class per image")
+    if data.num_classes < 2:
+        raise UserError(f"{data.name} has {data.num_classes} class(es); a classifier needs at least 2")
+    if len(data.train) == 0:
+        raise UserError(f"{data.name}: the training split is empty; nothing to fine-tune on")
+    if cfg.batch_size > len(data.train):
+        raise UserError(f"batch size {cfg.batch_size} is larger than the {len(data.train)} training images; "
+                        f"lower --batch-size or raise --subset")
     init = inits.resolve(cfg.init, data, checkpoints=checkpoints, backbone=cfg.backbone, stem=cfg.stem,
                          seed=cfg.seed)
     record = init.record()
+    if record["kind"] == "registry" and cfg.backbone not in (FinetuneConfig.backbone, record["backbone"]):
+        raise UserError(f"encoder {record['id']} is a {record['backbone']}; its entry defines the architecture, "
+                        f"so drop --backbone {cfg.backbone}")
     train_noise, val_noise, summary = corrupt(cfg, data)
     return Prepared(cfg, data, init.encoder, init.feat_dim, record, train_noise, val_noise, summary,
                     run_id(cfg, data, record, summary))
