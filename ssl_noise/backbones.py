@@ -7,6 +7,8 @@ torchvision model (docs/formats.md, "Registry entry"). :func:`default_stem` pick
 
 from __future__ import annotations
 
+import contextlib
+
 import http.client
 from pathlib import Path
 from typing import Callable, List, Tuple
@@ -152,9 +154,13 @@ def _imagenet_state_dict(name: str) -> dict:
     weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[name])
     file_name = Path(weights.url).name
     cache = Path(torch.hub.get_dir()) / "checkpoints"
+    absent = [p for p in (cache, *cache.parents) if not p.exists()]  # torch.hub creates them before downloading
     try:
         return torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True, weights_only=True)
     except (OSError, http.client.HTTPException) as e:
+        for folder in absent:  # deepest first; only the empty folders this call created
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise UserError(
             f"ImageNet weights for {name} are not available offline; put {file_name} in {cache} "
             f"(download it from {weights.url} on a machine with network access) [{type(e).__name__}: {e}]"

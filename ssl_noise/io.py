@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -89,7 +91,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -110,13 +112,50 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists():
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.rename(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _owner() -> str:
+    """``p<pid>@<host>``: written into every temporary name, so a later process can tell a dead writer's leftovers
+    (a killed sweep cell's half-built run folder) from a live writer's work in progress."""
+    return f"p{os.getpid()}@{socket.gethostname().replace('.', '_')}"
+
+
+_TEMP = re.compile(r"^\..*\.p(\d+)@([^.]+)\.[^.]+\.tmp$")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders in ``folder`` whose writer was a process of this host that is no
+    longer alive (killed mid-write); returns what was removed. Live writers and other hosts' temps are left alone.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    host = socket.gethostname().replace(".", "_")
+    for path in folder.iterdir():
+        match = _TEMP.match(path.name)
+        if not match or match[2] != host or _alive(int(match[1])):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def short_hash(obj: Any, length: int = 10) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -198,7 +199,11 @@ def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, r
         if not state_path.exists():
             raise UserError(f"nothing to resume for this configuration (no {state_path}); "
                             f"resume needs the same method, dataset, seed and settings as the interrupted run")
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        try:  # weights_only: tensors and plain containers; a pickled object is refused, never run
+            state = torch.load(state_path, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
+            raise UserError(f"cannot resume from {state_path}: not a resumable state ({str(e).splitlines()[0]}); "
+                            f"delete it to start over") from None
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ssl_noise.cli.app import cli
+from ssl_noise.io import check_writable
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
@@ -68,6 +69,7 @@ def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_mode
     from ssl_noise.config import FinetuneConfig
     from ssl_noise.runs import RunFolder
 
+    check_writable(settings.runs, "--runs", folder=True)
     opts = detect.DetectOptions(k=k, t=t, folds=folds, cv_model=cv_model, seed=options["seed"] or 0, skip=skip,
                                 noise_estimate=noise_estimate or "auto")
     source = detect.source_for(detector, run=run_dir, flags=config_flags(FinetuneConfig, options),
@@ -125,6 +127,8 @@ def detections_cmd(folders, out):
 
     from ssl_noise import detect, io
 
+    if out:
+        io.check_writable(out, "--out")
     frame = detect.collect(folders)
     shown = ["detector", "options", "init", "dataset", "noise_type", "noise_rate", "noise_seed", "realised_rate",
              "noise_rate_estimate", "precision", "recall", "f1", "auroc", "ap",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ssl_noise.cli.app import cli
+from ssl_noise.io import check_writable
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
@@ -65,6 +66,7 @@ def finetune(settings, recipe, overrides, quiet, **options):
     from ssl_noise.finetune import resolve_config
 
     cfg, recipe_file = resolve_config(config_flags(FinetuneConfig, options), recipe=recipe, overrides=overrides)
+    check_writable(settings.runs, "--runs", folder=True)
     folder, trained = run_finetune(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints,
                                    runs=settings.runs, device=settings.torch_device(), command=command_line(),
                                    show_progress=not quiet)

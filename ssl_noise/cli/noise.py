@@ -6,6 +6,7 @@ import click
 
 from ssl_noise.cli.app import cli
 from ssl_noise.cli.options import out_option, pass_settings
+from ssl_noise.io import check_writable
 from ssl_noise.settings import Settings
 
 # Heavy imports (torch, pandas, data loaders) stay inside the commands so that ``ssl-noise --help`` stays fast.
@@ -45,6 +46,7 @@ def noise_cmd(settings: Settings, dataset, noise_type, rate, seed, out, mode, cl
     """
     from ssl_noise import noise
 
+    check_writable(out, "--out")
     ds, T, result = noise.noise_file(out, dataset, noise_type, rate, seed=seed, mode=mode, class_map=class_map,
                                      matrix=matrix, force=force, size=size, subset=subset,
                                      data_root=settings.data_root)

@@ -7,7 +7,7 @@ import shutil
 import click
 
 from ssl_noise.cli.app import cli
-from ssl_noise.errors import Interrupted, NonFiniteLoss, UserError
+from ssl_noise.errors import Interrupted, NonFiniteLoss
 from ssl_noise.io import check_writable
 from ssl_noise.cli.options import (
     command_line,

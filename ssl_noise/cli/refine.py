@@ -8,6 +8,7 @@ import click
 
 from ssl_noise.cli.app import cli
 from ssl_noise.cli.options import out_option, pass_settings, quiet_option, stack
+from ssl_noise.io import check_name, check_writable
 from ssl_noise.settings import Settings
 
 # Heavy imports (torch and the training code) stay inside the commands so that ``ssl-noise --help`` stays fast.
@@ -27,6 +28,16 @@ refine_options = stack(
                  help="Session folder under RUN/refine/ (default <acquisition>-b<budget>-s<seed>, expert-... for "
                       "the expert oracle). An existing session is resumed; its settings cannot change."),
 )
+
+
+def _check_session(run: str, name: str | None) -> None:
+    """Before any work: the session name is a plain name (it becomes RUN/refine/<name>) and RUN is writable."""
+    from pathlib import Path
+
+    if name is not None:
+        check_name(name, "--name")
+    if Path(run).is_dir():  # a missing run folder is reported by the library, with what it expected
+        check_writable(Path(run) / "refine", "the run folder", folder=True)
 
 
 def _echo_round(row: dict) -> None:
@@ -69,6 +80,7 @@ def refine_run_cmd(settings: Settings, run, rounds, budget, acquisition, epochs,
     """
     from ssl_noise.refine import refine_run
 
+    _check_session(run, name)
     given = {"acquisition": acquisition, "budget": budget, "epochs": epochs, "lr": lr, "seed": seed}
     folder = refine_run(run, rounds=rounds, given=given, name=name, data_root=settings.data_root,
                         device=settings.torch_device(), show_progress=not quiet, on_round=_echo_round)
@@ -91,6 +103,8 @@ def refine_export_cmd(settings: Settings, run, out, budget, acquisition, epochs,
 
     from ssl_noise.refine import export_review
 
+    _check_session(run, name)
+    check_writable(out, "--out", folder=True)
     given = {"acquisition": acquisition, "budget": budget, "epochs": epochs, "lr": lr, "seed": seed}
     session = export_review(run, out, given=given, name=name, data_root=settings.data_root,
                             device=settings.torch_device())
@@ -114,6 +128,7 @@ def refine_import_cmd(settings: Settings, run, answers, name, quiet) -> None:
     """
     from ssl_noise.refine import import_review
 
+    _check_session(run, name)
     folder, row = import_review(run, answers, name=name, data_root=settings.data_root, device=settings.torch_device(),
                                 show_progress=not quiet)
     _echo_round(row)
@@ -140,6 +155,7 @@ def refine_plot_cmd(sources, out, metric, labels, references, title) -> None:
     """
     from ssl_noise.plots import budget_curves, budget_figure, gains_over_control, parse_references
 
+    check_writable(out, "--out")
     lines = parse_references(references)
     curves = budget_curves(sources, metric=metric, labels=list(labels) or None)
     for gain in gains_over_control(curves).itertuples():  # what relabelling added over the same extra training

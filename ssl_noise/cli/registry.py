@@ -9,6 +9,7 @@ import click
 from ssl_noise.cli.app import cli
 from ssl_noise.cli.options import out_option, pass_settings
 from ssl_noise.errors import UserError
+from ssl_noise.io import check_writable
 from ssl_noise.settings import Settings
 
 # Heavy imports (torch, pandas, data loaders) stay inside the commands so that ``ssl-noise --help`` stays fast.
@@ -24,6 +25,16 @@ def registry_group() -> None:
       ssl-noise registry verify
       ssl-noise registry export simclr --out simclr_resnet18.pt
     """
+
+
+def _root(settings: Settings):
+    """The registry folder, or a UserError saying what is wrong with it (missing, a file) rather than "empty"."""
+    from ssl_noise import registry
+
+    problem = registry.root_problem(settings.checkpoints)
+    if problem:
+        raise UserError(problem)
+    return settings.checkpoints
 
 
 def _registry_pick(settings: Settings, ref: str) -> str:
@@ -45,7 +56,7 @@ def registry_ls(settings: Settings, as_json: bool) -> None:
 
     from ssl_noise import registry
 
-    metas = registry.list_entries(settings.checkpoints)
+    metas = registry.list_entries(_root(settings))
     if as_json:
         click.echo(json.dumps(metas, indent=2, sort_keys=True))
         return
@@ -92,7 +103,7 @@ def registry_verify(settings: Settings, ref: str | None) -> None:
     from ssl_noise import registry
 
     if ref is None:
-        results = registry.verify_all(settings.checkpoints)
+        results = registry.verify_all(_root(settings))
         if not results:
             click.echo(f"no encoders in {settings.checkpoints}; nothing to verify", err=True)
     else:
@@ -117,6 +128,7 @@ def registry_export(settings: Settings, ref: str, out: str) -> None:
     """
     from ssl_noise import registry
 
+    check_writable(out, "--out")
     entry_id = _registry_pick(settings, ref)
     path = registry.export_entry(settings.checkpoints, entry_id, out)
     click.echo(f"wrote {path}; load it with:\n")

@@ -16,6 +16,7 @@ from ssl_noise.cli.options import (
     set_option,
 )
 from ssl_noise.errors import UserError
+from ssl_noise.io import check_writable, remove_stale_temps
 
 # Heavy imports (torch, pandas, matplotlib) stay inside the commands so that ``ssl-noise --help`` stays fast.
 
@@ -73,6 +74,10 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
     from ssl_noise.config import parse_overrides
 
     parsed = sweeps.load_spec(spec)
+    if not dry_run:
+        check_writable(settings.runs, "--runs", folder=True)
+        for path in remove_stale_temps(settings.runs):  # a killed cell's half-built run folder
+            click.echo(f"removed {path} (left by a killed process)", err=True)
     # --collect only reads finished cells: an init missing from this registry has no cell to collect here
     cells = sweeps.expand(parsed, checkpoints=settings.checkpoints, overrides=parse_overrides(overrides),
                           skip_missing=skip_missing or collect, runs=settings.runs, pin=not (dry_run or collect),
@@ -152,6 +157,7 @@ def plot(settings, results, out, metric, pool):
     """
     from ssl_noise.plots import plot_results
 
+    check_writable(out, "--out")
     for path in plot_results(list(results), out, metric=metric, pool=pool):
         click.echo(str(path))
 
@@ -173,6 +179,7 @@ def report_cmd(settings, results, out, metric, pool):
     """
     from ssl_noise.report import write_report
 
+    check_writable(out, "--out")
     for path in write_report(list(results), out, metric=metric, pool=pool):
         click.echo(str(path))
 
@@ -196,6 +203,7 @@ def demo(settings, out, quick, jobs, quiet):
     """
     from ssl_noise.demo import run_demo
 
+    check_writable(out, "--out", folder=True)
     result = run_demo(out, data_root=settings.data_root, device=settings.torch_device(), jobs=jobs, quick=quick,
                       show_progress=not quiet, log=echo_err)
     minutes, seconds = divmod(round(result.wall_time_s), 60)

@@ -169,8 +169,15 @@ def encode_labels(values: Sequence[str], where: str) -> Tuple[List[str], np.ndar
     values = [str(v).strip() for v in values]
     if "" in values:
         raise UserError(f"{where}: row {values.index('') + 1} has an empty label")
-    if all(re.fullmatch(r"-?\d+", v) for v in values):
+    numeric = [bool(re.fullmatch(r"-?\d+", v)) for v in values]
+    if any(numeric) and not all(numeric):  # `x` among 0/1 is a typo, not a third class
+        odd = numeric.index(sum(numeric) < len(numeric) / 2)
+        raise UserError(f"{where}: labels mix class indices and names (row {odd + 1}: {values[odd]!r}); use "
+                        f"integers 0..K-1 throughout or class names throughout")
+    if all(numeric):
         labels = np.asarray([int(v) for v in values], dtype=np.int64)
+        if labels.min() < 0:
+            raise UserError(f"{where}: label {int(labels.min())} is negative; class indices are 0..K-1")
         return [str(k) for k in range(max(int(labels.max()), 0) + 1)], labels
     names = sorted(set(values))
     index = {name: k for k, name in enumerate(names)}

@@ -208,12 +208,18 @@ def _splits(arrays: Dict[str, np.ndarray], path: Path) -> Dict[str, Split]:
                      as_labels(arrays[f"{s}_labels"], f"{path} [{s}]")) for s in SPLITS}
 
 
-def _default_class_names(splits: Dict[str, Split]) -> List[str]:
+def _default_class_names(splits: Dict[str, Split], path: Path) -> List[str]:
     """``"0".."K-1"`` for an archive no catalogue entry describes (K from the labels)."""
     labels = splits["train"].labels
     if labels.ndim == 2:
         return [str(k) for k in range(labels.shape[1])]
-    top = max(int(s.labels.max()) if len(s) else -1 for s in splits.values())
+    every = np.concatenate([s.labels for s in splits.values()])
+    top = int(every.max()) if len(every) else -1
+    present = np.unique(every[every >= 0])
+    if len(present) < top + 1:  # e.g. one stray 255 among 0/1 labels would make a 256-class set
+        missing = top + 1 - len(present)
+        raise UserError(f"{path}: label {top} implies {top + 1} classes but {missing} of them have no image in "
+                        f"any split; labels must be 0..K-1 for K classes (check for stray or placeholder labels)")
     return [str(k) for k in range(top + 1)]
 
 
@@ -238,13 +244,15 @@ def load_npz(path: str | os.PathLike, *, entry: Optional[CatalogueEntry] = None,
         flag = flag_for_stem(path.stem)
         entry = get_entry(flag) if flag else None
     splits = _splits(read_npz(path), path)
+    if len(splits["train"]) == 0:
+        raise UserError(f"{path}: the training split is empty (train_images has no rows)")
     size = splits["train"].images.shape[1]
     md5, status = md5_status(path, official_md5)
     if official_md5 is None and entry is not None and entry.md5s.get(size) == md5:
         status = MD5_OK
     return ImageDataset(
         name=entry.flag if status == MD5_OK or official_md5 else path.stem,
-        class_names=list(entry.class_names) if entry else _default_class_names(splits),
+        class_names=list(entry.class_names) if entry else _default_class_names(splits, path),
         channels=splits["train"].images.shape[-1], image_size=size, **splits,
         task=entry.task if entry else ("multi-label" if splits["train"].labels.ndim == 2 else "multi-class"),
         source=path, md5=md5, md5_status=status, licence=entry.licence if entry else None)

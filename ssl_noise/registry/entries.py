@@ -22,7 +22,8 @@ from ssl_noise.errors import UserError
 from ssl_noise.io import atomic_dir, file_digest, write_json, write_yaml
 from ssl_noise.provenance import git_state, versions
 from ssl_noise.registry.layout import (CONFIG_FILE, FILLED_META, LOG_FILE, META_FILE, REQUIRED_META, SCHEMA_VERSION,
-                                       STRIP_PREFIXES, WEIGHTS_FILE, PathLike, _plain, make_id)
+                                       STRIP_PREFIXES, WEIGHTS_FILE, PathLike, _plain, make_id,
+                                       non_finite)
 from ssl_noise.registry.load import _verify_dir
 from ssl_noise.registry.lookup import resolve_id
 
@@ -66,6 +67,10 @@ def save_entry(root: PathLike, encoder: nn.Module, meta: Mapping[str, Any], *, c
     meta = _checked_meta(meta)
     state = encoder_state_dict(encoder)
     _check_architecture(state, meta)
+    bad = non_finite(state)
+    if bad:
+        raise UserError(f"refusing to register weights with non-finite values in {bad}: the training diverged; "
+                        f"lower the learning rate (--lr)")
     blob = safetensors.torch.save(state, metadata={"format": "pt"})
     sha256 = hashlib.sha256(blob).hexdigest()
     entry_id = make_id(meta, sha256)

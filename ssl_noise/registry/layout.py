@@ -9,7 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from ssl_noise.errors import UserError
 
@@ -60,6 +60,30 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy / torch scalars and arrays
         return _plain(obj.tolist())
     return obj
+
+
+def non_finite(state: Mapping[str, Any]) -> Optional[str]:
+    """The first floating-point tensor of ``state`` holding NaN or inf, as ``"name (n values)"``, else None: a
+    diverged encoder must never pass for a registry entry (its features would be garbage for every image)."""
+    import torch  # here: the layout is read by code that does not need torch
+
+    for name, tensor in state.items():
+        if torch.is_floating_point(tensor):
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return f"{name} ({bad} of {tensor.numel()} values)"
+    return None
+
+
+def root_problem(root: PathLike) -> Optional[str]:
+    """What is wrong with ``root`` as a registry folder (missing, a file), or None: said instead of "no encoders",
+    which would send the user looking for entries rather than at a mistyped path."""
+    root = Path(root)
+    if not root.exists():
+        return f"the encoder registry {root} does not exist (--checkpoints / SSL_NOISE_CHECKPOINTS)"
+    if not root.is_dir():
+        return f"the encoder registry {root} is a file, not a folder (--checkpoints / SSL_NOISE_CHECKPOINTS)"
+    return None
 
 
 def _entry_dirs(root: PathLike) -> List[Path]:

@@ -13,7 +13,7 @@ from torch import nn
 from ssl_noise import backbones
 from ssl_noise.errors import UserError
 from ssl_noise.io import atomic_path, file_digest
-from ssl_noise.registry.layout import WEIGHTS_FILE, PathLike, _entry_dirs, _read_meta
+from ssl_noise.registry.layout import WEIGHTS_FILE, PathLike, _entry_dirs, _read_meta, non_finite
 from ssl_noise.registry.lookup import resolve
 
 
@@ -50,9 +50,14 @@ def _load_dir(path: Path, meta: Mapping[str, Any], *, verify: bool) -> nn.Module
     model, feat_dim = backbones.build_backbone(meta["backbone"], stem=meta["stem"], in_channels=int(meta["channels"]))
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch's message spans lines (one per kind of mismatch): keep its first reason
+        reason = " ".join(str(e).split())
         raise UserError(f"{path.name}: weights do not load strictly into {meta['backbone']} "
-                        f"(stem={meta['stem']}, channels={meta['channels']}): {e}") from e
+                        f"(stem={meta['stem']}, channels={meta['channels']}): {reason}") from e
+    bad = non_finite(state)
+    if bad:
+        raise UserError(f"{path.name}: non-finite weights in {bad}: the pretraining diverged; remove the entry "
+                        f"(ssl-noise registry rm {path.name}) and pretrain with a lower --lr")
     if feat_dim != meta.get("feat_dim"):
         raise UserError(f"{path.name}: meta feat_dim {meta.get('feat_dim')} != {meta['backbone']}'s {feat_dim}")
     return model
@@ -90,8 +95,9 @@ def _verify_dir(path: Path) -> Tuple[bool, str]:
     try:
         meta = _read_meta(path)
         model = _load_dir(path, meta, verify=True)
-    except UserError as e:
-        return False, str(e)
+    except UserError as e:  # the caller prints the id: do not repeat it
+        message = str(e)
+        return False, message[len(path.name) + 2:] if message.startswith(f"{path.name}: ") else message
     n = len(model.state_dict())
     return True, (f"ok: sha256 {meta['sha256'][:12]}..., {n} tensors, strict load into {meta['backbone']} "
                   f"(stem={meta['stem']}, channels={meta['channels']})")

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import yaml
 
 from ssl_noise.errors import SslNoiseWarning, UserError
-from ssl_noise.registry.layout import (CONFIG_FILE, HOW_TO_CREATE, PathLike, _entry_dirs, _listing, _read_meta)
+from ssl_noise.registry.layout import (CONFIG_FILE, HOW_TO_CREATE, PathLike, _entry_dirs, _listing, _read_meta,
+                                       root_problem)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def resolve(root: PathLike, ref: str, *, dataset: Optional[str] = None, channels
     """
     ids = [p.name for p in _entry_dirs(root)]
     if not ids:
-        raise UserError(f"the encoder registry at {root} is empty; {HOW_TO_CREATE}")
+        raise UserError(f"{root_problem(root) or f'the encoder registry at {root} is empty'}; {HOW_TO_CREATE}")
     if ref in ids:
         return ref
     metas = list_entries(root)

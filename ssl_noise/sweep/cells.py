@@ -28,6 +28,7 @@ from ssl_noise.sweep.queue import SCHEMA_VERSION, Locked, read_json
 from ssl_noise.sweep.spec import (
     SweepSpec,
     check_key,
+    check_names,
     find_file,
     grid_fields,
     grid_values,
@@ -233,7 +234,9 @@ def _cell_config(spec: SweepSpec, chosen: dict[str, Any], values: dict[str, Any]
     try:
         if name is not None and name not in recipes:
             recipes[name] = load_recipe(find_file(str(name), spec.path.parent))
-        return resolve(FinetuneConfig, recipes[name] if name is not None else {}, fields)
+        cfg = resolve(FinetuneConfig, recipes[name] if name is not None else {}, fields)
+        check_names(cfg)
+        return cfg
     except UserError as e:
         raise UserError(f"sweep spec {spec.path}, cell {values}: {e}") from None
 

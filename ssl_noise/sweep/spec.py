@@ -16,6 +16,7 @@ from typing import Any
 
 from ssl_noise.config import FinetuneConfig, load_recipe
 from ssl_noise.errors import UserError
+from ssl_noise.io import check_name
 from ssl_noise.settings import SHIPPED, shipped_file
 
 SPEC_KEYS = ("name", "description", "base", "grid")
@@ -69,7 +70,8 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     both = sorted(set(checked_base) & set(fields))
     if both:
         raise UserError(f"sweep spec {path}: {', '.join(both)} is in both base and grid; keep it in one")
-    return SweepSpec(name=str(data.get("name") or path.stem), path=path, base=checked_base, grid=checked_grid,
+    name = check_name(str(data.get("name") or path.stem), f"sweep spec {path}: name")  # it names files in runs/
+    return SweepSpec(name=name, path=path, base=checked_base, grid=checked_grid,
                      description=str(data.get("description") or ""))
 
 
@@ -88,6 +90,19 @@ def _check_grid(grid: dict[Any, Any], path: Path) -> dict[str, list[Any]]:
                             f"of {len(joined)} (e.g. [{', '.join(joined)}])")
         checked[key] = values
     return checked
+
+
+def check_names(cfg: FinetuneConfig) -> None:
+    """Every name in ``cfg`` that a registry can check (robust method, noise type, backbone; inits are resolved
+    by the caller), so a typo in one grid value fails the whole sweep at expansion instead of failing its cells
+    after the others have trained."""
+    from ssl_noise import noise  # here: the spec is read by code that does not need the method registries
+    from ssl_noise.backbones import BACKBONES
+    from ssl_noise.robust import ROBUST
+
+    ROBUST.get_or_fail(cfg.method).parse_args(cfg.method_args)
+    noise.NOISE_TYPES.get_or_fail(cfg.noise_type)
+    BACKBONES.get_or_fail(cfg.backbone)
 
 
 def grid_fields(grid: dict[str, list[Any]]) -> list[str]:
