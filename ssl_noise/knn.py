@@ -15,15 +15,18 @@ import torch
 from torch import nn
 
 from ssl_noise.augment import normalize, to_float
-from ssl_noise.errors import SslNoiseWarning, UserError
+from ssl_noise.errors import NonFiniteLoss, SslNoiseWarning, UserError
 
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: np.ndarray, *, mean: Sequence[float], std: Sequence[float],
-                     device: str = "cpu", batch_size: int = 512, bf16: bool = True) -> np.ndarray:
+                     device: str = "cpu", batch_size: int = 512, bf16: bool = True,
+                     strict: bool = False) -> np.ndarray:
     """Embed uint8 images (N, H, W, C) with ``encoder`` in eval mode; returns L2-normalised float32 (N, D).
 
     The encoder's train/eval mode is restored afterwards, so the monitor can run in the middle of training.
+    Non-finite features (diverged weights) are zeroed with a warning, or with ``strict`` raise
+    :class:`~ssl_noise.errors.NonFiniteLoss` (the pretraining monitor: such an encoder must not be registered).
     """
     was_training = encoder.training
     encoder.eval()
@@ -39,6 +42,10 @@ def extract_features(encoder: nn.Module, images: np.ndarray, *, mean: Sequence[f
         encoder.train(was_training)
     feats = torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
     bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any() and strict:
+        raise NonFiniteLoss(f"the encoder gives non-finite features for {int(bad.sum())} of {len(feats)} images: "
+                            f"its weights diverged; lower the learning rate (--lr) and run again (nothing was "
+                            f"registered)")
     if bad.any():  # a diverged encoder: say so instead of letting NaN votes turn into a silent accuracy
         warnings.warn(f"encoder produced non-finite features for {int(bad.sum())} of {len(feats)} images; "
                       "they are set to zero for the k-NN search", SslNoiseWarning)

@@ -77,8 +77,10 @@ def work_dir(runs_root: Path, cfg: PretrainConfig) -> Path:
 def knn_monitor(encoder: torch.nn.Module, data, spec: InputSpec, cfg: PretrainConfig, device: str) -> float:
     """k-NN accuracy of the current encoder: train split as the bank, validation split as queries."""
     bf16 = cfg.precision == "bf16"
-    bank = extract_features(encoder, data.train.images, mean=spec.mean, std=spec.std, device=device, bf16=bf16)
-    query = extract_features(encoder, data.val.images, mean=spec.mean, std=spec.std, device=device, bf16=bf16)
+    bank = extract_features(encoder, data.train.images, mean=spec.mean, std=spec.std, device=device, bf16=bf16,
+                            strict=True)
+    query = extract_features(encoder, data.val.images, mean=spec.mean, std=spec.std, device=device, bf16=bf16,
+                             strict=True)
     return knn_accuracy(bank, data.train.labels, query, data.val.labels, len(data.class_names),
                         k=cfg.knn_k, t=cfg.knn_t)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ssl_noise import backbones
-from ssl_noise.errors import UserError
+from ssl_noise.errors import NonFiniteLoss, UserError
 from ssl_noise.io import atomic_dir, file_digest, write_json, write_yaml
 from ssl_noise.provenance import git_state, versions
 from ssl_noise.registry.layout import (CONFIG_FILE, FILLED_META, LOG_FILE, META_FILE, REQUIRED_META, SCHEMA_VERSION,
@@ -69,8 +69,8 @@ def save_entry(root: PathLike, encoder: nn.Module, meta: Mapping[str, Any], *, c
     _check_architecture(state, meta)
     bad = non_finite(state)
     if bad:
-        raise UserError(f"refusing to register weights with non-finite values in {bad}: the training diverged; "
-                        f"lower the learning rate (--lr)")
+        raise NonFiniteLoss(f"refusing to register diverged weights, {bad}; lower the learning rate (--lr) "
+                            f"and run again")
     blob = safetensors.torch.save(state, metadata={"format": "pt"})
     sha256 = hashlib.sha256(blob).hexdigest()
     entry_id = make_id(meta, sha256)

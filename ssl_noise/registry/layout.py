@@ -62,16 +62,21 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+#: Beyond this magnitude a weight is the trace of a diverged run, not a learned value (a trained ResNet's are O(1);
+#: a learning rate of 1e6 left 3e29): the features then overflow for real images though the weights are finite.
+DIVERGED_ABS = 1e10
+
+
 def non_finite(state: Mapping[str, Any]) -> Optional[str]:
-    """The first floating-point tensor of ``state`` holding NaN or inf, as ``"name (n values)"``, else None: a
-    diverged encoder must never pass for a registry entry (its features would be garbage for every image)."""
+    """The first floating-point tensor of ``state`` holding NaN, inf or values beyond :data:`DIVERGED_ABS`, as
+    ``"name (n values)"``, else None: a diverged encoder must never pass for a registry entry."""
     import torch  # here: the layout is read by code that does not need torch
 
     for name, tensor in state.items():
         if torch.is_floating_point(tensor):
-            bad = int((~torch.isfinite(tensor)).sum())
+            bad = int((~torch.isfinite(tensor) | (tensor.abs() > DIVERGED_ABS)).sum())
             if bad:
-                return f"{name} ({bad} of {tensor.numel()} values)"
+                return f"{name} ({bad} of {tensor.numel()} values non-finite or beyond {DIVERGED_ABS:g})"
     return None
 
 

@@ -56,7 +56,7 @@ def _load_dir(path: Path, meta: Mapping[str, Any], *, verify: bool) -> nn.Module
                         f"(stem={meta['stem']}, channels={meta['channels']}): {reason}") from e
     bad = non_finite(state)
     if bad:
-        raise UserError(f"{path.name}: non-finite weights in {bad}: the pretraining diverged; remove the entry "
+        raise UserError(f"{path.name}: diverged weights, {bad}; remove the entry "
                         f"(ssl-noise registry rm {path.name}) and pretrain with a lower --lr")
     if feat_dim != meta.get("feat_dim"):
         raise UserError(f"{path.name}: meta feat_dim {meta.get('feat_dim')} != {meta['backbone']}'s {feat_dim}")
@@ -99,8 +99,26 @@ def _verify_dir(path: Path) -> Tuple[bool, str]:
         message = str(e)
         return False, message[len(path.name) + 2:] if message.startswith(f"{path.name}: ") else message
     n = len(model.state_dict())
+    dead = _non_finite_output(model, meta)
+    if dead:
+        return False, dead
     return True, (f"ok: sha256 {meta['sha256'][:12]}..., {n} tensors, strict load into {meta['backbone']} "
                   f"(stem={meta['stem']}, channels={meta['channels']})")
+
+
+def _non_finite_output(model: nn.Module, meta: Mapping[str, Any]) -> Optional[str]:
+    """Why the encoder is unusable though its weights are finite (huge weights overflow in the forward pass), else
+    None: one forward pass of a small seeded batch in eval mode, milliseconds at MedMNIST sizes."""
+    g = torch.Generator().manual_seed(0)
+    size, channels = int(meta["image_size"]), int(meta["channels"])
+    x = torch.randn(2, channels, size, size, generator=g)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    if not torch.isfinite(out).all():
+        return ("the encoder gives non-finite features (its weights diverged in pretraining); remove the entry and "
+                "pretrain with a lower --lr")
+    return None
 
 
 def export_entry(root: PathLike, ref: str, out_path: PathLike) -> Path:
