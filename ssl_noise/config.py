@@ -126,17 +126,18 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
     return out
 
 
-def load_recipe(path: str | Path) -> Dict[str, Any]:
-    """Read a YAML recipe; it must be a mapping (an empty file is an empty recipe)."""
+def load_recipe(path: str | Path, what: str = "recipe") -> Dict[str, Any]:
+    """Read a YAML recipe (or another YAML mapping: ``what`` names it in errors); it must be a mapping (an empty
+    file is an empty recipe)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"recipe {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
         data = load_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise UserError(f"recipe {path} must be a mapping of key: value")
+        raise UserError(f"{what} {path} must be a mapping of key: value")
     return data
 
 
@@ -160,7 +161,7 @@ def resolve(cls: Type[C], *layers: Optional[Mapping[str, Any]]) -> C:
                 continue
             if key not in fields:
                 raise UserError(f"unknown config key {key!r} for {cls.__name__}; "
-                                f"known keys: {', '.join(sorted(fields))}")
+                                + (f"known keys: {', '.join(sorted(fields))}" if fields else "it takes none"))
             if value is None:
                 continue
             value = _coerce(key, value, hints[key])

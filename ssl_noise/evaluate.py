@@ -24,7 +24,7 @@ def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: 
     Returns ``{encoder, dataset, k, t, knn_test_acc, linear_probe_test_acc}``.
     """
 
-    check_knn_settings(k, t, n_bank=max(k, 1))  # the range checks that need no data, before anything loads
+    check_knn_settings(k, t)  # what needs no data, before anything loads
     if ref == "random":
         data = load_dataset(dataset or "bloodmnist", data_root=data_root)
         init = inits.resolve("random", data, checkpoints=checkpoints, seed=seed)
@@ -35,7 +35,7 @@ def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: 
         data = load_dataset(dataset or registry.pretrain_data_spec(checkpoints, label), data_root=data_root,
                             size=size)
         init = inits.resolve(label, data, checkpoints=checkpoints)
-    check_knn_settings(k, t, n_bank=len(data.train))  # before ~minutes of feature extraction
+    check_knn_settings(k, t, len(data.train))  # before ~minutes of feature extraction
     encoder, norm = init.encoder.to(device), init.normalisation
     feats = {split: extract_features(encoder, getattr(data, split).images, mean=norm["mean"], std=norm["std"],
                                      device=device) for split in ("train", "test")}

@@ -8,7 +8,7 @@ similarity in chunks, never materialising an N x N matrix.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -76,13 +76,16 @@ def search(bank: np.ndarray, queries: np.ndarray, k: int, *,
     return sims[keep].reshape(len(queries), k), idx[keep].reshape(len(queries), k)
 
 
-def check_knn_settings(k: int, t: float, n_bank: int) -> None:
+def check_knn_settings(k: int, t: float, n_bank: Optional[int] = None) -> None:
     """Refuse a k or temperature that cannot give a meaningful vote, from the bank's size alone (before any feature
-    is extracted): ``t <= 0`` gives NaN weights or an inverted vote, ``k`` beyond the bank is not a k-NN."""
+    is extracted): ``t <= 0`` gives NaN weights or an inverted vote, ``k`` beyond the bank is not a k-NN.
+    Without ``n_bank`` only what needs no data is checked."""
     if not (isinstance(t, (int, float)) and t > 0 and np.isfinite(t)):
         raise UserError(f"the vote temperature t must be a positive number, got {t}")
-    if not 1 <= k <= n_bank:
-        raise UserError(f"k must be between 1 and the {n_bank} training samples, got {k}")
+    if k < 1:
+        raise UserError(f"k must be at least 1, got {k}")
+    if n_bank is not None and k > n_bank:
+        raise UserError(f"k={k} is more than the {n_bank} training samples; choose k <= {n_bank}")
 
 
 def vote(sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int, t: float = 0.1) -> np.ndarray:

@@ -52,7 +52,7 @@ def check_key(key: str, where: str) -> str:
 def load_spec(path: str | os.PathLike) -> SweepSpec:
     """Read and check a sweep spec: unknown keys and an empty grid raise :class:`UserError` (exit 2)."""
     path = Path(path)
-    data = load_recipe(path)  # exists, is YAML, is a mapping
+    data = load_recipe(path, "sweep spec")  # exists, is YAML, is a mapping
     unknown = sorted(set(map(str, data)) - set(SPEC_KEYS))
     if unknown:
         raise UserError(f"sweep spec {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SPEC_KEYS)}")

@@ -1,0 +1,352 @@
+"""Every command, fed bad input, exits 2 with exactly one ``error:`` line, no traceback, and writes nothing.
+
+Each case runs the CLI in-process on a shared workspace (a tiny registry, a runs folder, broken data files and
+sweep specs) and compares the registry and runs folders before and after. Cases fail before any training, so the
+module runs in seconds. The count of cases is quoted in the README ("Errors").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssl_noise.cli import main
+from ssl_noise.data.synthetic import make_synthetic
+
+SPEC = "synthetic:n_train=32,n_val=16,n_test=32"
+DATA = ["--dataset", SPEC, "--image-size", "16"]
+TINY = [*DATA, "--epochs", "1", "--batch-size", "16", "--quiet"]
+
+# (id, argv with {placeholders} filled from the workspace, a substring the error line must hold or None)
+CASES = [
+    # --- global options ---
+    ("data-root-missing", ["--data-root", "{tmp}/nowhere", "data", "info", "synthetic"], "does not exist"),
+    ("data-root-file", ["--data-root", "{file}", "data", "info", "synthetic"], "not a folder"),
+    ("threads-0", ["--threads", "0", "data", "list"], None),
+    ("device-unknown", ["--device", "tpu", "data", "list"], None),
+    ("command-unknown", ["frobnicate"], None),
+    ("option-unknown", ["data", "info", "synthetic", "--bogus"], None),
+    ("ck-missing-ls", ["--checkpoints", "{tmp}/nowhere", "registry", "ls"], "does not exist"),
+    ("ck-file-ls", ["--checkpoints", "{file}", "registry", "ls"], "is a file"),
+    ("ck-missing-verify", ["--checkpoints", "{tmp}/nowhere", "registry", "verify"], "does not exist"),
+    ("ck-file-verify", ["--checkpoints", "{file}", "registry", "verify"], "is a file"),
+    ("ck-missing-finetune", ["--checkpoints", "{tmp}/nowhere", "finetune", "--init", "simclr", *TINY],
+     "does not exist"),
+    # --- data ---
+    ("data-unknown-flag", ["data", "info", "nosuchmnist"], "unknown dataset"),
+    ("data-missing-npz", ["data", "info", "{tmp}/missing.npz"], None),
+    ("data-label-255", ["data", "info", "{tmp}/mybinary.npz"], "0..K-1"),
+    ("data-label-255-catalogue", ["data", "info", "{tmp}/pneumoniamnist_bad.npz"], "out of range for 2 classes"),
+    ("data-empty-train", ["data", "info", "{tmp}/empty_train.npz"], "training split is empty"),
+    ("data-csv-mixed-labels", ["data", "info", "csv:{tmp}/mixed.csv"], "mix class indices and names"),
+    ("data-csv-negative-label", ["data", "info", "csv:{tmp}/negative.csv"], "negative"),
+    ("data-csv-missing", ["data", "info", "csv:{tmp}/missing.csv"], None),
+    ("data-csv-no-label-column", ["data", "info", "csv:{tmp}/nolabel.csv"], "lacks column"),
+    ("data-folder-missing", ["data", "info", "folder:{tmp}/nowhere"], None),
+    ("data-chaoyang-missing", ["data", "info", "chaoyang:{tmp}/nowhere"], None),
+    ("data-synthetic-one-class", ["data", "info", "synthetic:num_classes=1"], None),
+    ("data-synthetic-bad-key", ["data", "info", "synthetic:foo=1"], None),
+    ("data-synthetic-bad-int", ["data", "info", "synthetic:n_train=x"], None),
+    ("data-size-27", ["data", "info", "bloodmnist", "--size", "27"], None),
+    ("data-not-npz", ["data", "info", "{tmp}/text.npz"], None),
+    ("data-3d-flag", ["data", "info", "organmnist3d"], None),
+    ("data-get-unknown", ["data", "get", "nosuchmnist"], None),
+    ("data-get-bad-size", ["data", "get", "bloodmnist", "--size", "30"], None),
+    # --- noise ---
+    ("noise-out-under-file", ["noise", *DATA[:2], "--size", "16", "--rate", "0.3", "--out", "{file}/n.csv"],
+     "is a file"),
+    ("noise-out-readonly", ["noise", *DATA[:2], "--size", "16", "--rate", "0.3", "--out", "{ro}/n.csv"], None),
+    ("noise-out-folder", ["noise", *DATA[:2], "--size", "16", "--rate", "0.3", "--out", "{tmp}"], None),
+    ("noise-rate-1.5", ["noise", *DATA[:2], "--size", "16", "--rate", "1.5", "--out", "{tmp}/n.csv"], None),
+    ("noise-rate-negative", ["noise", *DATA[:2], "--size", "16", "--rate", "-0.1", "--out", "{tmp}/n.csv"], None),
+    ("noise-type-unknown", ["noise", *DATA[:2], "--size", "16", "--type", "bogus", "--rate", "0.3", "--out",
+                            "{tmp}/n.csv"], "unknown noise type"),
+    ("noise-asymmetric-no-map", ["noise", *DATA[:2], "--size", "16", "--type", "asymmetric", "--rate", "0.3",
+                                 "--out", "{tmp}/n.csv"], None),
+    ("noise-pairflip-0.6", ["noise", *DATA[:2], "--size", "16", "--type", "pairflip", "--rate", "0.6", "--out",
+                            "{tmp}/n.csv"], None),
+    ("noise-matrix-missing", ["noise", *DATA[:2], "--size", "16", "--type", "asymmetric", "--matrix",
+                              "{tmp}/missing.npy", "--out", "{tmp}/n.csv"], None),
+    ("noise-class-map-missing", ["noise", *DATA[:2], "--size", "16", "--type", "asymmetric", "--rate", "0.3",
+                                 "--class-map", "{tmp}/missing.yaml", "--out", "{tmp}/n.csv"], None),
+    ("noise-subset-0", ["noise", *DATA[:2], "--size", "16", "--rate", "0.3", "--subset", "0", "--out",
+                        "{tmp}/n.csv"], None),
+    ("noise-dataset-unknown", ["noise", "--dataset", "nosuch", "--rate", "0.3", "--out", "{tmp}/n.csv"], None),
+    ("noise-mode-unknown", ["noise", *DATA[:2], "--rate", "0.3", "--mode", "weird", "--out", "{tmp}/n.csv"], None),
+    ("noise-no-out", ["noise", *DATA[:2], "--rate", "0.3"], None),
+    ("noise-label-255", ["noise", "--dataset", "{tmp}/mybinary.npz", "--rate", "0.3", "--out", "{tmp}/n.csv"],
+     None),
+    # --- pretrain (each fails before the first step) ---
+    ("pretrain-method-unknown", ["pretrain", *TINY, "--method", "byol"], "unknown method 'byol'"),
+    ("pretrain-backbone-unknown", ["pretrain", *TINY, "--backbone", "vgg16"], "unknown backbone"),
+    ("pretrain-batch-too-large", ["pretrain", *TINY, "--batch-size", "100000"], "larger than"),
+    ("pretrain-set-unknown-key", ["pretrain", *TINY, "--set", "epochz=3"], "unknown config key"),
+    ("pretrain-set-not-int", ["pretrain", *TINY, "--set", "epochs=three"], "expects an integer"),
+    ("pretrain-set-no-equals", ["pretrain", *TINY, "--set", "lr"], "key=value"),
+    ("pretrain-set-lr-negative", ["pretrain", *TINY, "--set", "lr=-1e-3"], "lr must be positive"),
+    ("pretrain-set-bad-yaml", ["pretrain", *TINY, "--set", "lr=[1"], None),
+    ("pretrain-optimizer-unknown", ["pretrain", *TINY, "--set", "optimizer=rmsprop"], "unknown optimizer"),
+    ("pretrain-precision-unknown", ["pretrain", *TINY, "--set", "precision=fp64"], "unknown precision"),
+    ("pretrain-stem-unknown", ["pretrain", *TINY, "--stem", "weird"], None),
+    ("pretrain-epochs-0", ["pretrain", *TINY, "--epochs", "0"], "at least 1"),
+    ("pretrain-image-size-0", ["pretrain", *TINY, "--image-size", "0"], None),
+    ("pretrain-recipe-missing", ["pretrain", *TINY, "--recipe", "{tmp}/missing.yaml"], "does not exist"),
+    ("pretrain-recipe-invalid", ["pretrain", *TINY, "--recipe", "{tmp}/invalid.yaml"], "not valid YAML"),
+    ("pretrain-recipe-list", ["pretrain", *TINY, "--recipe", "{tmp}/list.yaml"], "must be a mapping"),
+    ("pretrain-resume-nothing", ["pretrain", *TINY, "--resume"], "nothing to resume"),
+    ("pretrain-ck-under-file", ["--checkpoints", "{file}/ck", "pretrain", *TINY], "is a file"),
+    ("pretrain-ck-readonly", ["--checkpoints", "{ro}/ck", "pretrain", *TINY], None),
+    ("pretrain-runs-under-file", ["--runs", "{file}/runs", "pretrain", *TINY], "is a file"),
+    ("pretrain-dataset-label-255", ["pretrain", *TINY, "--dataset", "{tmp}/mybinary.npz"], "0..K-1"),
+    ("pretrain-dataset-unknown", ["pretrain", *TINY, "--dataset", "nosuch"], "unknown dataset"),
+    # --- finetune (each fails before the first step) ---
+    ("finetune-method-unknown", ["finetune", *TINY, "--method", "bogus"], "unknown robust method"),
+    ("finetune-noise-1.5", ["finetune", *TINY, "--noise", "1.5"], "noise rate"),
+    ("finetune-noise-type-unknown", ["finetune", *TINY, "--noise", "0.2", "--noise-type", "bogus"],
+     "unknown noise type"),
+    ("finetune-init-unknown", ["finetune", *TINY, "--init", "nosuchinit"], None),
+    ("finetune-init-backbone", ["finetune", *TINY, "--init", "{entry}", "--backbone", "resnet34"],
+     "drop --backbone"),
+    ("finetune-init-stem", ["finetune", *TINY, "--init", "{entry}", "--stem", "imagenet"], "drop --stem"),
+    ("finetune-init-size", ["finetune", *TINY, "--init", "{entry}", "--image-size", "28"], "16 px"),
+    ("finetune-batch-too-large", ["finetune", *TINY, "--batch-size", "100000", "--subset", "8"], "larger than"),
+    ("finetune-empty-train", ["finetune", "--dataset", "{tmp}/empty_train.npz", "--epochs", "1", "--quiet"],
+     "training split is empty"),
+    ("finetune-one-class", ["finetune", "--dataset", "{tmp}/oneclass.npz", "--epochs", "1", "--batch-size", "4",
+                            "--quiet"], "at least 2"),
+    ("finetune-label-255", ["finetune", "--dataset", "{tmp}/mybinary.npz", "--epochs", "1", "--quiet"], "0..K-1"),
+    ("finetune-csv-mixed", ["finetune", "--dataset", "csv:{tmp}/mixed.csv", "--epochs", "1", "--quiet"],
+     "mix class indices"),
+    ("finetune-runs-under-file", ["--runs", "{file}/runs", "finetune", *TINY], "is a file"),
+    ("finetune-runs-readonly", ["--runs", "{ro}/runs", "finetune", *TINY], None),
+    ("finetune-runs-is-file", ["--runs", "{file}", "finetune", *TINY], "not a folder"),
+    ("finetune-noise-file-missing", ["finetune", *TINY, "--noise-file", "{tmp}/missing.csv"], None),
+    ("finetune-noise-file-and-rate", ["finetune", *TINY, "--noise-file", "{tmp}/noise.csv", "--noise", "0.2"],
+     "drop --noise"),
+    ("finetune-lr-0", ["finetune", *TINY, "--lr", "0"], "lr must be positive"),
+    ("finetune-set-lr-text", ["finetune", *TINY, "--set", "lr=fast"], "expects a number"),
+    ("finetune-set-weight-decay-negative", ["finetune", *TINY, "--set", "weight_decay=-1e-4"], None),
+    ("finetune-epochs-0", ["finetune", *TINY, "--epochs", "0"], "at least 1"),
+    ("finetune-subset-0", ["finetune", *TINY, "--subset", "0"], None),
+    ("finetune-noise-estimate-1.5", ["finetune", *TINY, "--noise-estimate", "1.5"], "noise estimate"),
+    ("finetune-noise-estimate-word", ["finetune", *TINY, "--noise-estimate", "guess"], "noise estimate"),
+    ("finetune-select-metric", ["finetune", *TINY, "--select-metric", "auc"], None),
+    ("finetune-asymmetric-no-map", ["finetune", *TINY, "--noise", "0.2", "--noise-type", "asymmetric"], None),
+    ("finetune-image-size-0", ["finetune", *TINY, "--image-size", "0"], None),
+    ("finetune-noise-seed-negative", ["finetune", *TINY, "--set", "noise_seed=-1"], "non-negative"),
+    ("finetune-recipe-missing", ["finetune", *TINY, "--recipe", "{tmp}/missing.yaml"], "does not exist"),
+    ("finetune-method-args-unknown", ["finetune", *TINY, "--set", "method_args.nosuch=1"], None),
+    # --- knn (checked before any feature is extracted) ---
+    ("knn-k-0", ["knn", "--init", "{entry}", "--k", "0"], "k must be at least 1"),
+    ("knn-k-negative", ["knn", "--init", "{entry}", "--k", "-5"], "k must be"),
+    ("knn-k-too-large", ["knn", "--init", "{entry}", "--k", "100000"], "more than the 384 training samples"),
+    ("knn-t-0", ["knn", "--init", "{entry}", "--t", "0"], "temperature"),
+    ("knn-t-negative", ["knn", "--init", "{entry}", "--t", "-1"], "temperature"),
+    ("knn-t-nan", ["knn", "--init", "{entry}", "--t", "nan"], "temperature"),
+    ("knn-init-unknown", ["knn", "--init", "nosuchinit"], None),
+    ("knn-dataset-unknown", ["knn", "--init", "{entry}", "--dataset", "nosuch"], "unknown dataset"),
+    # --- registry ---
+    ("registry-show-unknown", ["registry", "show", "nosuchentry"], None),
+    ("registry-export-under-file", ["registry", "export", "{entry}", "--out", "{file}/x.pt"], "is a file"),
+    ("registry-export-readonly", ["registry", "export", "{entry}", "--out", "{ro}/x.pt"], None),
+    ("registry-export-unknown", ["registry", "export", "nosuchentry", "--out", "{tmp}/x.pt"], None),
+    ("registry-rm-unknown", ["registry", "rm", "nosuchentry", "--yes"], None),
+    ("registry-rm-no-yes", ["registry", "rm", "{entry}"], "without --yes"),
+    ("registry-verify-unknown", ["registry", "verify", "nosuchentry"], None),
+    ("registry-verify-diverged", ["--checkpoints", "{bad_ck}", "registry", "verify"], "failed verification"),
+    ("finetune-init-diverged", ["--checkpoints", "{bad_ck}", "finetune", *TINY, "--init", "simclr"],
+     "diverged weights"),
+    # --- detect / detections ---
+    ("detect-detector-unknown", ["detect", "--detector", "bogus", *DATA, "--noise", "0.2"], None),
+    ("detect-runs-under-file", ["--runs", "{file}/r", "detect", "--init", "random", *DATA, "--noise", "0.2"],
+     "is a file"),
+    ("detect-loss-no-run", ["detect", "--detector", "loss"], None),
+    ("detect-run-missing", ["detect", "--detector", "loss", "--run", "{tmp}/nowhere"], None),
+    ("detect-k-0", ["detect", "--k", "0", *DATA, "--noise", "0.2"], None),
+    ("detect-t-0", ["detect", "--t", "0", *DATA, "--noise", "0.2"], None),
+    ("detect-folds-1", ["detect", "--detector", "cleanlab", "--folds", "1", *DATA, "--noise", "0.2"], None),
+    ("detect-init-unknown", ["detect", "--init", "nosuchinit", *DATA, "--noise", "0.2"], None),
+    ("detect-noise-1.5", ["detect", "--init", "random", *DATA, "--noise", "1.5"], None),
+    ("detections-missing", ["detections", "{tmp}/nowhere"], None),
+    ("detections-empty", ["detections", "{tmp}/empty"], None),
+    ("detections-out-under-file", ["detections", "{runs}", "--out", "{file}/d.csv"], "is a file"),
+    ("detections-out-readonly", ["detections", "{runs}", "--out", "{ro}/d.csv"], None),
+    # --- plot / report / demo ---
+    ("plot-missing", ["plot", "{tmp}/missing.csv", "--out", "{tmp}/p.png"], None),
+    ("plot-out-under-file", ["plot", "{tmp}/bogus.csv", "--out", "{file}/p.png"], "is a file"),
+    ("plot-out-readonly", ["plot", "{tmp}/bogus.csv", "--out", "{ro}/p.png"], None),
+    ("plot-not-results", ["plot", "{tmp}/bogus.csv", "--out", "{tmp}/p.png"], None),
+    ("plot-metric-unknown", ["plot", "{tmp}/bogus.csv", "--out", "{tmp}/p.png", "--metric", "nosuch"], None),
+    ("report-missing", ["report", "{tmp}/missing.csv", "--out", "{tmp}/r.md"], None),
+    ("report-out-under-file", ["report", "{tmp}/bogus.csv", "--out", "{file}/r.md"], "is a file"),
+    ("report-not-results", ["report", "{tmp}/bogus.csv", "--out", "{tmp}/r.md"], None),
+    ("demo-out-is-file", ["demo", "--out", "{file}"], None),
+    ("demo-out-under-file", ["demo", "--out", "{file}/demo"], "is a file"),
+    ("demo-out-readonly", ["demo", "--out", "{ro}/demo"], None),
+    ("demo-jobs-0", ["demo", "--jobs", "0"], None),
+    # --- sweep (every name checked at expansion) ---
+    ("sweep-missing", ["sweep", "{tmp}/missing.yaml"], "sweep spec"),
+    ("sweep-name-escape", ["sweep", "{tmp}/escape.yaml"], "plain name"),
+    ("sweep-name-absolute", ["sweep", "{tmp}/absolute.yaml"], "plain name"),
+    ("sweep-name-hidden", ["sweep", "{tmp}/hidden.yaml"], "plain name"),
+    ("sweep-method-unknown", ["sweep", "{tmp}/badmethod.yaml"], "unknown robust method"),
+    ("sweep-noise-type-unknown", ["sweep", "{tmp}/badnoise.yaml"], "unknown noise type"),
+    ("sweep-backbone-unknown", ["sweep", "{tmp}/badbackbone.yaml"], "unknown backbone"),
+    ("sweep-init-unknown", ["sweep", "{tmp}/badinit.yaml"], "not in the registry"),
+    ("sweep-rate-out-of-range", ["sweep", "{tmp}/badrate.yaml"], "noise rate"),
+    ("sweep-key-unknown", ["sweep", "{tmp}/badkey.yaml"], "unknown key"),
+    ("sweep-grid-empty", ["sweep", "{tmp}/emptygrid.yaml"], "empty grid"),
+    ("sweep-grid-not-list", ["sweep", "{tmp}/notlist.yaml"], "must be a list"),
+    ("sweep-spec-list", ["sweep", "{tmp}/list.yaml"], "must be a mapping"),
+    ("sweep-spec-invalid", ["sweep", "{tmp}/invalid.yaml"], "not valid YAML"),
+    ("sweep-set-lr-text", ["sweep", "{tmp}/ok.yaml", "--set", "lr=fast"], "expects a number"),
+    ("sweep-set-grid-key", ["sweep", "{tmp}/ok.yaml", "--set", "seed=3"], "grid key"),
+    ("sweep-shard-bad", ["sweep", "{tmp}/ok.yaml", "--shard", "5/2"], "--shard"),
+    ("sweep-runs-under-file", ["--runs", "{file}/r", "sweep", "{tmp}/ok.yaml"], "is a file"),
+    ("sweep-runs-readonly", ["--runs", "{ro}/r", "sweep", "{tmp}/ok.yaml"], None),
+    ("sweep-jobs-0", ["sweep", "{tmp}/ok.yaml", "--jobs", "0"], None),
+    # --- refine ---
+    ("refine-run-name-escape", ["refine", "run", "{runs}", "--name", "../../escape"], "plain name"),
+    ("refine-run-name-absolute", ["refine", "run", "{runs}", "--name", "/tmp/escape"], "plain name"),
+    ("refine-run-name-hidden", ["refine", "run", "{runs}", "--name", ".hidden"], "plain name"),
+    ("refine-run-name-backslash", ["refine", "run", "{runs}", "--name", "a\\b"], "plain name"),
+    ("refine-run-missing", ["refine", "run", "{tmp}/nowhere"], None),
+    ("refine-run-not-a-run", ["refine", "run", "{tmp}/empty"], None),
+    ("refine-export-name-escape", ["refine", "export", "{runs}", "--name", "../x", "--out", "{tmp}/review"],
+     "plain name"),
+    ("refine-export-missing", ["refine", "export", "{tmp}/nowhere", "--out", "{tmp}/review"], None),
+    ("refine-import-missing", ["refine", "import", "{tmp}/nowhere", "{tmp}/missing.csv"], None),
+    ("refine-plot-missing", ["refine", "plot", "{tmp}/nowhere", "--out", "{tmp}/b.png"], None),
+    ("refine-plot-out-under-file", ["refine", "plot", "{tmp}/nowhere", "--out", "{file}/b.png"], "is a file"),
+]
+
+
+def _npz(path: Path, data, **replace) -> None:
+    arrays = {f"{s}_images": getattr(data, s).images[..., 0] for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": getattr(data, s).labels[:, None] for s in ("train", "val", "test")})
+    arrays.update(replace)
+    np.savez(path, **arrays)
+
+
+def _diverged_registry(root: Path, make_entry) -> None:
+    """A registry whose only entry's weights hold NaN, with a matching sha256 (what a diverged run would save)."""
+    import safetensors.torch
+
+    from ssl_noise.io import file_digest
+
+    entry = root / make_entry(root, seed=7)
+    weights = entry / "encoder.safetensors"
+    state = safetensors.torch.load_file(str(weights))
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    safetensors.torch.save_file(state, str(weights), metadata={"format": "pt"})
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["sha256"] = file_digest(weights)
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, make_entry) -> dict:
+    """Registry, runs folder and broken inputs shared by every case (none of them may change the first two)."""
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    ck, runs = tmp / "ck", tmp / "runs"
+    runs.mkdir()
+    (runs / "results.csv").write_text("run_id\n")
+    entry = make_entry(ck)
+    _diverged_registry(tmp / "bad_ck", make_entry)
+    afile = tmp / "afile"
+    afile.write_text("a file, not a folder\n")
+    ro = afile  # root ignores permissions: a path under a regular file fails for everyone
+    if os.geteuid() != 0:
+        ro = tmp / "readonly"
+        ro.mkdir()
+        ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    (tmp / "empty").mkdir()
+
+    d = make_synthetic(n_train=32, n_val=8, n_test=16, num_classes=2, channels=1, size=16, seed=0)
+    stray = np.r_[d.train.labels[:-1], 255][:, None]
+    _npz(tmp / "mybinary.npz", d, train_labels=stray)
+    _npz(tmp / "pneumoniamnist_bad.npz", d, train_labels=stray)
+    _npz(tmp / "empty_train.npz", d, train_images=np.zeros((0, 16, 16), np.uint8),
+         train_labels=np.zeros((0, 1), np.int64))
+    _npz(tmp / "oneclass.npz", d, **{f"{s}_labels": np.zeros((len(getattr(d, s)), 1), np.int64)
+                                     for s in ("train", "val", "test")})
+    (tmp / "text.npz").write_text("not an archive\n")
+    from PIL import Image
+
+    (tmp / "imgs").mkdir()
+    for i in range(12):
+        Image.fromarray(d.train.images[i, ..., 0]).save(tmp / "imgs" / f"{i}.png")
+    (tmp / "mixed.csv").write_text("path,label\n" + "".join(f"imgs/{i}.png,{'x' if i == 5 else i % 2}\n"
+                                                            for i in range(12)))
+    (tmp / "negative.csv").write_text("path,label\n" + "".join(f"imgs/{i}.png,{i % 2 - (i == 2)}\n"
+                                                               for i in range(12)))
+    (tmp / "nolabel.csv").write_text("path,klass\nimgs/0.png,0\n")
+    (tmp / "noise.csv").write_text("index,clean_label,noisy_label\n0,0,1\n")
+    (tmp / "bogus.csv").write_text("a,b\n1,2\n")
+    (tmp / "invalid.yaml").write_text("a: [b\n")
+    (tmp / "list.yaml").write_text("- a\n- b\n")
+
+    base = {"dataset": SPEC, "image_size": 16, "epochs": 1, "batch_size": 16, "precision": "fp32"}
+    specs = {
+        "ok": {"base": base, "grid": {"seed": [0, 1]}},
+        "escape": {"name": "../../escape", "base": base, "grid": {"seed": [0]}},
+        "absolute": {"name": str(tmp / "abs"), "base": base, "grid": {"seed": [0]}},
+        "hidden": {"name": ".sweep", "base": base, "grid": {"seed": [0]}},
+        "badmethod": {"base": base, "grid": {"method": ["ce", "bogus"]}},
+        "badnoise": {"base": {**base, "noise_rate": 0.2}, "grid": {"noise_type": ["symmetric", "bogus"]}},
+        "badbackbone": {"base": {**base, "backbone": "vgg16"}, "grid": {"seed": [0]}},
+        "badinit": {"base": base, "grid": {"init": ["random", "nosuchinit"]}},
+        "badrate": {"base": base, "grid": {"noise_rate": [0.2, 1.5]}},
+        "badkey": {"base": {**base, "epochz": 1}, "grid": {"seed": [0]}},
+        "emptygrid": {"base": base, "grid": {}},
+        "notlist": {"base": base, "grid": {"seed": 0}},
+    }
+    for name, spec in specs.items():
+        (tmp / f"{name}.yaml").write_text(json.dumps(spec))  # JSON is YAML
+    return {"tmp": str(tmp), "ck": str(ck), "runs": str(runs), "entry": entry, "file": str(afile), "ro": str(ro),
+            "bad_ck": str(tmp / "bad_ck")}
+
+
+def _snapshot(*roots: str) -> dict:
+    """Every path under ``roots`` with its size and modification time (a change anywhere shows)."""
+    out = {}
+    for root in map(Path, roots):
+        for path in [root, *sorted(root.rglob("*"))] if root.exists() else []:
+            info = path.stat()
+            out[str(path)] = (path.is_dir(), info.st_size, info.st_mtime_ns)
+    return out
+
+
+def test_at_least_a_hundred_distinct_cases() -> None:
+    ids = [case[0] for case in CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 100
+    assert len({tuple(case[1]) for case in CASES}) == len(CASES)
+    commands = {next(a for a in case[1] if not a.startswith("-") and "{" not in a and not a.startswith("synthetic"))
+                for case in CASES}
+    assert {"data", "demo", "detect", "detections", "finetune", "knn", "noise", "plot", "pretrain", "refine",
+            "registry", "report", "sweep"} <= commands
+
+
+@pytest.mark.parametrize("name, argv, message", CASES, ids=[case[0] for case in CASES])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(workspace, capsys, monkeypatch, name, argv, message):
+    monkeypatch.chdir(workspace["tmp"])  # nothing may land in the working folder either (it is under tmp)
+    args = ["--checkpoints", workspace["ck"], "--runs", workspace["runs"], "--device", "cpu",
+            *[a.format(**workspace) for a in argv]]
+    before = _snapshot(workspace["ck"], workspace["runs"], workspace["bad_ck"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out = capsys.readouterr()
+    errors = [line for line in out.err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2, out.err
+    assert len(errors) == 1, out.err
+    assert "Traceback" not in out.err + out.out
+    if message:
+        assert message in errors[0], errors[0]
+    assert _snapshot(workspace["ck"], workspace["runs"], workspace["bad_ck"]) == before
+    if os.environ.get("SHOW_ERRORS"):
+        print(name, errors[0], file=open("/tmp/f36/errors.txt", "a"))
