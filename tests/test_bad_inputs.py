@@ -348,5 +348,224 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(workspace, capsys, m
     if message:
         assert message in errors[0], errors[0]
     assert _snapshot(workspace["ck"], workspace["runs"], workspace["bad_ck"]) == before
-    if os.environ.get("SHOW_ERRORS"):
-        print(name, errors[0], file=open("/tmp/f36/errors.txt", "a"))
+
+
+# ---- the faults behind the cases: divergence, interruption, leftovers, pickles --------------------------------------
+
+def _run(args, capsys) -> tuple:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_finetune_stops_at_the_first_non_finite_loss_and_records_nothing(tmp_path, capsys) -> None:
+    runs = tmp_path / "runs"
+    code, _, err = _run(["--runs", runs, "--device", "cpu", "finetune", "--dataset",
+                         "synthetic:n_train=16,n_val=8,n_test=8,size=8", "--image-size", "8", "--epochs", "3",
+                         "--batch-size", "8", "--lr", "1e12", "--set", "precision=fp32", "--set", "augmentation=false",
+                         "--quiet"], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "diverged" in errors[0] and "--lr" in errors[0] and "epoch" in errors[0] and "step" in errors[0]
+    assert not runs.exists() or not any(runs.iterdir())  # no run folder, no temporary folder, no results row
+
+
+def test_check_finite_names_epoch_and_step() -> None:
+    from ssl_noise.engine import check_finite
+    from ssl_noise.errors import NonFiniteLoss
+
+    check_finite(0.5, epoch=0, step=0, what="fine-tuning")
+    with pytest.raises(NonFiniteLoss, match=r"epoch 3, step 5; lower the learning rate \(--lr\)"):
+        check_finite(float("inf"), epoch=2, step=4, what="pretraining")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 3e29])
+def test_registry_refuses_diverged_weights(tmp_path, value) -> None:
+    import torch
+
+    from ssl_noise import registry
+    from ssl_noise.backbones import build_backbone
+    from ssl_noise.errors import NonFiniteLoss
+
+    model = build_backbone("resnet18", stem="cifar", in_channels=1)[0]
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[0, 0, 0, 0] = value
+    meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": "cifar", "feat_dim": 512,
+            "dataset": "synthetic", "image_size": 16, "channels": 1, "normalisation": {"mean": [0.5], "std": [0.25]},
+            "epochs": 1, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1}, "seed": 0}
+    with pytest.raises(NonFiniteLoss, match="layer1.0.conv1.weight"):
+        registry.save_entry(tmp_path, model, meta, config={})
+    assert not any(tmp_path.iterdir())
+
+
+def test_monitor_features_must_be_finite() -> None:
+    import torch
+
+    from ssl_noise.errors import NonFiniteLoss, SslNoiseWarning
+    from ssl_noise.knn import extract_features
+
+    class Diverged(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1) * float("nan")
+
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    with pytest.raises(NonFiniteLoss, match="4 of 4 images"):
+        extract_features(Diverged(), images, mean=[0.5], std=[0.25], bf16=False, strict=True)
+    with pytest.warns(SslNoiseWarning):
+        assert np.isfinite(extract_features(Diverged(), images, mean=[0.5], std=[0.25], bf16=False)).all()
+
+
+def test_verify_flags_diverged_weights_naming_the_entry_once(workspace, capsys) -> None:
+    code, out, err = _run(["--checkpoints", workspace["bad_ck"], "registry", "verify"], capsys)
+    fail = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert code == 2 and len(fail) == 1 and "diverged weights" in fail[0]
+    entry = fail[0].split()[1].rstrip(":")
+    assert fail[0].count(entry) == 2  # "FAIL <id>: ... registry rm <id>": the id is not repeated as a prefix
+    assert not fail[0].startswith(f"FAIL {entry}: {entry}")
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_ctrl_c_in_pretraining_prints_the_resume_command(tmp_path, capsys, monkeypatch, saved) -> None:
+    import ssl_noise.pretrain
+
+    def interrupted(cfg, *, runs, **kwargs):
+        work = ssl_noise.pretrain.work_dir(runs, cfg)
+        if saved:
+            work.mkdir(parents=True)
+            (work / ssl_noise.pretrain.STATE_FILE).write_bytes(b"state")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ssl_noise.pretrain, "pretrain", interrupted)
+    monkeypatch.setattr("sys.argv", ["ssl-noise", "pretrain", "--epochs", "5"])
+    code, _, err = _run(["--runs", tmp_path / "runs", "--checkpoints", tmp_path / "ck", "pretrain", "--dataset",
+                         "synthetic", "--epochs", "5"], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 130 and len(errors) == 1
+    if saved:
+        assert errors[0].endswith("continue with: ssl-noise pretrain --epochs 5 --resume")
+    else:
+        assert "nothing to resume" in errors[0]
+
+
+def test_a_diverged_pretraining_leaves_no_resume_state(tmp_path, capsys, monkeypatch) -> None:
+    import ssl_noise.pretrain
+    from ssl_noise.errors import NonFiniteLoss
+
+    def diverging(cfg, *, runs, **kwargs):
+        work = ssl_noise.pretrain.work_dir(runs, cfg)
+        work.mkdir(parents=True)
+        (work / ssl_noise.pretrain.STATE_FILE).write_bytes(b"state")
+        raise NonFiniteLoss("pretraining diverged: the loss is nan at epoch 2, step 1; lower the learning rate")
+
+    monkeypatch.setattr(ssl_noise.pretrain, "pretrain", diverging)
+    code, _, err = _run(["--runs", tmp_path / "runs", "--checkpoints", tmp_path / "ck", "pretrain", "--dataset",
+                         "synthetic"], capsys)
+    assert code == 2 and "diverged" in err
+    assert not any((tmp_path / "runs" / "pretrain").iterdir())
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("how", [[], ["--collect"]])
+def test_a_killed_cells_temporary_folder_is_removed_by_a_restart(workspace, tmp_path, capsys, how) -> None:
+    import socket
+
+    runs = tmp_path / "runs"
+    host = socket.gethostname().replace(".", "_")
+    dead = runs / f".random-synthetic-cleann0-ce-s0-abc.p{_dead_pid()}@{host}.x1y2z3_a.tmp"
+    live = runs / f".random-synthetic-cleann0-ce-s0-def.p{os.getpid()}@{host}.x1y2z3_b.tmp"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("{}\n")
+    spec = Path(workspace["tmp"]) / "badmethod.yaml"  # fails at expansion, after the clean-up
+    _run(["--runs", runs, "--checkpoints", workspace["ck"], "sweep", spec, *how], capsys)
+    assert not dead.exists() and live.exists()
+
+
+def test_history_or_resume_state_holding_a_pickle_is_a_user_error(tmp_path) -> None:
+    import torch
+
+    import ssl_noise.pretrain
+    from ssl_noise.config import PretrainConfig
+    from ssl_noise.errors import UserError
+    from ssl_noise.runs import RunFolder
+
+    np.save(tmp_path / "history.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="history.npy"):
+        RunFolder(tmp_path).array("history")
+    (tmp_path / ssl_noise.pretrain.STATE_FILE).write_bytes(b"")
+    torch.save({"model": Pickled(), "epoch": 1}, tmp_path / ssl_noise.pretrain.STATE_FILE)
+    with pytest.raises(UserError, match="not a resumable state"):
+        ssl_noise.pretrain._start(tmp_path, None, None, PretrainConfig(), "cpu", resume=True, rank=0)
+
+
+class Pickled:
+    """An object a pickle can carry and ``weights_only`` loading must refuse."""
+
+
+def test_offline_imagenet_leaves_no_empty_cache_folders(tmp_path, monkeypatch) -> None:
+    import urllib.error
+
+    import torch
+
+    from ssl_noise import backbones
+    from ssl_noise.errors import UserError
+
+    hub = tmp_path / "cache" / "torch" / "hub"
+
+    def offline(url, **kwargs):  # what torch.hub does: create the cache folders, then fail to download
+        (hub / "checkpoints").mkdir(parents=True)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError, match="not available offline"):
+        backbones.load_imagenet_backbone("resnet18")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_set_reads_yaml_1_2_numbers() -> None:
+    from ssl_noise.config import PretrainConfig, parse_overrides, resolve
+
+    values = parse_overrides(["lr=1e-3", "method_args.temperature=1e-6", "epochs=7", "optimizer=adam"])
+    assert values == {"lr": 1e-3, "method_args.temperature": 1e-6, "epochs": 7, "optimizer": "adam"}
+    cfg = resolve(PretrainConfig, values)
+    assert cfg.lr == 1e-3 and cfg.method_args == {"temperature": 1e-6}
+
+
+@pytest.mark.parametrize("name", ["../../escape", "..", "a/b", "a\\b", "/abs", "", " ", ".hidden"])
+def test_names_that_would_leave_their_folder_are_refused(name) -> None:
+    from ssl_noise.errors import UserError
+    from ssl_noise.io import check_name
+
+    with pytest.raises(UserError, match="plain name"):
+        check_name(name, "--name")
+
+
+def test_check_writable_refuses_a_read_only_folder(tmp_path) -> None:
+    from ssl_noise.errors import UserError
+    from ssl_noise.io import check_writable
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; the cases above use a path under a file instead")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    with pytest.raises(UserError, match="not writable"):
+        check_writable(locked / "sub" / "out.csv", "--out")
+    assert check_writable(tmp_path / "a" / "b" / "out.csv", "--out") == tmp_path / "a" / "b" / "out.csv"
+
+
+def test_multi_line_messages_become_one_line() -> None:
+    from ssl_noise.cli.app import one_line
+
+    assert one_line("Error(s) in loading state_dict:\n\tMissing key(s): a.\n\tUnexpected key(s): b.\n") == \
+        "Error(s) in loading state_dict: Missing key(s): a.; Unexpected key(s): b."

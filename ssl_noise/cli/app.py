@@ -67,7 +67,9 @@ def _one_line_warnings(default: Callable) -> Callable:
 
 def one_line(message: str) -> str:
     """A message as one line: the contract is exactly one ``error:`` line, whatever a library's text spans."""
-    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "unknown error"
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return "".join(line + ("" if i + 1 == len(lines) else " " if line.endswith(":") else "; ")
+                   for i, line in enumerate(lines)) or "unknown error"
 
 
 def main(argv=None) -> None:
