@@ -31,7 +31,7 @@ CASES = [
     ("device-unknown", ["--device", "tpu", "data", "list"], None),
     ("command-unknown", ["frobnicate"], None),
     ("option-unknown", ["data", "info", "synthetic", "--bogus"], None),
-    ("ck-missing-ls", ["--checkpoints", "{tmp}/nowhere", "registry", "ls"], "does not exist"),
+    ("ck-missing-ls-json", ["--checkpoints", "{file}", "registry", "ls", "--json"], "is a file"),
     ("ck-file-ls", ["--checkpoints", "{file}", "registry", "ls"], "is a file"),
     ("ck-missing-verify", ["--checkpoints", "{tmp}/nowhere", "registry", "verify"], "does not exist"),
     ("ck-file-verify", ["--checkpoints", "{file}", "registry", "verify"], "is a file"),
@@ -44,7 +44,8 @@ CASES = [
     ("data-label-255-catalogue", ["data", "info", "{tmp}/pneumoniamnist_bad.npz"], "out of range for 2 classes"),
     ("data-empty-train", ["data", "info", "{tmp}/empty_train.npz"], "training split is empty"),
     ("data-csv-mixed-labels", ["data", "info", "csv:{tmp}/mixed.csv"], "mix class indices and names"),
-    ("data-csv-negative-label", ["data", "info", "csv:{tmp}/negative.csv"], "negative"),
+    ("data-csv-negative-label", ["data", "info", "csv:{tmp}/negative.csv"], "out of range"),
+    ("data-csv-label-255", ["data", "info", "csv:{tmp}/stray.csv"], "0..K-1"),
     ("data-csv-missing", ["data", "info", "csv:{tmp}/missing.csv"], None),
     ("data-csv-no-label-column", ["data", "info", "csv:{tmp}/nolabel.csv"], "lacks column"),
     ("data-folder-missing", ["data", "info", "folder:{tmp}/nowhere"], None),
@@ -285,6 +286,8 @@ def workspace(tmp_path_factory, make_entry) -> dict:
                                                             for i in range(12)))
     (tmp / "negative.csv").write_text("path,label\n" + "".join(f"imgs/{i}.png,{i % 2 - (i == 2)}\n"
                                                                for i in range(12)))
+    (tmp / "stray.csv").write_text("path,label\n" + "".join(f"imgs/{i}.png,{255 if i == 4 else i % 2}\n"
+                                                            for i in range(12)))
     (tmp / "nolabel.csv").write_text("path,klass\nimgs/0.png,0\n")
     (tmp / "noise.csv").write_text("index,clean_label,noisy_label\n0,0,1\n")
     (tmp / "bogus.csv").write_text("a,b\n1,2\n")
@@ -569,3 +572,9 @@ def test_multi_line_messages_become_one_line() -> None:
 
     assert one_line("Error(s) in loading state_dict:\n\tMissing key(s): a.\n\tUnexpected key(s): b.\n") == \
         "Error(s) in loading state_dict: Missing key(s): a.; Unexpected key(s): b."
+
+
+def test_ls_of_a_missing_registry_says_so(tmp_path, capsys) -> None:
+    """A fresh machine has no registry: ls succeeds, but says the folder does not exist (not "no encoders")."""
+    code, out, err = _run(["--checkpoints", tmp_path / "nowhere", "registry", "ls"], capsys)
+    assert code == 0 and out == "" and "nowhere does not exist" in err and "pretrain" in err

@@ -27,13 +27,16 @@ def registry_group() -> None:
     """
 
 
-def _root(settings: Settings):
-    """The registry folder, or a UserError saying what is wrong with it (missing, a file) rather than "empty"."""
+def _root(settings: Settings, *, missing_ok: bool = False):
+    """The registry folder, or a UserError saying what is wrong with it (a file; missing unless ``missing_ok``,
+    then said on stderr) rather than "no encoders", which sends the user looking for entries, not at the path."""
     from ssl_noise import registry
 
     problem = registry.root_problem(settings.checkpoints)
-    if problem:
+    if problem and not (missing_ok and not settings.checkpoints.exists()):
         raise UserError(problem)
+    if problem:
+        click.echo(f"{problem}; {registry.HOW_TO_CREATE}", err=True)
     return settings.checkpoints
 
 
@@ -56,12 +59,13 @@ def registry_ls(settings: Settings, as_json: bool) -> None:
 
     from ssl_noise import registry
 
-    metas = registry.list_entries(_root(settings))
+    metas = registry.list_entries(_root(settings, missing_ok=True))  # a fresh machine has no registry yet
     if as_json:
         click.echo(json.dumps(metas, indent=2, sort_keys=True))
         return
     if not metas:
-        click.echo(f"no encoders in {settings.checkpoints}; {registry.HOW_TO_CREATE}", err=True)
+        if settings.checkpoints.is_dir():
+            click.echo(f"no encoders in {settings.checkpoints}; {registry.HOW_TO_CREATE}", err=True)
         return
     header = ("id", "method", "backbone", "stem", "dataset", "epochs", "knn_acc", "created")
     rows = [header] + [_registry_row(m) for m in metas]

@@ -176,8 +176,10 @@ def encode_labels(values: Sequence[str], where: str) -> Tuple[List[str], np.ndar
                         f"integers 0..K-1 throughout or class names throughout")
     if all(numeric):
         labels = np.asarray([int(v) for v in values], dtype=np.int64)
-        if labels.min() < 0:
-            raise UserError(f"{where}: label {int(labels.min())} is negative; class indices are 0..K-1")
+        unused = sorted(set(range(max(int(labels.max()), 0) + 1)) - set(labels.tolist()))
+        if unused:  # one stray 255 among 0/1 would otherwise make a 256-class set
+            raise UserError(f"{where}: label {int(labels.max())} implies {int(labels.max()) + 1} classes but "
+                            f"{len(unused)} of them (e.g. {unused[0]}) have no row; labels must be 0..K-1")
         return [str(k) for k in range(max(int(labels.max()), 0) + 1)], labels
     names = sorted(set(values))
     index = {name: k for k, name in enumerate(names)}
