@@ -62,9 +62,6 @@ def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path)
         raise UserError(f"{data.name} has {data.num_classes} class(es); a classifier needs at least 2")
     if len(data.train) == 0:
         raise UserError(f"{data.name}: the training split is empty; nothing to fine-tune on")
-    if cfg.batch_size > len(data.train):
-        raise UserError(f"batch size {cfg.batch_size} is larger than the {len(data.train)} training images; "
-                        f"lower --batch-size or raise --subset")
     init = inits.resolve(cfg.init, data, checkpoints=checkpoints, backbone=cfg.backbone, stem=cfg.stem,
                          seed=cfg.seed)
     record = init.record()
@@ -74,6 +71,14 @@ def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path)
     train_noise, val_noise, summary = corrupt(cfg, data)
     return Prepared(cfg, data, init.encoder, init.feat_dim, record, train_noise, val_noise, summary,
                     run_id(cfg, data, record, summary))
+
+
+def check_trainable(prep: Prepared) -> None:
+    """What training needs beyond what :func:`prepare` checks (``detect`` prepares without training): a batch
+    that fits the training split, as pretraining requires."""
+    if prep.cfg.batch_size > len(prep.data.train):
+        raise UserError(f"batch size {prep.cfg.batch_size} is larger than the {len(prep.data.train)} training "
+                        f"images; lower --batch-size or raise --subset")
 
 
 def _transition(cfg: FinetuneConfig, data: ImageDataset) -> Tuple[np.ndarray, Optional[noise.NoisyLabels]]:

@@ -16,7 +16,7 @@ import numpy as np
 from ssl_noise import io
 from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text, to_dict
 from ssl_noise.finetune.loop import FitResult, fit
-from ssl_noise.finetune.prepare import Prepared, prepare
+from ssl_noise.finetune.prepare import Prepared, check_trainable, prepare
 from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
 from ssl_noise.provenance import git_state, versions
 from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
@@ -105,6 +105,7 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
 
     start = time.perf_counter()
     prep = prepare(cfg, data_root=data_root, checkpoints=checkpoints)
+    check_trainable(prep)
     folder = Path(runs) / prep.run_id
     if RunFolder(folder).is_finished():
         return folder, False
