@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import click
@@ -49,7 +50,7 @@ def pretrain(settings, recipe, overrides, resume, quiet, **options):
     check_writable(settings.checkpoints, "--checkpoints", folder=True)
     check_writable(settings.runs, "--runs (where the resumable state is kept)", folder=True)
     work = work_dir(settings.runs, cfg)
-    existed = work.exists()
+    created = [p for p in (work, *work.parents) if not p.exists()]  # deepest first
     if recipe_file:
         click.echo(f"recipe: {recipe_file}", err=True)
     try:
@@ -57,8 +58,11 @@ def pretrain(settings, recipe, overrides, resume, quiet, **options):
                              device=settings.torch_device(), resume=resume, command=command_line(),
                              show_progress=not quiet)
     except NonFiniteLoss:
-        if not existed:  # a diverged run's state is no use to resume: the same config diverges again
+        if work in created:  # a diverged run's state is no use to resume: the same config diverges again
             shutil.rmtree(work, ignore_errors=True)
+            for folder in created[1:]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
         raise
     except KeyboardInterrupt:
         raise Interrupted(_resume_hint(work)) from None
