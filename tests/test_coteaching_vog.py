@@ -188,7 +188,8 @@ def test_noise_file_with_the_oracle_estimate_exits_2_and_writes_nothing(tmp_path
                                                                   for i, c in enumerate(clean)))
     with pytest.raises(SystemExit) as exit_info:
         main(["--runs", str(tmp_path / "runs"), "finetune", "--method", "vog", "--noise-file", str(noisy),
-              "--dataset", SPEC, "--image-size", "16", "--epochs", "1", "--quiet", "--noise-estimate", "oracle"])
+              "--dataset", SPEC, "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--quiet",
+              "--noise-estimate", "oracle"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "injected rate is unknown" in err and len(err.strip().splitlines()) == 1
     assert not any((tmp_path / "runs").glob("*-vog-*"))
