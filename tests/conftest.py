@@ -40,18 +40,19 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def make_entry():
     """Write a registry entry of random ResNet-18 (cifar stem) weights for 16 px synthetic images: the cheapest
-    real encoder for tests of code that consumes the registry. Returns ``make(root, *, channels, image_size, seed)``
-    -> entry id (``seed`` sets the weights, hence the id)."""
+    real encoder for tests of code that consumes the registry. Returns ``make(root, *, channels, image_size, seed,
+    dataset, stem)`` -> entry id (``seed`` sets the weights, hence the id)."""
     from ssl_noise import registry
     from ssl_noise.backbones import build_backbone
 
-    def make(root, *, channels: int = 3, image_size: int = 16, seed: int = 0) -> str:
-        meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": "cifar", "feat_dim": 512,
-                "dataset": "synthetic", "image_size": image_size, "channels": channels,
+    def make(root, *, channels: int = 3, image_size: int = 16, seed: int = 0, dataset: str = "synthetic",
+             stem: str = "cifar") -> str:
+        meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": stem, "feat_dim": 512,
+                "dataset": dataset, "image_size": image_size, "channels": channels,
                 "normalisation": {"mean": [0.5] * channels, "std": [0.25] * channels}, "epochs": 1,
                 "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1}, "seed": seed}
         torch.manual_seed(seed)
-        return registry.save_entry(root, build_backbone("resnet18", stem="cifar", in_channels=channels)[0], meta,
+        return registry.save_entry(root, build_backbone("resnet18", stem=stem, in_channels=channels)[0], meta,
                                    config={})
 
     return make

@@ -70,6 +70,13 @@ noise_options = stack(
 )
 
 
+#: ``--like ENTRY``: a random or ImageNet baseline built with a registry entry's image size, stem and backbone.
+like_option = click.option(
+    "--like", metavar="ENTRY",
+    help="random/imagenet: take this registry entry's image size, stem and backbone, so the baseline is compared "
+         "like for like with it.")
+
+
 def noise_estimate_option(help: str) -> Callable:
     """``--noise-estimate auto|oracle|RATE``: the noise rate a method or detector is told (checked by the config)."""
     return click.option("--noise-estimate", metavar="auto|oracle|RATE", help=help)

@@ -66,6 +66,8 @@ class ImageDataset:
         licence: The data licence when known.
         train_indices: For each train row, its index in the full train split of the source (``arange`` when
             no subset was taken).
+        paths: For data read from image files, each split's file paths in row order (the train list covers the
+            full split: index it with ``train_indices``); None for arrays (MedMNIST, .npz, synthetic).
     """
 
     name: str
@@ -81,6 +83,7 @@ class ImageDataset:
     md5_status: str = MD5_NA
     licence: Optional[str] = None
     train_indices: np.ndarray = field(default=None)  # type: ignore[assignment]
+    paths: Optional[Dict[str, List[str]]] = None
 
     def __post_init__(self) -> None:
         if self.train_indices is None:
@@ -95,6 +98,10 @@ class ImageDataset:
     def multilabel(self) -> bool:
         """True when labels are ``(N, K)`` 0/1 vectors; training code refuses such sets."""
         return self.task.startswith("multi-label")
+
+    def train_paths(self) -> Optional[List[str]]:
+        """The file of each (possibly subset) training row, or None when the data has no files."""
+        return None if self.paths is None else [self.paths["train"][i] for i in self.train_indices]
 
     @property
     def splits(self) -> Dict[str, Split]:
