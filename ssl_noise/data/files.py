@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ssl_noise.data.dataset import SPLITS, ImageDataset, Split, stratified_split
+from ssl_noise import progress
 from ssl_noise.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -36,12 +37,10 @@ def decode_images(paths: Sequence[Path], size: int) -> np.ndarray:
     Raises:
         UserError: A file that PIL cannot read (the message names it).
     """
-    from tqdm import tqdm
-
     images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     all_gray = True
-    for i, path in enumerate(tqdm(paths, desc="decoding images", unit="img", leave=False,
-                                  disable=len(paths) < 256)):
+    for i, path in enumerate(progress.bar(paths, desc="decoding images", unit="img", leave=False,
+                                          enabled=len(paths) >= 256)):
         images[i], gray = _decode_one(path, size)
         all_gray &= gray
     return images[..., :1] if all_gray else images
