@@ -33,18 +33,14 @@ Part = Tuple[List[Path], np.ndarray]
 def decode_images(paths: Sequence[Path], size: int) -> np.ndarray:
     """Decode and resize every file to ``size``×``size``; ``N×size×size×1`` if all are gray, else ``×3``.
 
+    Decoded once into the memory-mapped cache of :mod:`ssl_noise.data.cache` and read from there afterwards.
+
     Raises:
         UserError: A file that PIL cannot read (the message names it).
     """
-    from tqdm import tqdm
+    from ssl_noise.data.cache import load_images
 
-    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    all_gray = True
-    for i, path in enumerate(tqdm(paths, desc="decoding images", unit="img", leave=False,
-                                  disable=len(paths) < 256)):
-        images[i], gray = _decode_one(path, size)
-        all_gray &= gray
-    return images[..., :1] if all_gray else images
+    return load_images(paths, size, _decode_one, GRAY_MODES)
 
 
 def _decode_one(path: Path, size: int) -> Tuple[np.ndarray, bool]:
