@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import sys
 import time
@@ -84,6 +85,25 @@ def load_images(paths: Sequence[Path], size: int, decode: Decoder, gray_modes: C
     cached = _open(path, len(paths), size)
     assert cached is not None, path
     return cached
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap ``array``'s pages from this process when it is a contiguous view of a cache map (else do nothing).
+
+    After a pass over a whole set (channel statistics) the data then stays in the page cache, shared and
+    reclaimable, instead of counting in this process's resident set; the next access maps it again. Safe because
+    nothing writes to the copy-on-write map (a private change would be dropped).
+    """
+    base = array
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    handle = getattr(base, "_mmap", None)
+    if handle is None or not hasattr(handle, "madvise") or not array.flags.c_contiguous or not array.nbytes:
+        return
+    head = base.offset % mmap.ALLOCATIONGRANULARITY  # np.memmap maps from the aligned offset below its data
+    start = array.__array_interface__["data"][0] - base.__array_interface__["data"][0] + head
+    page = start - start % mmap.PAGESIZE
+    handle.madvise(mmap.MADV_DONTNEED, page, start + array.nbytes - page)
 
 
 def remove_stale_temps(folder: Path) -> None:

@@ -171,8 +171,10 @@ def channel_stats(images: np.ndarray) -> tuple[list, list]:
     """Per-channel mean and std of uint8 images (N, H, W, C) in [0, 1] units: the normalisation an encoder records.
 
     Counted as a 256-bin histogram per channel over blocks of images: exact, and a memory-mapped set larger than
-    RAM is read once without a float copy of it.
+    RAM is read once, block by block, without a float copy and without keeping its pages mapped.
     """
+    from ssl_noise.data.cache import release_pages
+
     c = images.shape[-1]
     counts = np.zeros((c, 256), np.int64)
     step = max(1, (1 << 23) // max(1, int(np.prod(images.shape[1:]))))
@@ -180,6 +182,7 @@ def channel_stats(images: np.ndarray) -> tuple[list, list]:
         block = np.asarray(images[start:start + step]).reshape(-1, c)
         for k in range(c):
             counts[k] += np.bincount(block[:, k], minlength=256)
+        release_pages(images[start:start + step])
     values = np.arange(256) / 255.0
     mean = counts @ values / counts.sum(axis=1)
     std = np.sqrt((counts * (values[None] - mean[:, None]) ** 2).sum(axis=1) / counts.sum(axis=1))
