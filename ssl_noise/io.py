@@ -53,9 +53,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename: files as open() makes them
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # not mkstemp's 0600 (nor a writer's own): files as open() makes them
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

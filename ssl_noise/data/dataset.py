@@ -29,10 +29,12 @@ class Split:
     Attributes:
         images: ``uint8`` array ``N×H×W×C`` (C = 1 for gray, 3 for RGB).
         labels: ``int64`` array ``(N,)``; ``(N, K)`` of 0/1 for multi-label sets such as chestmnist.
+        paths: The image file of each row for folder and CSV data (what an expert is shown), else None.
     """
 
     images: np.ndarray
     labels: np.ndarray
+    paths: Optional[List[str]] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,7 +46,8 @@ class Split:
         return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
 
     def take(self, indices: np.ndarray) -> "Split":
-        return Split(self.images[indices], self.labels[indices])
+        paths = None if self.paths is None else [self.paths[i] for i in np.asarray(indices).reshape(-1)]
+        return Split(self.images[indices], self.labels[indices], paths)
 
 
 @dataclass

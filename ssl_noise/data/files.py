@@ -76,7 +76,8 @@ def _build(name: str, source: Path, class_names: List[str], parts: Dict[str, Par
         raise UserError(f"{source}: no images found")
     images = decode_images(paths, size)
     bounds = np.cumsum([len(parts[s][0]) for s in SPLITS])[:-1]
-    splits = {s: Split(chunk, parts[s][1].astype(np.int64)) for s, chunk in zip(SPLITS, np.split(images, bounds))}
+    splits = {s: Split(chunk, parts[s][1].astype(np.int64), [str(p) for p in parts[s][0]])
+              for s, chunk in zip(SPLITS, np.split(images, bounds))}
     return ImageDataset(name=name, class_names=class_names, channels=images.shape[-1], image_size=size,
                         **splits, source=source)
 
