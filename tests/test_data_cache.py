@@ -162,3 +162,27 @@ def _manifest(folder: Path) -> Path:
     path = folder / "labels.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _rss_file_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_channel_stats_leaves_a_memory_map_out_of_the_resident_set(tmp_path) -> None:
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("Linux only")
+    path = tmp_path / "big.npy"
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(400, 128, 128, 3))  # 19.7 MB
+    array[:] = np.arange(128, dtype=np.uint8)[None, None, :, None]
+    array.flush()
+    del array
+    mapped = np.load(path, mmap_mode="c").view(np.ndarray)
+    before = _rss_file_kb()
+    stats = channel_stats(mapped[10:390])
+    assert _rss_file_kb() - before < 4000  # without releasing its pages a full pass maps all 18.7 MB
+    assert stats == channel_stats(np.array(mapped[10:390]))
+    int(mapped[:200].sum())
+    assert _rss_file_kb() - before > 8000  # (the measurement sees a pass that keeps its pages)
