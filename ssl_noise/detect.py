@@ -182,7 +182,7 @@ def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device
                   data.train_indices, data.num_classes, oracle_rate(nz),
                   identity, features=features, timing={"features_s": time.perf_counter() - start},
                   dataset=data.name, class_names=list(data.class_names), init=prep.init["id"],
-                  paths=data.train_paths(), ground_truth=_has_truth(nz, given, data.train.labels))
+                  paths=data.train.paths, ground_truth=_has_truth(nz, given, data.train.labels))
 
 
 def _has_truth(noise_record: Dict[str, Any], given: np.ndarray, clean: np.ndarray) -> bool:

@@ -28,6 +28,20 @@ def tiny_synthetic() -> ImageDataset:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _image_cache_in_tmp(tmp_path_factory):
+    """Decoded folder/CSV images go to a temporary cache, not ./cache of the checkout."""
+    import os
+
+    old = os.environ.get("SSL_NOISE_CACHE")
+    os.environ["SSL_NOISE_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SSL_NOISE_CACHE", None)
+    else:
+        os.environ["SSL_NOISE_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread for the whole suite: the tests run tiny tensors, where a second OpenMP thread only adds
     synchronisation; on a loaded 2-core machine it made the method tests 6x slower (10 s vs 60 s)."""

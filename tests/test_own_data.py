@@ -69,7 +69,7 @@ def test_files_of_several_sizes_need_an_image_size(own_images, tmp_path) -> None
 
 def test_paths_follow_rows_and_subsets(own_images) -> None:
     data = load_dataset(f"folder:{own_images / 'cells'}", subset=10, seed=3)
-    paths = data.train_paths()
+    paths = data.train.paths
     assert len(paths) == len(data.train) == 10
     for path, label, image in zip(paths, data.train.labels, data.train.images):
         assert Path(path).parent.name == data.class_names[label]

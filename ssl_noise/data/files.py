@@ -16,7 +16,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ssl_noise.data.dataset import SPLITS, ImageDataset, Split, stratified_split
-from ssl_noise import progress
 from ssl_noise.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -34,16 +33,14 @@ Part = Tuple[List[Path], np.ndarray]
 def decode_images(paths: Sequence[Path], size: int) -> np.ndarray:
     """Decode and resize every file to ``size``×``size``; ``N×size×size×1`` if all are gray, else ``×3``.
 
+    Decoded once into the memory-mapped cache of :mod:`ssl_noise.data.cache` and read from there afterwards.
+
     Raises:
         UserError: A file that PIL cannot read (the message names it).
     """
-    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    all_gray = True
-    for i, path in enumerate(progress.bar(paths, desc="decoding images", unit="img", leave=False,
-                                          enabled=len(paths) >= 256)):
-        images[i], gray = _decode_one(path, size)
-        all_gray &= gray
-    return images[..., :1] if all_gray else images
+    from ssl_noise.data.cache import load_images
+
+    return load_images(paths, size, _decode_one, GRAY_MODES)
 
 
 def native_size(paths: Sequence[Path], source: Path) -> int:
@@ -110,9 +107,10 @@ def _build(name: str, source: Path, class_names: List[str], parts: Dict[str, Par
     size = size or native_size(paths, source)
     images = decode_images(paths, size)
     bounds = np.cumsum([len(parts[s][0]) for s in SPLITS])[:-1]
-    splits = {s: Split(chunk, parts[s][1].astype(np.int64)) for s, chunk in zip(SPLITS, np.split(images, bounds))}
+    splits = {s: Split(chunk, parts[s][1].astype(np.int64), [str(p) for p in parts[s][0]])
+              for s, chunk in zip(SPLITS, np.split(images, bounds))}
     return ImageDataset(name=name, class_names=class_names, channels=images.shape[-1], image_size=size,
-                        **splits, source=source, paths={s: [str(p) for p in parts[s][0]] for s in SPLITS})
+                        **splits, source=source)
 
 
 def _take(part: Part, indices: np.ndarray) -> Part:
