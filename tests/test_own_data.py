@@ -140,3 +140,19 @@ def test_detect_without_ground_truth_ranks_files(own_images, make_entry, tmp_pat
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["ground_truth"] is False and metrics["realised_rate"] is None
     assert metrics["detection"]["n_flagged"] == round(0.25 * len(scores))
+
+
+def test_demo_runs_on_your_own_folder(own_images, tmp_path, capsys) -> None:
+    """From your data to a report in one command: SimCLR, the paired random-vs-SimCLR sweep, plot and report."""
+    small = tmp_path / "small"
+    for path in (own_images / "cells").rglob("*.png"):
+        target = small / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(path).resize((16, 16)).save(target)
+    out_dir = tmp_path / "demo"
+    code, out, err = _cli(capsys, "demo", "--dataset", f"folder:{small}", "--out", str(out_dir), "--quiet")
+    assert code == 0, err
+    assert "16 px" in err and "gain over random" in out
+    frame = pd.read_csv(out_dir / "runs" / "sweeps" / "demo.csv")
+    assert set(frame["dataset"]) == {"small"} and set(frame["image_size"]) == {16}
+    assert set(frame["init"].str.split("-").str[0]) == {"random", "simclr"} and (out_dir / "report.md").is_file()
