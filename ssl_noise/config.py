@@ -214,7 +214,7 @@ class PretrainConfig:
 
     method: str = "simclr"
     dataset: str = "bloodmnist"          # a MedMNIST flag or another data spec (see ssl_noise.data)
-    image_size: int = 28
+    image_size: Optional[int] = None     # None: the data's own (MedMNIST 28; image files their common size)
     subset: Optional[int] = None         # stratified subset of the training split, for quick runs
     backbone: str = "resnet18"
     stem: Optional[str] = None           # cifar | imagenet; None: cifar below 64 px, else imagenet
@@ -244,7 +244,7 @@ class PretrainConfig:
         if self.stem not in (None, "cifar", "imagenet"):
             raise UserError(f"unknown stem {self.stem!r}; choose from: cifar, imagenet")
         for name in ("epochs", "batch_size", "image_size", "knn_every", "knn_k"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
@@ -270,7 +270,7 @@ class FinetuneConfig:
 
     init: str = "random"                 # random | imagenet | a registry reference (id, unique prefix, method)
     dataset: str = "bloodmnist"
-    image_size: Optional[int] = None     # None: the encoder's meta image_size (registry), else 28
+    image_size: Optional[int] = None     # None: the encoder's (registry), else the data's own (MedMNIST 28)
     subset: Optional[int] = None         # stratified training subset, drawn with noise_seed (as `ssl-noise noise`)
     backbone: str = "resnet18"           # random/imagenet only; a registry entry fixes its own architecture
     stem: Optional[str] = None           # random/imagenet only; None: cifar below 64 px, else imagenet

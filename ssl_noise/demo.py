@@ -1,7 +1,8 @@
-"""``ssl-noise demo``: the study in miniature, on real BloodMNIST, in minutes on a 2-core CPU.
+"""``ssl-noise demo``: the study in miniature, on real BloodMNIST (or any dataset), in minutes on a 2-core CPU.
 
 Data check, a short SimCLR pretraining, a paired sweep (random vs SimCLR init under symmetric noise), the plot and
-the report, all under one folder; ``quick=True`` runs the same path on synthetic data as a smoke test.
+the report, all under one folder; ``quick=True`` runs the same path on synthetic data as a smoke test, and
+``dataset=SPEC`` on a researcher's own images (from your data to a report in one command).
 Steps: docs/methods.md#the-demo-ssl_noisedemopy-ssl-noise-demo
 """
 
@@ -18,7 +19,7 @@ import yaml
 
 from ssl_noise import plots, registry, report, sweep, tables
 from ssl_noise.config import PretrainConfig, load_recipe, resolve, to_dict
-from ssl_noise.data import get_entry
+from ssl_noise.data import get_entry, load_dataset
 from ssl_noise.data.medmnist import fetch, md5_status
 from ssl_noise.errors import UserError
 from ssl_noise.pretrain import pretrain
@@ -31,6 +32,8 @@ QUICK_PRETRAIN = {"dataset": QUICK_DATA, "image_size": 16, "subset": None, "epoc
 QUICK_BASE = {"dataset": QUICK_DATA, "image_size": 16, "subset": None, "epochs": 1, "batch_size": 16,
               "precision": "fp32"}
 QUICK_GRID = {"noise_rate": [0.0, 0.5], "noise_seed": [1]}
+DEMO_SUBSET = 4000     # the recipe's training subset; smaller datasets train on all their images
+LINEAR_PROBE_BATCH = 128  # finetune/bloodmnist/linear_probe.yaml's batch, cut for a smaller training split
 
 @dataclass
 class DemoResult:
@@ -78,9 +81,43 @@ def summary_table(table: Path, metric: str = "test_acc") -> str:
     return "\n".join(lines)
 
 
+def data_overrides(dataset: str, *, data_root: Optional[str] = None, log: sweep.Log = sweep.log_stderr) -> dict:
+    """The fields that point the demo's recipe and sweep at ``dataset``: the data's own image size (28 for MedMNIST
+    flags), and the 4,000-image subset only where the training split is larger."""
+    data = load_dataset(dataset, data_root=data_root)
+    if data.multilabel:
+        raise UserError(f"{data.name} is multi-label ({data.task}); the demo needs one class per image")
+    subset = DEMO_SUBSET if len(data.train) > DEMO_SUBSET else None
+    log(f"demo: data {dataset}: {len(data.train)} training images, {data.num_classes} classes, "
+        f"{data.image_size} px, {data.channels} channel(s)" + (f"; a {subset}-image subset" if subset else ""))
+    return {"dataset": dataset, "image_size": data.image_size, "subset": subset, "n_train": subset or len(data.train),
+            "num_classes": data.num_classes}
+
+
+def _rates(grid: dict, num_classes: int, log: sweep.Log) -> dict:
+    """The demo's noise rates that keep the clean class the majority label with ``num_classes`` classes (symmetric
+    noise at rate r leaves 1 - r on the clean class and r / (K - 1) on each other: r < (K - 1) / K)."""
+    rates = [r for r in grid["noise_rate"] if r < (num_classes - 1) / num_classes]
+    dropped = [r for r in grid["noise_rate"] if r not in rates]
+    if dropped:
+        log(f"demo: leaving out noise rate(s) {', '.join(map(str, dropped))}: with {num_classes} classes a wrong "
+            f"label would outnumber the clean one")
+    return {"noise_rate": rates}
+
+
+def _stage(own: dict, batch_size: int) -> dict:
+    """The own-data fields for one stage, with its batch cut to the training split of a small dataset."""
+    if not own:
+        return {}
+    fields = {k: v for k, v in own.items() if k not in ("n_train", "num_classes")}
+    return {**fields, **({"batch_size": own["n_train"]} if own["n_train"] < batch_size else {})}
+
+
 def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, device: str = "cpu", jobs: int = 1,
-             quick: bool = False, show_progress: bool = True, log: sweep.Log = sweep.log_stderr) -> DemoResult:
-    """Data check, SimCLR pretraining, paired sweep, plot and report under ``out``.
+             quick: bool = False, dataset: Optional[str] = None, show_progress: bool = True,
+             log: sweep.Log = sweep.log_stderr) -> DemoResult:
+    """Data check, SimCLR pretraining, paired sweep, plot and report under ``out`` (on ``dataset`` when given,
+    else BloodMNIST).
 
     Steps: docs/methods.md#the-demo-ssl_noisedemopy-ssl-noise-demo
     """
@@ -88,12 +125,15 @@ def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, devic
     start = time.perf_counter()
     out = Path(out)
     checkpoints, runs = out / "checkpoints", out / "runs"
-    if not quick:
+    if quick and dataset:
+        raise UserError("--quick runs on synthetic data; drop it or --dataset")
+    own = data_overrides(dataset, data_root=data_root, log=log) if dataset else {}
+    if not quick and not own:
         _check_data(data_root, log)
 
     # ---- SimCLR ----
     pre = load_recipe(sweep.find_file(PRETRAIN_RECIPE))
-    cfg = resolve(PretrainConfig, {**pre, **(QUICK_PRETRAIN if quick else {})})  # merged: None drops a key
+    cfg = resolve(PretrainConfig, {**pre, **(QUICK_PRETRAIN if quick else _stage(own, pre["batch_size"]))})
     encoder = _existing_entry(checkpoints, cfg)
     if encoder:
         log(f"demo: reusing the SimCLR encoder {encoder} (same config)")
@@ -106,8 +146,10 @@ def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, devic
 
     # ---- the paired sweep: random vs this encoder ----
     spec = sweep.load_spec(sweep.find_file(SWEEP_SPEC))
-    spec = dataclasses.replace(spec, grid={**spec.grid, "init": ["random", encoder], **(QUICK_GRID if quick else {})},
-                               base={**spec.base, **(QUICK_BASE if quick else {})})
+    rates = _rates(spec.grid, own["num_classes"], log) if own else {}
+    spec = dataclasses.replace(spec, grid={**spec.grid, "init": ["random", encoder],
+                                           **(QUICK_GRID if quick else rates)},
+                               base={**spec.base, **(QUICK_BASE if quick else _stage(own, LINEAR_PROBE_BATCH))})
     cells = sweep.expand(spec, checkpoints=checkpoints, log=log)
     log(f"demo: sweep of {len(cells)} cells into {runs}")
     result = sweep.run_sweep(cells, runs=runs, checkpoints=checkpoints, data_root=data_root, device=device, jobs=jobs,

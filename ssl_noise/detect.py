@@ -69,6 +69,8 @@ class Source:
     dataset: Optional[str] = None             # these three name the rows and columns of a collected table
     class_names: Optional[list] = None
     init: Optional[str] = None                # the encoder: of the features, or the run's init
+    paths: Optional[List[str]] = None         # each row's image file (folder and CSV data), for the user to open
+    ground_truth: bool = True                 # False: labels as given, nothing injected: scores only, no precision
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Detection:
     keep: Optional[np.ndarray] = None
     rate: Optional[float] = None              # the share it flagged by (knn, loss), or its own estimate (cleanlab)
     rate_source: Optional[str] = None         # auto | oracle | given
+    suggested: Optional[np.ndarray] = None    # the label the detector would give instead (knn vote, cleanlab probs)
 
 
 def _register(name: str, needs: str, options: Tuple[str, ...]) -> Callable:
@@ -114,9 +117,11 @@ def _flag_top(scores: np.ndarray, source: Source, opts: DetectOptions, auto: Cal
 @_register("knn", "features", ("k", "t"))
 def _knn(source: Source, opts: DetectOptions) -> Detection:
     scores, votes = knn_scores(source.features, source.given, source.num_classes, k=opts.k, t=opts.t)
-    return _flag_top(scores, source, opts, lambda: estimate.features_rate(
+    found = _flag_top(scores, source, opts, lambda: estimate.features_rate(
         source.features, source.given, source.num_classes, folds=opts.folds, seed=opts.seed),
         vote_disagrees=int(np.sum(votes.argmax(1) != source.given)))
+    found.suggested = votes.argmax(1)
+    return found
 
 
 @_register("cleanlab", "features", ("folds", "cv_model", "seed"))
@@ -130,7 +135,8 @@ def _cleanlab(source: Source, opts: DetectOptions) -> Detection:
     scores = 1.0 - get_label_quality_scores(source.given, probs, method="self_confidence")
     return Detection(scores, np.asarray(flagged, bool), "cleanlab find_label_issues (prune_by_noise_rate)",
                      {"oof_acc_given": float(np.mean(probs.argmax(1) == source.given))},
-                     rate=estimate.confident_joint_rate(source.given, probs), rate_source="auto")
+                     rate=estimate.confident_joint_rate(source.given, probs), rate_source="auto",
+                     suggested=probs.argmax(1))
 
 
 @_register("loss", "run", ("skip",))
@@ -155,7 +161,7 @@ def _ehn(source: Source, opts: DetectOptions) -> Detection:
     keep[dropped] = False
     scores = np.where(split == EASY, 1.0 - easy, 1.0 + np.nan_to_num(ehn))
     return Detection(scores, split == NOISY, "EHN verdict (round 1)", {"n_dirty": int(np.sum(split != EASY))},
-                     labels, keep)
+                     labels, keep, suggested=labels)
 
 
 # ============ building sources, running, writing ============
@@ -171,10 +177,19 @@ def source_from_init(cfg, *, data_root: Optional[str], checkpoints: Path, device
     identity = {"init": prep.init["id"], "encoder_sha256": prep.init["sha256"], "labels_sha256": nz["labels_sha256"],
                 "dataset": data.name, "data_md5": data.md5, "n_train": len(data.train), "image_size": data.image_size,
                 "noise": {k: nz[k] for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
-    return Source(f"{prep.init['method']}-{data.name}-{kind}n{nz['seed']}", prep.train_noise.noisy, data.train.labels,
+    given = prep.train_noise.noisy
+    return Source(f"{prep.init['method']}-{data.name}-{kind}n{nz['seed']}", given, data.train.labels,
                   data.train_indices, data.num_classes, oracle_rate(nz),
                   identity, features=features, timing={"features_s": time.perf_counter() - start},
-                  dataset=data.name, class_names=list(data.class_names), init=prep.init["id"])
+                  dataset=data.name, class_names=list(data.class_names), init=prep.init["id"],
+                  paths=data.train.paths, ground_truth=_has_truth(nz, given, data.train.labels))
+
+
+def _has_truth(noise_record: Dict[str, Any], given: np.ndarray, clean: np.ndarray) -> bool:
+    """Whether the true labels are known: noise was injected (or read from a file), or the data carries clean labels
+    beside the given ones. Without either, a detector finds *real* wrong labels and can only rank them."""
+    injected = noise_record.get("source") == "file" or bool(noise_record.get("rate"))
+    return injected or bool(np.any(given != clean))
 
 
 def source_from_run(folder: Path) -> Source:
@@ -188,6 +203,7 @@ def source_from_run(folder: Path) -> Source:
                 "noise": {k: nz.get(k) for k in ("source", "type", "rate", "seed", "mode", "realised_rate")}}
     return Source(run_folder.name, labels.noisy, labels.clean, labels.index, len(metrics["class_names"]),
                   oracle_rate(nz), identity, run=run_folder.path,
+                  ground_truth=_has_truth(nz, labels.noisy, labels.clean),
                   timing={"run_wall_time_s": float(run.get("wall_time_s") or 0.0)},
                   dataset=run.get("result", {}).get("dataset"), class_names=list(metrics["class_names"]),
                   init=metrics.get("init", {}).get("id"))
@@ -231,30 +247,52 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
     result = detector(source, opts)
     elapsed = time.perf_counter() - start
     is_noisy = source.given != source.clean
+    if source.ground_truth:
+        detection = {**detection_metrics(is_noisy, result.flagged, result.scores),
+                     **kept_metrics(is_noisy, ~result.flagged, source.clean, source.num_classes)}
+    else:  # nothing to score against: what was flagged, nothing measured
+        detection = {"n_flagged": int(result.flagged.sum()), "n_kept": int((~result.flagged).sum())}
     metrics = {"schema_version": SCHEMA_VERSION, "id": folder.name, "detector": name, "options": options,
                "source": {"id": source.id, **source.identity},
                "noise_estimate": opts.noise_estimate, "noise_rate_estimate": result.rate,
                "noise_rate_source": result.rate_source, "configured_rate": source.noise_rate,
-               "realised_rate": float(np.mean(is_noisy)), "flag_rule": result.rule, "n": int(len(source.given)),
+               "realised_rate": float(np.mean(is_noisy)) if source.ground_truth else None,
+               "ground_truth": source.ground_truth, "flag_rule": result.rule, "n": int(len(source.given)),
                "dataset": source.dataset, "class_names": source.class_names, "init": source.init,
-               "detection": {**detection_metrics(is_noisy, result.flagged, result.scores),
-                             **kept_metrics(is_noisy, ~result.flagged, source.clean, source.num_classes)},
-               "info": result.info}
+               "detection": detection, "info": result.info}
     if result.labels is not None:
         metrics["correction"] = correction_metrics(source.given, source.clean, result.labels, result.keep)
     timing = {**source.timing, "detector_s": round(elapsed, 3)}
     with io.atomic_dir(folder) as tmp:
-        import pandas as pd
-
-        pd.DataFrame({"index": source.index, "given_label": source.given, "clean_label": source.clean,
-                      "score": np.asarray(result.scores, np.float64), "flagged": result.flagged.astype(int)}
-                     ).to_csv(tmp / "scores.csv", index=False, float_format="%.6g")
+        score_table(source, result).to_csv(tmp / "scores.csv", index=False, float_format="%.6g")
         io.write_json(tmp / "metrics.json", metrics)
         io.write_json(tmp / "run.json", {"schema_version": SCHEMA_VERSION, "id": folder.name, "timing": timing,
                                          "wall_time_s": round(sum(timing.values()), 3), "command": command,
                                          "options": asdict(opts), "versions": versions(),
                                          "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return folder, metrics, True
+
+
+def score_table(source: Source, result: Detection) -> "pd.DataFrame":  # noqa: F821
+    """``scores.csv``: one row per training sample, most suspicious first, with what a person needs to act on it:
+    the file (folder and CSV data), the given and the suggested label as class names, the score and its rank.
+    ``clean_label`` only where the true labels are known."""
+    import pandas as pd
+
+    names = np.asarray(source.class_names or [str(k) for k in range(source.num_classes)], dtype=object)
+    scores = np.asarray(result.scores, np.float64)
+    columns: Dict[str, Any] = {"index": source.index}
+    if source.paths is not None:
+        columns["path"] = source.paths
+    columns["given_label"] = names[source.given]
+    columns["suggested_label"] = names[result.suggested] if result.suggested is not None else ""
+    if source.ground_truth:
+        columns["clean_label"] = names[source.clean]
+    order = np.argsort(-scores, kind="stable")
+    rank = np.empty(len(scores), np.int64)
+    rank[order] = np.arange(1, len(scores) + 1)
+    columns.update({"score": scores, "rank": rank, "flagged": result.flagged.astype(int)})
+    return pd.DataFrame(columns).iloc[order].reset_index(drop=True)
 
 
 # ============ collecting detections into one table ============

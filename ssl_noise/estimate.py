@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from ssl_noise.config import check_noise_estimate
+from ssl_noise import progress
 from ssl_noise.errors import UserError
 
 Setting = Union[str, float]  # auto | oracle | a rate: see ssl_noise.config.check_noise_estimate
@@ -21,8 +22,9 @@ Setting = Union[str, float]  # auto | oracle | a rate: see ssl_noise.config.chec
 def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = 5,
                       seed: int = 0) -> np.ndarray:
     """(N, K) out-of-fold probabilities of a standardised multinomial logistic regression (stratified K-fold)."""
+    from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -30,12 +32,13 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int
     if not 2 <= folds <= len(labels):
         raise UserError(f"--folds must be between 2 and the {len(labels)} samples, got {folds}")
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0))
+    out = np.zeros((len(labels), num_classes))
     with warnings.catch_warnings():  # "least populated class has only n members": cleanlab handles small classes
         warnings.simplefilter("ignore", UserWarning)
-        probs = cross_val_predict(model, features, labels, method="predict_proba",
-                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    out = np.zeros((len(labels), num_classes))
-    out[:, np.unique(labels)] = probs  # columns of the classes present
+        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels))
+        for fit_rows, held_out in progress.bar(splits, desc="cross-validation folds", unit="fold", leave=False):
+            fold = clone(model).fit(features[fit_rows], labels[fit_rows])  # cross_val_predict's loop, with a bar
+            out[np.ix_(held_out, fold.classes_)] = fold.predict_proba(features[held_out])
     return out
 
 

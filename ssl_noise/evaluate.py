@@ -17,18 +17,25 @@ from ssl_noise.knn import check_knn_settings, extract_features, knn_accuracy, li
 
 def evaluate_encoder(ref: str, *, dataset: str | None = None, seed: int = 0, k: int = 200, t: float = 0.1,
                      data_root: str | None = None, checkpoints: Path = Path("checkpoints"),
-                     device: str = "cpu") -> dict[str, Any]:
-    """k-NN and linear-probe test accuracy of ``ref`` (registry reference, or ``random`` for the baseline: the
-    default backbone with random weights from ``seed``), on ``dataset`` (default: what the entry was pretrained on).
+                     device: str = "cpu", like: str | None = None) -> dict[str, Any]:
+    """k-NN and linear-probe test accuracy of ``ref`` (registry reference, or ``random`` for the baseline: random
+    weights from ``seed``, built like the entry ``like`` when given: its image size, stem and backbone), on
+    ``dataset`` (default: what the entry was pretrained on; for the baseline, ``like``'s data, else bloodmnist).
 
     Returns ``{encoder, dataset, k, t, knn_test_acc, linear_probe_test_acc}``.
     """
 
     check_knn_settings(k, t)  # what needs no data, before anything loads
     if ref == "random":
-        data = load_dataset(dataset or "bloodmnist", data_root=data_root)
-        init = inits.resolve("random", data, checkpoints=checkpoints, seed=seed)
-        label = f"random-resnet18-s{seed}"
+        if dataset is None and like:
+            dataset = registry.pretrain_data_spec(checkpoints, like)
+        dataset = dataset or "bloodmnist"
+        contract = inits.like("random", like, dataset=dataset, checkpoints=checkpoints, given={})
+        data = load_dataset(dataset, data_root=data_root, size=contract.get("image_size"))
+        backbone = contract.get("backbone", "resnet18")
+        init = inits.resolve("random", data, checkpoints=checkpoints, seed=seed, backbone=backbone,
+                             stem=contract.get("stem"))
+        label = f"random-{backbone}-{init.stem}-{data.image_size}px-s{seed}"
     else:
         label = registry.resolve(checkpoints, ref)
         size = registry.read_meta(checkpoints, label)["image_size"]

@@ -16,7 +16,7 @@ import torch
 
 from ssl_noise import backbones, registry
 from ssl_noise.config import BUILTIN_INITS
-from ssl_noise.data import ImageDataset, channel_stats, medmnist_flag
+from ssl_noise.data import ImageDataset, channel_stats, dataset_name
 from ssl_noise.errors import UserError
 
 #: A random encoder has no recorded normalisation: statistics of at most about this many training images.
@@ -49,13 +49,37 @@ class Init:
                 "normalisation": {"mean": list(self.normalisation["mean"]), "std": list(self.normalisation["std"])}}
 
 
-def image_size(ref: str, dataset: str, *, checkpoints: Path, requested: Optional[int] = None) -> int:
-    """The size to load ``dataset`` at: ``requested``, else the entry's own size, else 28. Resolving a registry
-    reference here fails fast (empty registry, unknown reference) before any data is loaded."""
+def image_size(ref: str, dataset: str, *, checkpoints: Path, requested: Optional[int] = None) -> Optional[int]:
+    """The size to load ``dataset`` at: ``requested``, else the entry's own size, else None (the data's own: 28 for
+    MedMNIST, the files' size for image files). A method name picks among the entries of *this* data (by
+    :func:`~ssl_noise.data.dataset_name`); resolving here fails fast (empty registry, unknown reference, no entry
+    for this data) before any image is decoded."""
     if ref in BUILTIN_INITS:
-        return requested or 28
-    entry = registry.resolve(checkpoints, ref, dataset=medmnist_flag(dataset))
+        return requested
+    entry = registry.resolve(checkpoints, ref, dataset=dataset_name(dataset))
     return requested or registry.read_meta(checkpoints, entry)["image_size"]
+
+
+def like(ref: str, entry: Optional[str], *, dataset: str, checkpoints: Path, given: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``image_size``, ``stem`` and ``backbone`` that make a random or ImageNet init compare like for like with
+    the registry ``entry`` (``--like ENTRY``; a method name means its newest entry for ``dataset``): a baseline
+    built for 28 px and the cifar stem against a 64-px imagenet-stem encoder measures the input contract, not the
+    pretraining. Empty without ``entry``.
+
+    Raises:
+        UserError: ``entry`` with a registry init, or a flag in ``given`` that contradicts the entry.
+    """
+    if not entry:
+        return {}
+    if ref not in BUILTIN_INITS:
+        raise UserError(f"--like sets the input contract of a random or imagenet init; --init {ref} has its own")
+    meta = registry.read_meta(checkpoints, registry.resolve(checkpoints, entry, dataset=dataset_name(dataset)))
+    contract = {k: meta[k] for k in ("image_size", "stem", "backbone")}
+    for key, value in contract.items():
+        if given.get(key) is not None and given[key] != value:
+            raise UserError(f"--{key.replace('_', '-')} {given[key]} contradicts --like {meta['id']} "
+                            f"({key} {value}); drop one of them")
+    return contract
 
 
 def resolve(ref: str, data: ImageDataset, *, checkpoints: Optional[Path] = None, backbone: str = "resnet18",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_noise import progress
 from ssl_noise.augment import normalize, to_float
 from ssl_noise.errors import NonFiniteLoss, SslNoiseWarning, UserError
 
@@ -32,7 +33,9 @@ def extract_features(encoder: nn.Module, images: np.ndarray, *, mean: Sequence[f
     encoder.eval()
     out = []
     try:
-        for start in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for start in progress.bar(starts, desc="extracting features", unit="batch", leave=False,
+                                  enabled=len(starts) > 4):
             x = to_float(torch.from_numpy(images[start:start + batch_size]).to(device))
             x = normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):

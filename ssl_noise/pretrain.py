@@ -8,7 +8,6 @@ What the loop does and why: docs/methods.md#self-supervised-pretraining-ssl_nois
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ssl_noise import io, registry
+from ssl_noise import io, progress, registry
 from ssl_noise.augment import AugmentConfig, to_float
 from ssl_noise.backbones import BACKBONES, build_backbone, default_stem
 from ssl_noise.config import PretrainConfig, from_recipe, to_dict
@@ -91,15 +90,13 @@ def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Genera
                     steps_per_epoch: int, total_steps: int, warmup_steps: int, cfg: PretrainConfig,
                     device: str, world: int, show: bool) -> Dict[str, float]:
     """One pass over the shard; returns mean loss, last lr and throughput (samples/s over all processes)."""
-    from tqdm import tqdm
-
     model.train()
     fmt = memory_format(cfg.channels_last)
     losses: List[float] = []
     lr = cfg.lr
     start = time.perf_counter()
-    bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
-               leave=False, dynamic_ncols=True)
+    bar = progress.bar(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=show,
+                       leave=False)
     for i, (batch,) in enumerate(bar):
         step = epoch * steps_per_epoch + i
         lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
@@ -167,7 +164,8 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
         if rank == 0 and (last or (epoch + 1) % cfg.knn_every == 0):
             knn_acc = knn_monitor(method.backbone, data, spec, cfg, device)
         if rank == 0:
-            _end_epoch(work, {"epoch": epoch + 1, **stats, "knn_acc": knn_acc}, method, optimizer)
+            _end_epoch(work, {"epoch": epoch + 1, "epochs": cfg.epochs, **stats, "knn_acc": knn_acc}, method,
+                       optimizer)
         if stop_after is not None and epoch + 1 >= stop_after and not last:
             return None
     if rank != 0:
@@ -220,7 +218,8 @@ def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, r
 def _end_epoch(work: Path, record: Dict[str, Any], method, optimizer) -> None:
     """Log the epoch (JSON line + one line on stderr) and save the resumable state atomically (rank 0)."""
     io.append_jsonl(work / LOG_FILE, record)
-    print(json.dumps(record), file=sys.stderr)
+    if not progress.is_quiet():
+        print(progress.epoch_line(record), file=sys.stderr)
     with io.atomic_path(work / STATE_FILE) as tmp:
         torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": record["epoch"]}, tmp)
 

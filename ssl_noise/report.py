@@ -200,6 +200,7 @@ def build(frame, *, metric: str, figures: List[Path], out: Path, source: str,
         ("p", f"Metric: `{metric}` on the clean test split at the epoch chosen on the (noisy, unless `clean_val`) "
               "validation split. Cells: mean ± std over seeds (n runs)."),
         *_pooling_note(rows),
+        *_contract_note(rows),
         *_reruns_note(pooled or {}),
         ("h2", "Figures")]
     blocks += [("img", Path(f).relative_to(out.parent).as_posix() if Path(f).is_relative_to(out.parent) else str(f))
@@ -241,6 +242,21 @@ def _pooling_note(rows) -> List[Tuple[str, Any]]:
     values = "; ".join(f"{c}: {', '.join(sorted(rows[c].astype(str).unique()))}" for c in varied)
     return [("p", f"**Note:** these runs also differ in {values}; they are pooled in the tables below. Report on a "
                   "sweep's own table (`runs/sweeps/<name>.csv`) to compare like with like.")]
+
+
+def _contract_note(rows) -> List[Tuple[str, Any]]:
+    """Warn when the inits compared in pairs take different inputs (image size, stem): their gap then measures the
+    input contract as well as the pretraining (``--like ENTRY`` builds a random baseline like an encoder)."""
+    cols = [c for c in ("image_size", "stem") if c in rows.columns]
+    if not cols or rows.empty:
+        return []
+    per_init = rows.groupby("init_label")[cols].agg(lambda v: "/".join(sorted(v.astype(str).unique())))
+    if len(per_init.drop_duplicates()) <= 1:
+        return []
+    listing = "; ".join(f"{init}: " + ", ".join(f"{c} {r[c]}" for c in cols) for init, r in per_init.iterrows())
+    return [("p", f"**Warning: the paired inits differ in their input** ({listing}); their gaps mix the pretraining "
+                  "with the image size or stem. Build the baseline like the encoder (`finetune --init random "
+                  "--like ENTRY`; sweeps do it by themselves when their encoders share one contract).")]
 
 
 def _reruns_note(pooled: dict) -> List[Tuple[str, Any]]:

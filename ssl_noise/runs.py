@@ -110,6 +110,13 @@ class RunFolder:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {self.path / f'{name}.npy'}: {e}") from None
 
+    def scores(self) -> "pd.DataFrame":  # noqa: F821
+        """A detection folder's ``scores.csv`` (most suspicious first), class names kept as text."""
+        import pandas as pd
+
+        self.require("scores.csv", message="{path} is not a detection folder (no {name})")
+        return pd.read_csv(self.path / "scores.csv", keep_default_na=False)
+
     def model_state(self):
         """The selected-epoch state of a selecting method (``model.safetensors``), CPU tensors."""
         from ssl_noise.engine import load_state  # torch: tables and figures read run folders without it

@@ -28,6 +28,20 @@ def tiny_synthetic() -> ImageDataset:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _image_cache_in_tmp(tmp_path_factory):
+    """Decoded folder/CSV images go to a temporary cache, not ./cache of the checkout."""
+    import os
+
+    old = os.environ.get("SSL_NOISE_CACHE")
+    os.environ["SSL_NOISE_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SSL_NOISE_CACHE", None)
+    else:
+        os.environ["SSL_NOISE_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread for the whole suite: the tests run tiny tensors, where a second OpenMP thread only adds
     synchronisation; on a loaded 2-core machine it made the method tests 6x slower (10 s vs 60 s)."""
@@ -40,18 +54,19 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def make_entry():
     """Write a registry entry of random ResNet-18 (cifar stem) weights for 16 px synthetic images: the cheapest
-    real encoder for tests of code that consumes the registry. Returns ``make(root, *, channels, image_size, seed)``
-    -> entry id (``seed`` sets the weights, hence the id)."""
+    real encoder for tests of code that consumes the registry. Returns ``make(root, *, channels, image_size, seed,
+    dataset, stem)`` -> entry id (``seed`` sets the weights, hence the id)."""
     from ssl_noise import registry
     from ssl_noise.backbones import build_backbone
 
-    def make(root, *, channels: int = 3, image_size: int = 16, seed: int = 0) -> str:
-        meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": "cifar", "feat_dim": 512,
-                "dataset": "synthetic", "image_size": image_size, "channels": channels,
+    def make(root, *, channels: int = 3, image_size: int = 16, seed: int = 0, dataset: str = "synthetic",
+             stem: str = "cifar") -> str:
+        meta = {"method": "simclr", "method_config": {}, "backbone": "resnet18", "stem": stem, "feat_dim": 512,
+                "dataset": dataset, "image_size": image_size, "channels": channels,
                 "normalisation": {"mean": [0.5] * channels, "std": [0.25] * channels}, "epochs": 1,
                 "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1}, "seed": seed}
         torch.manual_seed(seed)
-        return registry.save_entry(root, build_backbone("resnet18", stem="cifar", in_channels=channels)[0], meta,
+        return registry.save_entry(root, build_backbone("resnet18", stem=stem, in_channels=channels)[0], meta,
                                    config={})
 
     return make

@@ -113,9 +113,13 @@ def test_detect_writes_scores_and_metrics(make_entry, tmp_path, capsys, detector
     assert folder.parent == tmp_path / "runs" / "detect" and folder.name.startswith(f"{detector}-simclr-synthetic-")
     assert "precision" in out and "auroc" in out and "wall time" in out
     scores = pd.read_csv(folder / "scores.csv")
-    assert list(scores.columns) == ["index", "given_label", "clean_label", "score", "flagged"] and len(scores) == 32
+    assert list(scores.columns) == ["index", "given_label", "suggested_label", "clean_label", "score", "rank",
+                                    "flagged"] and len(scores) == 32
     assert (scores["given_label"] != scores["clean_label"]).sum() == 12  # exact: 3 of 8 per class
+    assert scores["rank"].tolist() == list(range(1, 33)) and scores["score"].is_monotonic_decreasing
     metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(scores["given_label"]) <= set(metrics["class_names"])  # class names, not numbers
+    scores[["given_label", "clean_label"]] = scores[["given_label", "clean_label"]].map(metrics["class_names"].index)
     assert metrics["source"]["init"] == entry and set(metrics["detection"]) >= {"precision", "recall", "f1", "auroc"}
     kept, clean = scores["flagged"] == 0, scores["clean_label"]
     truly = scores["given_label"] == clean
@@ -141,7 +145,7 @@ def test_loss_detector_scores_a_ce_runs_history(tmp_path, capsys) -> None:
     code, out, err = _detect(capsys, tmp_path, "--detector", "loss", "--run", str(run), "--skip", "1")
     assert code == 0, err
     folder = Path(out.strip().splitlines()[-1])
-    scores = pd.read_csv(folder / "scores.csv")
+    scores = pd.read_csv(folder / "scores.csv").sort_values("index")
     np.testing.assert_allclose(scores["score"], 1 - np.load(run / "history.npy")[:, 1:].mean(axis=1), atol=1e-5)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["noise_rate_source"] == "auto"  # the mixture on the losses

@@ -225,7 +225,7 @@ def test_cli_runs_from_random_and_from_a_registry_entry(make_entry, tmp_path, ca
 def test_noise_file_reuse_gives_identical_noisy_labels(make_entry, tmp_path, capsys) -> None:
     noisy_csv = tmp_path / "noisy.csv"
     with pytest.raises(SystemExit) as exit_info:
-        main(["noise", "--dataset", SPEC, "--size", "16", "--type", "pairflip", "--rate", "0.3", "--seed", "5",
+        main(["noise", "--dataset", SPEC, "--image-size", "16", "--type", "pairflip", "--rate", "0.3", "--seed", "5",
               "--subset", "24", "--out", str(noisy_csv)])
     assert exit_info.value.code == 0
     capsys.readouterr()

@@ -286,7 +286,7 @@ def test_cli_shows_the_ema_warning_as_one_line_and_still_runs(tmp_path, capsys) 
 
 def test_noise_file_with_the_oracle_estimate_exits_2(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
-        main(["noise", "--dataset", SPEC, "--size", "16", "--rate", "0.3", "--out", str(tmp_path / "n.csv")])
+        main(["noise", "--dataset", SPEC, "--image-size", "16", "--rate", "0.3", "--out", str(tmp_path / "n.csv")])
     capsys.readouterr()
     code, _, err = _finetune_cli(capsys, tmp_path, "--method", "hsa_nrl", "--noise-file", str(tmp_path / "n.csv"),
                                  "--noise-estimate", "oracle")

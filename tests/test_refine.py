@@ -143,7 +143,7 @@ def test_export_import_round_trip(run, tmp_path, capsys) -> None:
     assert list(sheet.columns) == ["index", "current_label", "current_name", "predicted_label", "predicted_name",
                                    "p_current", "p_predicted", "score", "label"]
     assert len(sheet) == 4 and not set(sheet["index"]) & set(np.load(run / "kept.npy"))  # from the pool
-    page = (tmp_path / "review" / "to_review.html").read_text()
+    page = (tmp_path / "review" / "review.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4 and "http" not in page
     assert all(f"index {i}</b>" in page for i in sheet["index"]) and "class_" in page
     # Exporting again before the answers arrive gives the same samples.
@@ -202,7 +202,8 @@ def test_bad_inputs_exit_2_and_change_nothing(run, tmp_path, capsys) -> None:
           answers("other", good + [(other, 0)]))
     fails("label '7'", "import", str(run), answers("class", good[:-1] + [(under_review[-1], 7)]))
     fails("label 'nosuch'", "import", str(run), answers("name", good[:-1] + [(under_review[-1], "nosuch")]))
-    fails("answers 2 of the 3", "import", str(run), answers("short", good[:-1]))
+    fails("answers none of the 3", "import", str(run), answers("blank", [(i, "") for i in under_review]))
+    fails("answers none of the 3", "import", str(run), answers("unsure", [(i, "unsure") for i in under_review]))
     fails("answered twice", "import", str(run), answers("twice", good + good[:1]))
     (tmp_path / "cols.csv").write_text("idx,lbl\n1,2\n")
     fails("lacks column(s) index, label", "import", str(run), str(tmp_path / "cols.csv"))

@@ -45,7 +45,7 @@ def test_random_init_is_a_function_of_its_seed_and_records_its_contract() -> Non
     record = a.record()
     assert record["kind"] == "random" and record["stem"] == "cifar" and record["image_size"] == 16
     assert len(record["normalisation"]["mean"]) == data.channels
-    assert inits.image_size("random", SPEC, checkpoints="unused") == 28  # no entry: the default size
+    assert inits.image_size("random", SPEC, checkpoints="unused") is None  # no entry: the data's own size
     with pytest.raises(UserError):
         inits.image_size("simclr", SPEC, checkpoints="empty-registry")  # fails before any data is loaded
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from ssl_noise import __version__
+from ssl_noise import __version__, progress
 from ssl_noise.errors import Interrupted, SslNoiseWarning, UserError
 from ssl_noise.settings import Settings, checkpoints_root, runs_root
 
@@ -32,8 +32,11 @@ from ssl_noise.settings import Settings, checkpoints_root, runs_root
               help="Where to train; auto picks CUDA when available.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
               help="CPU threads for torch (default: torch's choice, usually all cores).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars or epoch lines (results, warnings and errors still print). Bars are also "
+                   "off whenever stderr is not a terminal.")
 @click.pass_context
-def cli(ctx: click.Context, data_root, checkpoints, runs, device, threads) -> None:
+def cli(ctx: click.Context, data_root, checkpoints, runs, device, threads, quiet) -> None:
     """Self-supervised pretraining vs. noisy labels for medical image classification.
 
     \b
@@ -46,6 +49,7 @@ def cli(ctx: click.Context, data_root, checkpoints, runs, device, threads) -> No
             and not Path(data_root).expanduser().is_dir():  # else the search would silently go on to the cache
         raise UserError(f"--data-root {data_root} is not a folder" + ("" if Path(data_root).exists() else
                         " (it does not exist)"))
+    progress.set_quiet(quiet)
     if threads:
         import torch  # here, not at the top: --help must not pay for importing torch
 

@@ -41,7 +41,7 @@ def data_list(settings: Settings) -> None:
 
 @data_group.command("get")
 @click.argument("flag")
-@click.option("--size", type=int, default=28, show_default=True, help="Image size: 28, 64, 128 or 224.")
+@click.option("--image-size", "size", type=int, default=28, show_default=True, help="Image size: 28, 64, 128 or 224.")
 @pass_settings
 def data_get(settings: Settings, flag: str, size: int) -> None:
     """Fetch a MedMNIST file and check its md5.
@@ -63,10 +63,10 @@ def data_get(settings: Settings, flag: str, size: int) -> None:
 
 @data_group.command("info")
 @click.argument("spec")
-@click.option("--size", type=int, default=28, show_default=True,
-              help="MedMNIST size, or the size image files are resized to.")
+@click.option("--image-size", "size", type=int,
+              help="MedMNIST size (default 28), or the size image files are resized to (default: their own).")
 @pass_settings
-def data_info(settings: Settings, spec: str, size: int) -> None:
+def data_info(settings: Settings, spec: str, size: int | None) -> None:
     """Show a dataset's source, md5 and class counts.
 
     SPEC is a MedMNIST flag, a path to an .npz, folder:PATH, csv:PATH, chaoyang:PATH or synthetic. Shows the

@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from ssl_noise.cli.app import cli
+from ssl_noise.errors import UserError
 from ssl_noise.io import check_writable
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
+    like_option,
     noise_estimate_option,
     noise_options,
     num,
@@ -28,7 +30,9 @@ from ssl_noise.cli.options import (
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), metavar="RUN",
               help="loss: a `finetune --method ce` run folder; ehn: a `finetune --method hsa_nrl` run folder.")
 @click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec (knn/cleanlab).")
-@click.option("--image-size", type=int, help="Image size (default: the encoder's).")
+@click.option("--image-size", type=int,
+              help="Image size (default: the encoder's, else the data's own: 28 for MedMNIST, the files' size).")
+@like_option
 @click.option("--subset", type=click.IntRange(min=1), metavar="N", help="Stratified training subset, as finetune.")
 @noise_options
 @noise_estimate_option("knn/loss flag the top share by score: auto (default; knn: cleanlab's confident joint "
@@ -46,9 +50,12 @@ from ssl_noise.cli.options import (
 @click.option("--skip", type=click.IntRange(min=0), default=10, show_default=True,
               help="loss: first epochs left out of the mean (capped at epochs - 1).")
 @click.option("--seed", type=int, help="Seed of a random init and of cleanlab's folds (default 0).")
+@click.option("--top", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also print the N most suspicious training images (file, given and suggested label, score).")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the summary line.")
 @pass_settings
-def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_model, skip, as_json, **options):
+def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_model, skip, top, as_json, like,
+               **options):
     """Find the wrong training labels and score the finding against the known flips.
 
     \b
@@ -57,19 +64,26 @@ def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_mode
       ssl-noise detect --init simclr --noise 0.3 --noise-type pairflip --detector cleanlab
       ssl-noise detect --run runs/<ce run> --detector loss
       ssl-noise detect --run runs/<hsa_nrl run> --detector ehn
+      ssl-noise detect --init simclr --dataset folder:/data/my_cells --top 20    # your own labels: scores only
 
     Prints precision, recall, F1, AUROC, wall time and the share of the truly clean samples each class keeps
-    (where a detector can empty a minority class while its F1 looks fine); writes <runs>/detect/<id>/
-    (scores.csv: index, given_label, clean_label, score, flagged; metrics.json; run.json). The last line on stdout
-    is that folder.
+    (where a detector can empty a minority class while its F1 looks fine). Without injected noise or clean labels
+    there is no ground truth: it ranks the labels and says so. Writes <runs>/detect/<id>/ (scores.csv, most
+    suspicious first: index, path, given_label, suggested_label, [clean_label], score, rank, flagged;
+    metrics.json; run.json). The last line on stdout is that folder.
     """
     import json
 
-    from ssl_noise import detect
+    from ssl_noise import detect, inits
     from ssl_noise.config import FinetuneConfig
     from ssl_noise.runs import RunFolder
 
     check_writable(settings.runs, "--runs", folder=True)
+    if options["init"] is not None:
+        options.update(inits.like(options["init"], like, dataset=options["dataset"],
+                                  checkpoints=settings.checkpoints, given=options))
+    elif like:
+        raise UserError("--like needs --init random or --init imagenet")
     opts = detect.DetectOptions(k=k, t=t, folds=folds, cv_model=cv_model, seed=options["seed"] or 0, skip=skip,
                                 noise_estimate=noise_estimate or "auto")
     source = detect.source_for(detector, run=run_dir, flags=config_flags(FinetuneConfig, options),
@@ -83,7 +97,19 @@ def detect_cmd(settings, detector, run_dir, noise_estimate, k, t, folds, cv_mode
         click.echo(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         _echo_summary(detector, metrics, RunFolder(folder).provenance())
+    if top:
+        _echo_top(RunFolder(folder), top)
     click.echo(str(folder))
+
+
+def _echo_top(folder, n: int) -> None:
+    """The ``n`` most suspicious images, one line each: rank, file (or index), given -> suggested label, score."""
+    table = folder.scores().head(n)
+    click.echo(f"the {len(table)} most suspicious training labels (rank, file, given -> suggested, score):")
+    for row in table.itertuples(index=False):
+        where = getattr(row, "path", None) or f"index {row.index}"
+        suggested = row.suggested_label if isinstance(row.suggested_label, str) and row.suggested_label else "?"
+        click.echo(f"{row.rank:>6}  {where}  {row.given_label} -> {suggested}  {row.score:.4f}")
 
 
 def _echo_summary(detector: str, metrics: dict, run: dict) -> None:
@@ -91,6 +117,11 @@ def _echo_summary(detector: str, metrics: dict, run: dict) -> None:
     d = metrics["detection"]
     timing = sorted(run["timing"].items(), key=lambda kv: kv[0] == "detector_s")  # inputs first, detector last
     costs = " + ".join(f"{key[:-2].replace('_', ' ')} {value:.1f} s" for key, value in timing)
+    if not metrics.get("ground_truth", True):
+        click.echo(f"{detector} on {metrics['source']['id']}: no ground truth: scores only (labels as given, no "
+                   f"injected noise, no clean labels). Flagged {d['n_flagged']} of {metrics['n']} "
+                   f"({metrics['flag_rule']}); ranked in scores.csv; wall time {run['wall_time_s']:.1f} s ({costs})")
+        return
     click.echo(f"{detector} on {metrics['source']['id']}: precision {num(d['precision'])} recall "
                f"{num(d['recall'])} f1 {num(d['f1'])} auroc {num(d['auroc'])} ap {num(d.get('ap'))} "
                f"(flagged {d['n_flagged']}, "

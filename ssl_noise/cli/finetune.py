@@ -9,6 +9,7 @@ from ssl_noise.io import check_writable
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
+    like_option,
     noise_estimate_option,
     noise_options,
     num,
@@ -24,7 +25,9 @@ from ssl_noise.cli.options import (
 @click.option("--init", help="random (default), imagenet (torchvision weights; cached or downloadable), or a registry "
                              "reference: id, unique prefix, or method name (its newest entry for this dataset).")
 @click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec.")
-@click.option("--image-size", type=int, help="Image size (default: the encoder's, else 28).")
+@click.option("--image-size", type=int,
+              help="Image size (default: the encoder's, else the data's own: 28 for MedMNIST, the files' size).")
+@like_option
 @click.option("--subset", type=click.IntRange(min=1), metavar="N",
               help="Stratified subset of N training images, drawn with --noise-seed (as `ssl-noise noise`).")
 @click.option("--backbone", help="random/imagenet only: resnet18 (default) | resnet34 | resnet50.")
@@ -49,7 +52,7 @@ from ssl_noise.cli.options import (
                 "Override any config key, e.g. --set weight_decay=1e-4 --set augment.min_scale=0.5.")
 @quiet_option()
 @pass_settings
-def finetune(settings, recipe, overrides, quiet, **options):
+def finetune(settings, recipe, overrides, quiet, like, **options):
     """Fine-tune a classifier on noisy labels and measure it on the clean test split.
 
     \b
@@ -57,14 +60,18 @@ def finetune(settings, recipe, overrides, quiet, **options):
       ssl-noise finetune --init simclr --noise 0.4
       ssl-noise finetune --init random --noise-file runs/<id>/noisy_labels.csv
       ssl-noise finetune --init simclr --freeze --noise 0.4 --noise-type pairflip
+      ssl-noise finetune --init random --like simclr --noise 0.4     # the baseline at the entry's size and stem
 
     Writes runs/<run_id>/ (config, noisy labels, history.npy, train_log.jsonl, metrics.json) and a row of
     runs/results.csv. An identical finished run is not repeated. The last line on stdout is the run folder.
     """
+    from ssl_noise import inits
     from ssl_noise.config import FinetuneConfig
     from ssl_noise.finetune import finetune as run_finetune
     from ssl_noise.finetune import resolve_config
 
+    options.update(inits.like(options["init"] or "random", like, dataset=options["dataset"],
+                              checkpoints=settings.checkpoints, given=options))
     cfg, recipe_file = resolve_config(config_flags(FinetuneConfig, options), recipe=recipe, overrides=overrides)
     check_writable(settings.runs, "--runs", folder=True)
     folder, trained = run_finetune(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints,

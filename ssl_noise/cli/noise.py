@@ -31,7 +31,8 @@ from ssl_noise.settings import Settings
               help="asymmetric: KxK matrix (.npy/.csv/.txt), T[i,j] = P(noisy=j | clean=i), rows summing to 1.")
 @click.option("--force", is_flag=True,
               help="Accept noise under which a wrong class is as likely as the clean one (e.g. pairflip >= 0.5).")
-@click.option("--size", type=int, default=28, show_default=True, help="Image size of the MedMNIST file to load.")
+@click.option("--image-size", "size", type=int,
+              help="Image size to load (MedMNIST default 28; image files: their own).")
 @click.option("--subset", type=click.IntRange(min=1), metavar="N",
               help="Stratified subset of N training images; the file then records their original indices.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print the realised transition matrix.")

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ssl_noise import progress
 from ssl_noise.settings import Settings
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -27,8 +28,13 @@ def stack(*decorators: Callable) -> Callable:
     return apply
 
 
-def quiet_option(help: str = "No progress bar.") -> Callable:
-    return click.option("--quiet", is_flag=True, help=help)
+def quiet_option(help: str = "No progress bar (as the global `ssl-noise --quiet`).") -> Callable:
+    """A command's own ``--quiet``: the same switch as the global one, accepted after the command too."""
+    def switch(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value:
+            progress.set_quiet(True)
+        return value or progress.is_quiet()
+    return click.option("--quiet", is_flag=True, help=help, callback=switch)
 
 
 def out_option(help: str, *, metavar: str = "FILE", required: bool = True, folder: bool = False,
@@ -68,6 +74,13 @@ noise_options = stack(
     click.option("--force-noise", "noise_force", is_flag=True, default=None,
                  help="Accept noise under which a wrong class is as likely as the clean one."),
 )
+
+
+#: ``--like ENTRY``: a random or ImageNet baseline built with a registry entry's image size, stem and backbone.
+like_option = click.option(
+    "--like", metavar="ENTRY",
+    help="random/imagenet: take this registry entry's image size, stem and backbone, so the baseline is compared "
+         "like for like with it.")
 
 
 def noise_estimate_option(help: str) -> Callable:

@@ -8,11 +8,12 @@ import shutil
 import click
 
 from ssl_noise.cli.app import cli
-from ssl_noise.errors import Interrupted, NonFiniteLoss
+from ssl_noise.errors import Interrupted, NonFiniteLoss, UserError
 from ssl_noise.io import check_writable
 from ssl_noise.cli.options import (
     command_line,
     config_flags,
+    like_option,
     pass_settings,
     quiet_option,
     recipe_options,
@@ -24,7 +25,8 @@ from ssl_noise.cli.options import (
 @cli.command()
 @click.option("--method", default="simclr", show_default=True, help="SSL method: simclr, moco, rotation, jigsaw.")
 @click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec.")
-@click.option("--image-size", type=int, help="Image size (MedMNIST: 28, 64, 128, 224). Recipe default: 28.")
+@click.option("--image-size", type=int,
+              help="Image size (MedMNIST: 28, 64, 128, 224; default 28). Image files: their own size by default.")
 @click.option("--backbone", help="resnet18 | resnet34 | resnet50 (default resnet18).")
 @click.option("--stem", type=click.Choice(["cifar", "imagenet"]), help="Default: cifar below 64 px.")
 @click.option("--epochs", type=int, help="Training epochs (recipe default).")
@@ -91,15 +93,19 @@ def _resume_hint(work) -> str:
 @click.option("--k", "k", type=int, default=200, show_default=True, help="Neighbours in the weighted vote.")
 @click.option("--t", "t", type=float, default=0.1, show_default=True, help="Vote temperature.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@like_option
 @pass_settings
-def knn(settings, ref, dataset, seed, k, t, as_json):
+def knn(settings, ref, dataset, seed, k, t, as_json, like):
     """Evaluate a registry entry by weighted k-NN and by a linear probe on frozen features (test split)."""
     import json
 
     from ssl_noise.evaluate import evaluate_encoder
 
+    if like and ref != "random":
+        raise UserError(f"--like builds the random baseline like an entry; --init {ref} has its own input")
+
     result = evaluate_encoder(ref, dataset=dataset, seed=seed, k=k, t=t, data_root=settings.data_root,
-                              checkpoints=settings.checkpoints, device=settings.torch_device())
+                              checkpoints=settings.checkpoints, device=settings.torch_device(), like=like)
     click.echo(f"encoder: {result['encoder']}", err=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -57,8 +57,8 @@ def refine_group() -> None:
     RUN is a run folder of a selecting method (ssl-noise finetune --method coteaching|vog):
       ssl-noise refine run RUN --rounds 8 --budget 70 --acquisition entropy     # simulated oracle
       ssl-noise refine run RUN --rounds 8 --budget 0                            # its extra-training control
-      ssl-noise refine export RUN --out review/      # expert: to_review.csv + to_review.html
-      ssl-noise refine import RUN review/to_review.csv                          # merge answers, run the round
+      ssl-noise refine export RUN --out review/      # expert: review/review.html (+ to_review.csv)
+      ssl-noise refine import RUN answers.csv --name NAME   # the page's answers (as printed by export)
       ssl-noise refine plot RUN --out budget.png --reference CE=0.880           # accuracy against budget
     Results: RUN/refine/<session>/rounds.csv (budget vs. metrics), labels_r<r>.csv, acquired_r<r>.csv.
     """
@@ -89,16 +89,20 @@ def refine_run_cmd(settings: Settings, run, rounds, budget, acquisition, epochs,
 
 @refine_group.command("export")
 @click.argument("run", type=click.Path(file_okay=False))
-@out_option("Folder for to_review.csv and to_review.html (created if needed).", metavar="DIR", folder=True)
+@out_option("Folder for review.html and to_review.csv (created if needed; one holding an earlier export is "
+            "refused).", metavar="DIR", folder=True)
 @refine_options
 @pass_settings
 def refine_export_cmd(settings: Settings, run, out, budget, acquisition, epochs, lr, seed, name) -> None:
     """Acquire the next samples for an expert to relabel.
 
-    Writes DIR/to_review.csv (index, current and predicted label, scores, an empty label column to fill with a
-    class index or name) and DIR/to_review.html (a contact sheet: each image with both labels). Exporting again
-    before the answers are imported writes the same samples.
+    Writes DIR/review.html, a self-contained page (open it in any browser, no server): each image with its file
+    path or index and its current and predicted label, one click or key (1-9) per class, "unsure", progress, and a
+    button that saves answers.csv. DIR/to_review.csv is the same batch as a table (fill its label column instead,
+    if you prefer). Exporting again before the answers are imported writes the same samples (into another DIR).
+    Prints the import command to run with the saved file.
     """
+    import shlex
     from pathlib import Path
 
     from ssl_noise.refine import export_review
@@ -108,10 +112,13 @@ def refine_export_cmd(settings: Settings, run, out, budget, acquisition, epochs,
     given = {"acquisition": acquisition, "budget": budget, "epochs": epochs, "lr": lr, "seed": seed}
     session = export_review(run, out, given=given, name=name, data_root=settings.data_root,
                             device=settings.torch_device())
+    page, answers = Path(out) / "review.html", Path(out) / "answers.csv"
     click.echo(f"{len(session.state['pending']['rows'])} samples to review for round {session.round + 1} of "
-               f"session {session.name}; fill the label column, then: ssl-noise refine import {run} "
-               f"{Path(out) / 'to_review.csv'}", err=True)
-    click.echo(str(Path(out) / "to_review.csv"))
+               f"session {session.name}: open {page}, answer, save answers.csv into {out} (or fill the label column "
+               f"of {Path(out) / 'to_review.csv'} and import that), then:\n"
+               f"  ssl-noise refine import {shlex.quote(str(run))} {shlex.quote(str(answers))} "
+               f"--name {shlex.quote(session.name)}", err=True)
+    click.echo(str(page))
 
 
 @refine_group.command("import")
@@ -121,16 +128,20 @@ def refine_export_cmd(settings: Settings, run, out, budget, acquisition, epochs,
 @quiet_option()
 @pass_settings
 def refine_import_cmd(settings: Settings, run, answers, name, quiet) -> None:
-    """Merge an expert's labels (CSV with columns index,label) and run that round.
+    """Merge an expert's labels (CSV with columns index,label: answers.csv of the review page, or to_review.csv
+    filled in) and run that round.
 
-    Every sample under review needs exactly one answer: a class index or name. Any unknown index or class exits 2
-    and changes nothing.
+    A label is a class index or name; "unsure" or a blank (or a sample left out) leaves the sample in the pool, to
+    be acquired again later. At least one answer is needed. An unknown index or class exits 2 and changes nothing.
     """
     from ssl_noise.refine import import_review
 
     _check_session(run, name)
-    folder, row = import_review(run, answers, name=name, data_root=settings.data_root, device=settings.torch_device(),
-                                show_progress=not quiet)
+    folder, row, unsure, blank = import_review(run, answers, name=name, data_root=settings.data_root,
+                                               device=settings.torch_device(), show_progress=not quiet)
+    if unsure or blank:
+        click.echo(f"{row['acquired']} answers merged; {unsure} unsure and {blank} unanswered stay in the pool",
+                   err=True)
     _echo_round(row)
     click.echo(str(folder))
 

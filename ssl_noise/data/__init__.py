@@ -17,18 +17,12 @@ from ssl_noise.data.dataset import (MD5_MISMATCH, MD5_NA, MD5_OK, MD5_UNOFFICIAL
                                     channel_stats, stratified_split, stratified_subset_indices, subset_train)
 from ssl_noise.errors import UserError
 
-__all__ = ["load_dataset", "spec_label", "medmnist_flag", "ImageDataset", "Split", "CatalogueEntry", "catalogue",
+__all__ = ["load_dataset", "spec_label", "dataset_name", "ImageDataset", "Split", "CatalogueEntry", "catalogue",
            "get_entry", "SIZES", "channel_stats", "subset_train", "stratified_split", "stratified_subset_indices",
            "MD5_OK", "MD5_MISMATCH", "MD5_UNOFFICIAL", "MD5_NA"]
 
 FILE_KINDS = ("folder", "csv", "chaoyang", "npz")
 SYNTHETIC_PARAMS = ("n_train", "n_val", "n_test", "num_classes", "channels", "size", "seed")
-
-
-def medmnist_flag(spec: str) -> Optional[str]:
-    """The spec's MedMNIST flag (a flag is its own name), else None: lookups by method name then prefer registry
-    entries pretrained on that flag."""
-    return spec.lower() if spec.lower() in catalogue() else None
 
 
 def spec_label(spec: str) -> str:
@@ -44,7 +38,35 @@ def spec_label(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", label).strip("._") or "data"
 
 
-def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, size: int = 28,
+def dataset_name(spec: str | os.PathLike) -> str:
+    """The name the data of ``spec`` is recorded under (registry entries, run records), known without reading it,
+    so that ``--init simclr`` can pick among the entries of *this* data before any image is decoded.
+
+    A MedMNIST flag, or its file (``bloodmnist_64.npz``), is the flag; another ``.npz`` or a CSV manifest its stem;
+    a folder its own name; Chaoyang data ``chaoyang``; generated data ``synthetic``.
+
+    >>> dataset_name("bloodmnist"), dataset_name("/d/bloodmnist_64.npz"), dataset_name("csv:/d/cells.csv")
+    ('bloodmnist', 'bloodmnist', 'cells')
+    """
+    from ssl_noise.data.catalogue import flag_of_file
+
+    spec = str(spec).strip()
+    kind, _, rest = spec.partition(":")
+    if kind == "synthetic":
+        return "synthetic"
+    if kind == "chaoyang" and rest:
+        return "chaoyang"
+    if kind == "folder" and rest:
+        return Path(os.path.expanduser(rest)).resolve().name
+    if kind == "csv" and rest:
+        return Path(rest).stem
+    if spec.lower() in catalogue():
+        return spec.lower()
+    stem = Path(os.path.expanduser(spec)).stem
+    return flag_of_file(stem) or stem
+
+
+def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, size: Optional[int] = None,
                  subset: Optional[int] = None, seed: int = 0, download: bool = True) -> ImageDataset:
     """Load the dataset named by ``spec`` (syntax: docs/formats.md, "Dataset specs").
 
@@ -52,7 +74,8 @@ def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, si
         spec: A MedMNIST flag, a path to an ``.npz``, ``folder:PATH``, ``csv:PATH``, ``chaoyang:PATH`` or
             ``synthetic[:k=v,...]``.
         data_root: The ``--data-root`` option, searched first for MedMNIST files.
-        size: MedMNIST image size, or the size image files are resized to.
+        size: MedMNIST image size (None: 28), or the size image files are resized to (None: the files' own
+            common size; files of several sizes then need one).
         subset: Keep a stratified subset of this many train images (val and test stay whole).
         seed: Seed of the subset draw.
         download: Allow downloading MedMNIST files that are not on disk.
@@ -67,18 +90,19 @@ def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, si
     return subset_train(dataset, subset, seed)
 
 
-def _load(spec: str, *, data_root: Optional[str], size: int, download: bool) -> ImageDataset:
+def _load(spec: str, *, data_root: Optional[str], size: Optional[int], download: bool) -> ImageDataset:
     kind, _, rest = spec.partition(":")
     if kind == "synthetic":
         from ssl_noise.data.synthetic import make_synthetic
 
-        return make_synthetic(**{"size": size, **_synthetic_params(rest)})
+        return make_synthetic(**{**({"size": size} if size else {}), **_synthetic_params(rest)})
     if kind in FILE_KINDS and rest:
         return _load_file(kind, rest, size)
     if spec.lower() in catalogue():
         from ssl_noise.data.medmnist import load_medmnist
 
-        return load_medmnist(spec.lower(), size, data_root=data_root, download=download)
+        return load_medmnist(spec.lower(), size or 28, data_root=data_root, download=download)
+    _suggest_prefix(spec)
     if spec.endswith(".npz") or os.sep in spec or Path(spec).exists():
         return _load_file("npz", spec, size)
     if is_3d_flag(spec):
@@ -87,7 +111,18 @@ def _load(spec: str, *, data_root: Optional[str], size: int, download: bool) -> 
                     f"folder:PATH, csv:PATH, chaoyang:PATH or synthetic")
 
 
-def _load_file(kind: str, path: str, size: int) -> ImageDataset:
+def _suggest_prefix(spec: str) -> None:
+    """A folder or a CSV given without its ``folder:`` / ``csv:`` prefix: say the spec that reads it."""
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        kind = "chaoyang" if (path / "train.json").is_file() else "folder"
+        raise UserError(f"{spec} is a folder; name it --dataset {kind}:{spec} (a dataset spec says how to read it)")
+    if path.suffix.lower() in {".csv", ".tsv", ".txt"}:
+        raise UserError(f"{spec} looks like a manifest; name it --dataset csv:{spec} "
+                        f"(a CSV with columns path,label[,split])")
+
+
+def _load_file(kind: str, path: str, size: Optional[int]) -> ImageDataset:
     from ssl_noise.data import files, medmnist
 
     loader = {"folder": files.load_folder, "csv": files.load_csv, "chaoyang": files.load_chaoyang}

@@ -156,3 +156,13 @@ def flag_for_stem(stem: str) -> Optional[str]:
     """The longest catalogue flag that ``stem`` starts with (``pneumoniamnist_balanced`` -> ``pneumoniamnist``)."""
     matches = [flag for flag in catalogue() if stem.lower().startswith(flag)]
     return max(matches, key=len) if matches else None
+
+
+def flag_of_file(stem: str) -> Optional[str]:
+    """The flag whose official file name ``stem`` is (``bloodmnist``, ``bloodmnist_64``), else None.
+
+    >>> flag_of_file("bloodmnist_64"), flag_of_file("pneumoniamnist_balanced")
+    ('bloodmnist', None)
+    """
+    flag, _, size = stem.lower().partition("_")
+    return flag if flag in catalogue() and (not size or size.isdigit() and int(size) in SIZES) else None

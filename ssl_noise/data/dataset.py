@@ -29,10 +29,12 @@ class Split:
     Attributes:
         images: ``uint8`` array ``N×H×W×C`` (C = 1 for gray, 3 for RGB).
         labels: ``int64`` array ``(N,)``; ``(N, K)`` of 0/1 for multi-label sets such as chestmnist.
+        paths: The image file of each row for folder and CSV data (what an expert is shown), else None.
     """
 
     images: np.ndarray
     labels: np.ndarray
+    paths: Optional[List[str]] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,7 +46,8 @@ class Split:
         return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
 
     def take(self, indices: np.ndarray) -> "Split":
-        return Split(self.images[indices], self.labels[indices])
+        paths = None if self.paths is None else [self.paths[i] for i in np.asarray(indices).reshape(-1)]
+        return Split(self.images[indices], self.labels[indices], paths)
 
 
 @dataclass
@@ -168,9 +171,25 @@ def _integral_floats(a: np.ndarray) -> bool:
 
 
 def channel_stats(images: np.ndarray) -> tuple[list, list]:
-    """Per-channel mean and std of uint8 images (N, H, W, C) in [0, 1] units: the normalisation an encoder records."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return [round(float(v), 4) for v in x.mean(0)], [round(float(v), 4) for v in x.std(0).clip(1e-3)]
+    """Per-channel mean and std of uint8 images (N, H, W, C) in [0, 1] units: the normalisation an encoder records.
+
+    Counted as a 256-bin histogram per channel over blocks of images: exact, and a memory-mapped set larger than
+    RAM is read once, block by block, without a float copy and without keeping its pages mapped.
+    """
+    from ssl_noise.data.cache import release_pages
+
+    c = images.shape[-1]
+    counts = np.zeros((c, 256), np.int64)
+    step = max(1, (1 << 23) // max(1, int(np.prod(images.shape[1:]))))
+    for start in range(0, len(images), step):
+        block = np.asarray(images[start:start + step]).reshape(-1, c)
+        for k in range(c):
+            counts[k] += np.bincount(block[:, k], minlength=256)
+        release_pages(images[start:start + step])
+    values = np.arange(256) / 255.0
+    mean = counts @ values / counts.sum(axis=1)
+    std = np.sqrt((counts * (values[None] - mean[:, None]) ** 2).sum(axis=1) / counts.sum(axis=1))
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std.clip(1e-3)]
 
 
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> List[np.ndarray]:

@@ -1,8 +1,8 @@
 """Image sets stored as files: class-per-folder trees, CSV manifests and the Chaoyang JSON layout.
 
-Each image is decoded once with PIL, resized to a square ``size`` and kept as uint8, so training reads arrays as
-it does for MedMNIST. Gray/RGB, 16-bit and missing-split rules (a split seed separate from every training seed):
-docs/formats.md, "Dataset specs".
+Each image is decoded once with PIL, kept at the files' own size (or resized to a square ``size`` when asked) as
+uint8, so training reads arrays as it does for MedMNIST. Gray/RGB, 16-bit and missing-split rules (a split seed
+separate from every training seed): docs/formats.md, "Dataset specs".
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,18 +33,42 @@ Part = Tuple[List[Path], np.ndarray]
 def decode_images(paths: Sequence[Path], size: int) -> np.ndarray:
     """Decode and resize every file to ``size``×``size``; ``N×size×size×1`` if all are gray, else ``×3``.
 
+    Decoded once into the memory-mapped cache of :mod:`ssl_noise.data.cache` and read from there afterwards.
+
     Raises:
         UserError: A file that PIL cannot read (the message names it).
     """
-    from tqdm import tqdm
+    from ssl_noise.data.cache import load_images
 
-    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    all_gray = True
-    for i, path in enumerate(tqdm(paths, desc="decoding images", unit="img", leave=False,
-                                  disable=len(paths) < 256)):
-        images[i], gray = _decode_one(path, size)
-        all_gray &= gray
-    return images[..., :1] if all_gray else images
+    return load_images(paths, size, _decode_one, GRAY_MODES)
+
+
+def native_size(paths: Sequence[Path], source: Path) -> int:
+    """The side every file already has (read from the headers only, nothing decoded), so a folder of 64-px tiles
+    trains at 64 px unless asked otherwise.
+
+    Raises:
+        UserError: Files of several sizes, or non-square files: the message asks for ``--image-size``.
+    """
+    from PIL import Image
+
+    sizes: Dict[Tuple[int, int], Path] = {}
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sizes.setdefault(img.size, path)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise UserError(f"cannot read image {path}: {e}") from e
+        if len(sizes) > 1:
+            break
+    (w, h), first = next(iter(sizes.items()))
+    if len(sizes) > 1:
+        (w2, h2), other = list(sizes.items())[1]
+        raise UserError(f"{source}: images have different sizes ({first.name} is {w}x{h}, {other.name} is "
+                        f"{w2}x{h2}); pass --image-size N to resize them all to N x N")
+    if w != h:
+        raise UserError(f"{source}: images are {w}x{h}, not square; pass --image-size N to resize them to N x N")
+    return w
 
 
 def _decode_one(path: Path, size: int) -> Tuple[np.ndarray, bool]:
@@ -73,14 +97,18 @@ def _to_8bit(img):
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 
-def _build(name: str, source: Path, class_names: List[str], parts: Dict[str, Part], size: int) -> ImageDataset:
-    """Decode all splits' files in one pass (so the gray/RGB choice covers the whole set) and wrap them."""
+def _build(name: str, source: Path, class_names: List[str], parts: Dict[str, Part],
+           size: Optional[int]) -> ImageDataset:
+    """Decode all splits' files in one pass (so the gray/RGB choice covers the whole set) and wrap them; ``size``
+    None keeps the files' own size. Each split keeps its file paths, so detections can name the files."""
     paths = [p for split in SPLITS for p in parts[split][0]]
     if not paths:
         raise UserError(f"{source}: no images found")
+    size = size or native_size(paths, source)
     images = decode_images(paths, size)
     bounds = np.cumsum([len(parts[s][0]) for s in SPLITS])[:-1]
-    splits = {s: Split(chunk, parts[s][1].astype(np.int64)) for s, chunk in zip(SPLITS, np.split(images, bounds))}
+    splits = {s: Split(chunk, parts[s][1].astype(np.int64), [str(p) for p in parts[s][0]])
+              for s, chunk in zip(SPLITS, np.split(images, bounds))}
     return ImageDataset(name=name, class_names=class_names, channels=images.shape[-1], image_size=size,
                         **splits, source=source)
 
@@ -137,7 +165,7 @@ def _list_classes(folder: Path, class_names: List[str], require_all: bool) -> Pa
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def load_folder(root: str | os.PathLike, size: int = 28, split_seed: int = 0) -> ImageDataset:
+def load_folder(root: str | os.PathLike, size: Optional[int] = None, split_seed: int = 0) -> ImageDataset:
     """Load ``root/<class>/<image>`` or ``root/{train,val,test}/<class>/<image>``.
 
     Without split folders the set is split 70/10/20 (stratified, ``split_seed``); with ``train/`` and
@@ -211,7 +239,7 @@ def _split_names(values: Sequence[str], where: str) -> np.ndarray:
     return np.asarray(names)
 
 
-def load_csv(path: str | os.PathLike, size: int = 28, split_seed: int = 0) -> ImageDataset:
+def load_csv(path: str | os.PathLike, size: Optional[int] = None, split_seed: int = 0) -> ImageDataset:
     """Load a manifest with columns ``path,label[,split]`` (relative paths are relative to the CSV's folder).
 
     Labels are integers or class-name strings (names are sorted to give the label order). Without a split
@@ -251,7 +279,7 @@ def _read_chaoyang_json(path: Path) -> Tuple[List[str], np.ndarray]:
     return names, labels
 
 
-def load_chaoyang(root: str | os.PathLike, size: int = 28, split_seed: int = 0) -> ImageDataset:
+def load_chaoyang(root: str | os.PathLike, size: Optional[int] = None, split_seed: int = 0) -> ImageDataset:
     """Load the Chaoyang layout: ``train.json`` and ``test.json`` listing ``{"name", "label"}`` records.
 
     ``name`` is relative to ``root``. Val is 10 % of train (stratified, ``split_seed``). Labels 0..3 are named

@@ -21,7 +21,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ssl_noise.data.catalogue import MIRRORS, CatalogueEntry, WheelMirror, check_size, flag_for_stem, get_entry
+from ssl_noise.data.catalogue import (MIRRORS, CatalogueEntry, WheelMirror, check_size, flag_for_stem, flag_of_file,
+                                      get_entry)
 from ssl_noise.data.dataset import MD5_MISMATCH, MD5_OK, MD5_UNOFFICIAL, SPLITS, ImageDataset, Split, as_labels
 from ssl_noise.errors import UserError
 from ssl_noise.io import atomic_path, file_digest
@@ -185,8 +186,9 @@ def read_npz(path: Path) -> Dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in KEYS if k in archive.files}
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}); delete it and fetch it "
-                        f"again") from e
+        flag = flag_for_stem(path.stem)
+        hint = f"; if it is a MedMNIST download, fetch it again: ssl-noise data get {flag}" if flag else ""
+        raise UserError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e}){hint}") from e
     missing = [k for k in KEYS if k not in arrays]
     if missing:
         raise UserError(f"{path} is not a MedMNIST-format archive: missing {', '.join(missing)}")
@@ -251,7 +253,7 @@ def load_npz(path: str | os.PathLike, *, entry: Optional[CatalogueEntry] = None,
     if official_md5 is None and entry is not None and entry.md5s.get(size) == md5:
         status = MD5_OK
     return ImageDataset(
-        name=entry.flag if status == MD5_OK or official_md5 else path.stem,
+        name=entry.flag if status == MD5_OK or official_md5 else flag_of_file(path.stem) or path.stem,
         class_names=list(entry.class_names) if entry else _default_class_names(splits, path),
         channels=splits["train"].images.shape[-1], image_size=size, **splits,
         task=entry.task if entry else ("multi-label" if splits["train"].labels.ndim == 2 else "multi-class"),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_noise import engine, estimate, inits, io, noise
+from ssl_noise import engine, estimate, inits, io, noise, progress
 from ssl_noise.data.dataset import Split
 from ssl_noise.finetune.inputs import Inputs, chunks, encoded_splits
 from ssl_noise.finetune.prepare import Prepared, oracle_rate
@@ -225,7 +225,6 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
 
     ``make_method(ctx)`` replaces the ROBUST lookup (``ssl_noise.refine`` continues a saved classifier this way).
     """
-    from tqdm import tqdm
 
     cfg, data = prep.cfg, prep.data
     inputs = Inputs(cfg, prep.init["normalisation"], device)
@@ -245,7 +244,7 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     val_labels = data.val.labels if prep.val_noise is None else prep.val_noise.noisy
     clean = torch.from_numpy(data.train.labels)
     state = TrainState.empty(len(data.train), cfg.epochs)
-    bar = tqdm(total=total, desc=f"finetune {prep.run_id}", disable=not show_progress, dynamic_ncols=True)
+    bar = progress.bar(total=total, desc=f"finetune {prep.run_id}", enabled=show_progress)
     for epoch in range(cfg.epochs):
         method.on_epoch_start(epoch)
         stats = train_one_epoch(method, ctx, method.epoch_batches(epoch), state, clean, epoch,

@@ -138,7 +138,7 @@ def read_noise_csv(path: PathLike, *, num_samples: Optional[int] = None, num_cla
 
 def noise_file(out: Union[str, os.PathLike], dataset: str, noise_type: str = "symmetric", rate: Optional[float] = None,
                *, seed: int = 0, mode: str = "sampled", class_map: Optional[str] = None, matrix: Optional[str] = None,
-               force: bool = False, size: int = 28, subset: Optional[int] = None,
+               force: bool = False, size: Optional[int] = None, subset: Optional[int] = None,
                data_root: Optional[str] = None) -> tuple:
     """Corrupt ``dataset``'s training labels and write them to ``out`` (``ssl-noise noise``).
 

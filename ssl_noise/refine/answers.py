@@ -1,7 +1,10 @@
-"""The expert oracle's second half: read a filled-in review sheet and run the round it completes.
+"""The expert oracle's second half: read the answers (``answers.csv`` of the review page, or a filled-in
+``to_review.csv``) and run the round they complete.
 
-Answers are checked in full before anything is written (every sample under review answered exactly once, with a
-known class index or name), so a bad file changes nothing. Format: docs/formats.md (refinement session).
+Experts answer in batches: a sample answered ``unsure`` or left blank (or left out) stays in the pool, to be
+acquired again later; the round merges the others. The file is checked in full before anything is written (known
+indices under review, each at most once, a known class index or name), so a bad file changes nothing.
+Format: docs/formats.md (refinement session).
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ import numpy as np
 
 from ssl_noise.errors import UserError
 from ssl_noise.io import read_csv_strict
+from ssl_noise.refine.review import UNSURE
 from ssl_noise.refine.run import load_run
 from ssl_noise.refine.session import Session, open_session
 
+BLANK, NOT_SURE = -1, -2  # read_answers' codes of the samples that stay in the pool
+
 
 def read_answers(path: str | Path, session: Session) -> np.ndarray:
-    """The expert's labels for the samples awaiting review, in their order; UserError on any problem."""
+    """The expert's label of each sample awaiting review, in their order: a class, ``BLANK`` (-1, unanswered) or
+    ``NOT_SURE`` (-2); both of those stay in the pool. UserError on any problem, or when nothing is answered."""
     path, run = Path(path), session.run
     frame = read_csv_strict(path, what="answer file", columns=("index", "label"))
     rows = np.asarray(session.state["pending"]["rows"], np.int64)
     wanted = {int(i): k for k, i in enumerate(run.index[rows])}
-    out, seen = np.full(len(rows), -1, np.int64), set()
+    out, seen = np.full(len(rows), BLANK, np.int64), set()
     for line, (raw_index, raw_label) in enumerate(zip(frame["index"].str.strip(), frame["label"].str.strip()), 2):
         if not raw_index.lstrip("+-").isdigit():
             raise UserError(f"{path} line {line}: index {raw_index!r} is not an integer")
@@ -36,11 +43,15 @@ def read_answers(path: str | Path, session: Session) -> np.ndarray:
         if index in seen:
             raise UserError(f"{path} line {line}: index {index} is answered twice")
         seen.add(index)
+        if raw_label.lower() == UNSURE and raw_label not in run.class_names:
+            out[wanted[index]] = NOT_SURE
+            continue
+        if raw_label == "":
+            continue
         out[wanted[index]] = _label(raw_label, run.class_names, run.data.num_classes, f"{path} line {line}", index)
-    if (out < 0).any():
-        missing = run.index[rows][out < 0]
-        raise UserError(f"{path} answers {len(rows) - len(missing)} of the {len(rows)} samples under review; "
-                        f"missing: index {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
+    if (out < 0).all():
+        raise UserError(f"{path} answers none of the {len(rows)} samples under review (blank or {UNSURE}); "
+                        f"answer at least one with a class index or name")
     return out
 
 
@@ -56,14 +67,15 @@ def _label(raw: str, class_names: List[str], num_classes: int, where: str, index
     if raw.lstrip("+-").isdigit() and 0 <= int(raw) < num_classes:
         return int(raw)
     raise UserError(f"{where}: label {raw!r} of index {index} is not a class "
-                    f"(0..{num_classes - 1} or a name: {', '.join(class_names)})")
+                    f"(0..{num_classes - 1} or a name: {', '.join(class_names)}; {UNSURE} or blank to skip it)")
 
 
 def import_review(run_folder: str | Path, answers: str | Path, *, name: Optional[str] = None,
                   data_root: Optional[str] = None, device: str = "cpu", show_progress: bool = True) -> tuple:
     """Merge an expert's answers into the session awaiting them and run that round.
 
-    Returns ``(session folder, the round's rounds.csv row)``; raises UserError (nothing changed) on a bad file.
+    Returns ``(session folder, the round's rounds.csv row, samples left in the pool as unsure, left
+    unanswered)``; raises UserError (nothing changed) on a bad file.
     """
     folder = Path(run_folder)
     waiting = sorted(p.parent.name for p in (folder / "refine").glob("*/state.json")
@@ -76,6 +88,9 @@ def import_review(run_folder: str | Path, answers: str | Path, *, name: Optional
     run = load_run(folder, data_root=data_root)
     session = open_session(run, waiting[0], {}, device=device)
     labels = read_answers(answers, session)
-    pending = session.state["pending"]
-    return session.folder, session.complete_round(np.asarray(pending["rows"], np.int64),
-                                                  np.asarray(pending["score"]), labels, show_progress=show_progress)
+    pending, answered = session.state["pending"], labels >= 0
+    row = session.complete_round(np.asarray(pending["rows"], np.int64)[answered],
+                                 np.asarray(pending["score"])[answered], labels[answered],
+                                 show_progress=show_progress)
+    return session.folder, row, int((labels == NOT_SURE).sum()), int((labels == BLANK).sum())
+

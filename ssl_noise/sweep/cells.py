@@ -20,7 +20,7 @@ import yaml
 
 from ssl_noise import noise
 from ssl_noise.config import BUILTIN_INITS, FinetuneConfig, load_recipe, resolve, to_dict
-from ssl_noise.data import medmnist_flag, spec_label
+from ssl_noise.data import dataset_name, spec_label
 from ssl_noise.errors import UserError
 from ssl_noise.io import file_digest, short_hash, write_json
 from ssl_noise.sweep.log import Log, log_stderr
@@ -106,11 +106,11 @@ class _Inits:
         """``(entry id, label, sha256)``; for random/imagenet ``(ref, ref, None)``; None when unresolvable."""
         if ref in BUILTIN_INITS:
             return ref, ref, None
-        flag = medmnist_flag(dataset)  # as inits.image_size filters
-        key = f"{ref}@{flag or dataset}"
+        name = dataset_name(dataset)  # as inits.image_size filters: the entries of this data
+        key = f"{ref}@{name}"
         if key not in self.cache:
             try:
-                entry, meta = self._lookup(ref, key, flag)
+                entry, meta = self._lookup(ref, key, name)
                 self.cache[key] = (entry, str(meta["method"]), meta["sha256"])
             except UserError as e:
                 if key in self.pins:
@@ -119,7 +119,7 @@ class _Inits:
                 self.missing[ref] = str(e)
         return self.cache[key]
 
-    def _lookup(self, ref: str, key: str, flag: str | None) -> tuple[str, dict[str, Any]]:
+    def _lookup(self, ref: str, key: str, name: str) -> tuple[str, dict[str, Any]]:
         """The pinned entry of ``key`` (which must still exist), else the registry's current match of ``ref``."""
         from ssl_noise import registry
 
@@ -131,7 +131,7 @@ class _Inits:
                 raise UserError(f"init {ref!r} is pinned to {entry}, which is no longer in the registry "
                                 f"{self.checkpoints}; restore it, or delete the sweep's pins file to "
                                 "re-resolve (new cells)") from None
-        entry = registry.resolve(self.checkpoints, ref, dataset=flag)
+        entry = registry.resolve(self.checkpoints, ref, dataset=name)
         meta = registry.read_meta(self.checkpoints, entry)
         self.new[key] = entry
         return entry, meta
@@ -208,14 +208,16 @@ def _grid_cells(spec: SweepSpec, layers: dict[str, Any], inits: _Inits) -> tuple
     seen: dict[str, str] = {}
     collapsed = 0
     keys = list(spec.grid)
+    points = []
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         values = grid_values(keys, combo)
         cfg = _cell_config(spec, {**layers, **values}, values, recipes)
         resolved = inits(cfg.init, cfg.dataset)
-        if resolved is None:
-            continue
-        entry, label, sha = resolved
-        cfg = dataclasses.replace(cfg, init=entry)
+        if resolved is not None:
+            points.append((values, dataclasses.replace(cfg, init=resolved[0]), resolved))
+    contracts = _contracts([cfg for _, cfg, _ in points], inits.checkpoints)
+    for values, cfg, (entry, label, sha) in points:
+        cfg = _like_for_like(cfg, contracts)
         cid = cell_id(cfg, init_label=label, encoder_sha256=sha)
         same_run = cell_id(_without_noise_draw(cfg), init_label=label, encoder_sha256=sha)
         if same_run in seen:
@@ -224,6 +226,40 @@ def _grid_cells(spec: SweepSpec, layers: dict[str, Any], inits: _Inits) -> tuple
         seen[same_run] = cid
         cells.append(Cell(cid, cfg, tuple(values.items()), sha))
     return cells, collapsed
+
+
+def _contracts(configs: list[FinetuneConfig], checkpoints: Path) -> dict[str, set[tuple[int, str, str]]]:
+    """Per dataset name, the input contracts ``(image_size, stem, backbone)`` of the sweep's registry encoders."""
+    from ssl_noise import registry
+
+    found: dict[str, set[tuple[int, str, str]]] = {}
+    for cfg in configs:
+        if cfg.init not in BUILTIN_INITS:
+            meta = registry.read_meta(checkpoints, cfg.init)
+            found.setdefault(dataset_name(cfg.dataset), set()).add(
+                (int(meta["image_size"]), str(meta["stem"]), str(meta["backbone"])))
+    return found
+
+
+def _like_for_like(cfg: FinetuneConfig, contracts: dict[str, set[tuple[int, str, str]]]) -> FinetuneConfig:
+    """A random or ImageNet cell built like the sweep's encoders on the same data (one contract among them): its
+    pair then differs in the init only, not in image size or stem. Fields the spec sets stay; a field is only
+    written where it changes the default (28 px MedMNIST / the cifar stem below 64 px), so the ids of sweeps whose
+    encoders already match the default stay as they were."""
+    from ssl_noise.backbones import default_stem
+
+    found = contracts.get(dataset_name(cfg.dataset), set())
+    if cfg.init not in BUILTIN_INITS or len(found) != 1:
+        return cfg
+    size, stem, backbone = next(iter(found))
+    changes: dict[str, Any] = {}
+    if cfg.image_size is None and size != (28 if dataset_name(cfg.dataset) == cfg.dataset.lower() else None):
+        changes["image_size"] = size
+    if cfg.stem is None and stem != default_stem(cfg.image_size or size):
+        changes["stem"] = stem
+    if cfg.backbone == "resnet18" != backbone:  # the default backbone follows the encoders'
+        changes["backbone"] = backbone
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _cell_config(spec: SweepSpec, chosen: dict[str, Any], values: dict[str, Any],
