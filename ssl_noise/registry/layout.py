@@ -63,20 +63,23 @@ def _plain(obj: Any) -> Any:
 
 
 #: Beyond this magnitude a weight is the trace of a diverged run, not a learned value (a trained ResNet's are O(1);
-#: a learning rate of 1e6 left 3e29): the features then overflow for real images though the weights are finite.
+#: a learning rate of 1e6 left 3e29): BatchNorm's variance then overflows for some inputs though the weights are
+#: finite. ``registry verify`` fails such entries; saving and loading refuse only non-finite values, since the
+#: features of such an encoder can still be finite (the pretraining monitor refuses it when they are not).
 DIVERGED_ABS = 1e10
 
 
-def non_finite(state: Mapping[str, Any]) -> Optional[str]:
-    """The first floating-point tensor of ``state`` holding NaN, inf or values beyond :data:`DIVERGED_ABS`, as
-    ``"name (n values)"``, else None: a diverged encoder must never pass for a registry entry."""
+def non_finite(state: Mapping[str, Any], limit: Optional[float] = None) -> Optional[str]:
+    """The first floating-point tensor of ``state`` holding NaN or inf (or, with ``limit``, values beyond it), as
+    ``"name (n of m values ...)"``, else None: a diverged encoder must never pass for a registry entry."""
     import torch  # here: the layout is read by code that does not need torch
 
     for name, tensor in state.items():
         if torch.is_floating_point(tensor):
-            bad = int((~torch.isfinite(tensor) | (tensor.abs() > DIVERGED_ABS)).sum())
-            if bad:
-                return f"{name} ({bad} of {tensor.numel()} values non-finite or beyond {DIVERGED_ABS:g})"
+            bad = ~torch.isfinite(tensor) if limit is None else ~torch.isfinite(tensor) | (tensor.abs() > limit)
+            if bad.any():
+                what = "non-finite" if limit is None else f"non-finite or beyond {limit:g}"
+                return f"{name} ({int(bad.sum())} of {tensor.numel()} values {what})"
     return None
 
 

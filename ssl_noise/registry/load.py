@@ -13,7 +13,7 @@ from torch import nn
 from ssl_noise import backbones
 from ssl_noise.errors import UserError
 from ssl_noise.io import atomic_path, file_digest
-from ssl_noise.registry.layout import WEIGHTS_FILE, PathLike, _entry_dirs, _read_meta, non_finite
+from ssl_noise.registry.layout import DIVERGED_ABS, WEIGHTS_FILE, PathLike, _entry_dirs, _read_meta, non_finite
 from ssl_noise.registry.lookup import resolve
 
 
@@ -99,6 +99,10 @@ def _verify_dir(path: Path) -> Tuple[bool, str]:
         message = str(e)
         return False, message[len(path.name) + 2:] if message.startswith(f"{path.name}: ") else message
     n = len(model.state_dict())
+    huge = non_finite(model.state_dict(), limit=DIVERGED_ABS)
+    if huge:
+        return False, (f"diverged weights, {huge}; remove the entry (ssl-noise registry rm {path.name}) and "
+                       f"pretrain with a lower --lr")
     dead = _non_finite_output(model, meta)
     if dead:
         return False, dead
