@@ -141,6 +141,23 @@ def pins_path(runs: Path, name: str) -> Path:
     return Path(runs) / "sweeps" / f"{name}.inits.json"
 
 
+def remembered_overrides(runs: Path, name: str, overrides: Sequence[str], *, save: bool) -> tuple[list[str], bool]:
+    """The ``--set`` values of a sweep: the given ones (saved to ``<runs>/sweeps/<name>.set.json`` with ``save``), or,
+    when none are given, those its last real invocation saved (what ``--collect`` and ``--dry-run`` ask for: the
+    cells of the run they follow, without repeating its flags). Returns ``(values, whether they were remembered)``."""
+    path = Path(runs) / "sweeps" / f"{name}.set.json"
+    if save:  # a real run: what it ran with is what --collect will mean
+        if overrides:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"set": list(overrides)})
+        else:
+            path.unlink(missing_ok=True)
+    if overrides or save:
+        return list(overrides), False
+    stored = (read_json(path) or {}).get("set") if path.is_file() else None
+    return (list(stored), True) if stored else ([], False)
+
+
 def _save_pins(path: Path, new: dict[str, str]) -> None:
     """Merge newly resolved references into the pins file (first writer wins per reference; under the lock)."""
     with Locked(path.parent / ".lock"):
