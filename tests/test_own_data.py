@@ -176,3 +176,12 @@ def test_a_subset_runs_noise_file_is_reused_without_repeating_subset(tmp_path) -
     np.testing.assert_array_equal(again.data.train_indices, first.data.train_indices)
     np.testing.assert_array_equal(again.train_noise.noisy, first.train_noise.noisy)
     np.testing.assert_array_equal(again.data.train.images, first.data.train.images)
+
+
+def test_the_pretrain_command_an_error_suggests_runs_as_printed(own_images, make_entry, tmp_path) -> None:
+    """The hint names the data spec (csv:PATH), not the data's name, which is not a spec."""
+    make_entry(tmp_path / "ck", dataset="bloodmnist")
+    spec = f"csv:{own_images / 'cells.csv'}"
+    with pytest.raises(UserError) as e:
+        inits.image_size("simclr", spec, checkpoints=tmp_path / "ck")
+    assert f"ssl-noise pretrain --method simclr --dataset {spec}" in str(e.value)

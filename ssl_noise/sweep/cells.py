@@ -109,7 +109,7 @@ class _Inits:
         key = f"{ref}@{name}"
         if key not in self.cache:
             try:
-                entry, meta = self._lookup(ref, key, name)
+                entry, meta = self._lookup(ref, key, name, dataset)
                 self.cache[key] = (entry, str(meta["method"]), meta["sha256"])
             except UserError as e:
                 if key in self.pins:
@@ -118,7 +118,7 @@ class _Inits:
                 self.missing[ref] = str(e)
         return self.cache[key]
 
-    def _lookup(self, ref: str, key: str, name: str) -> tuple[str, dict[str, Any]]:
+    def _lookup(self, ref: str, key: str, name: str, spec: str) -> tuple[str, dict[str, Any]]:
         """The pinned entry of ``key`` (which must still exist), else the registry's current match of ``ref``."""
         from ssl_noise import registry
 
@@ -130,7 +130,7 @@ class _Inits:
                 raise UserError(f"init {ref!r} is pinned to {entry}, which is no longer in the registry "
                                 f"{self.checkpoints}; restore it, or delete the sweep's pins file to "
                                 "re-resolve (new cells)") from None
-        entry = registry.resolve(self.checkpoints, ref, dataset=name)
+        entry = registry.resolve(self.checkpoints, ref, dataset=name, spec=spec)
         meta = registry.read_meta(self.checkpoints, entry)
         self.new[key] = entry
         return entry, meta
