@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar, Union
 import yaml
 
 from ssl_noise.errors import UserError
-from ssl_noise.settings import recipe_path
+from ssl_noise.settings import given_recipe, recipe_path
 
 C = TypeVar("C")
 #: ``--init`` values that are not registry entries.
@@ -185,7 +185,7 @@ def from_recipe(cls: Type[C], kind: str, name: str, flags: Mapping[str, Any], *,
     """
 
     dataset = flags.get("dataset") or getattr(cls, "dataset")
-    recipe_file = recipe or recipe_path(kind, dataset, name)
+    recipe_file = given_recipe(recipe) if recipe else recipe_path(kind, dataset, name)
     cfg = resolve(cls, load_recipe(recipe_file) if recipe_file else {}, flags, parse_overrides(overrides))
     return cfg, recipe_file
 

@@ -56,7 +56,7 @@ def image_size(ref: str, dataset: str, *, checkpoints: Path, requested: Optional
     for this data) before any image is decoded."""
     if ref in BUILTIN_INITS:
         return requested
-    entry = registry.resolve(checkpoints, ref, dataset=dataset_name(dataset))
+    entry = registry.resolve(checkpoints, ref, dataset=dataset_name(dataset), spec=dataset)
     return requested or registry.read_meta(checkpoints, entry)["image_size"]
 
 

@@ -81,6 +81,15 @@ def shipped_file(relpath: str | os.PathLike) -> Optional[Path]:
     return None
 
 
+def given_recipe(recipe: str | os.PathLike) -> Path:
+    """A ``--recipe`` as given: the file itself when it exists, else the shipped recipe of that relative path, so
+    ``--recipe pretrain/bloodmnist/simclr.yaml`` works from any folder, as the README writes it."""
+    path = Path(recipe).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    return shipped_file(path) or path
+
+
 def recipe_path(kind: str, dataset: str, name: str) -> Optional[Path]:
     """The default recipe ``<kind>/<dataset>/<name>.yaml``: the working folder's first (a user's own recipes),
     then the one shipped with the package; None when neither exists (the dataclass defaults then apply)."""

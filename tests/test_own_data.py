@@ -156,3 +156,32 @@ def test_demo_runs_on_your_own_folder(own_images, tmp_path, capsys) -> None:
     frame = pd.read_csv(out_dir / "runs" / "sweeps" / "demo.csv")
     assert set(frame["dataset"]) == {"small"} and set(frame["image_size"]) == {16}
     assert set(frame["init"].str.split("-").str[0]) == {"random", "simclr"} and (out_dir / "report.md").is_file()
+
+
+def test_a_subset_runs_noise_file_is_reused_without_repeating_subset(tmp_path) -> None:
+    """README: `finetune --init random --noise-file runs/<run>/noisy_labels.csv` after a `--subset` run."""
+    from ssl_noise.config import FinetuneConfig, resolve
+    from ssl_noise.finetune import prepare
+
+    base = dict(dataset="synthetic:n_train=64,n_val=16,n_test=16", image_size=16, epochs=1, batch_size=8,
+                precision="fp32")
+    first = prepare(resolve(FinetuneConfig, base, {"subset": 24, "noise_rate": 0.3, "noise_seed": 5}),
+                    data_root=None, checkpoints=tmp_path)
+    path = tmp_path / "noisy_labels.csv"
+    from ssl_noise.noise import write_noise_csv
+
+    write_noise_csv(path, first.data.train.labels, first.train_noise.noisy, indices=first.data.train_indices)
+    again = prepare(resolve(FinetuneConfig, base, {"noise_file": str(path), "noise_seed": 5}), data_root=None,
+                    checkpoints=tmp_path)
+    np.testing.assert_array_equal(again.data.train_indices, first.data.train_indices)
+    np.testing.assert_array_equal(again.train_noise.noisy, first.train_noise.noisy)
+    np.testing.assert_array_equal(again.data.train.images, first.data.train.images)
+
+
+def test_the_pretrain_command_an_error_suggests_runs_as_printed(own_images, make_entry, tmp_path) -> None:
+    """The hint names the data spec (csv:PATH), not the data's name, which is not a spec."""
+    make_entry(tmp_path / "ck", dataset="bloodmnist")
+    spec = f"csv:{own_images / 'cells.csv'}"
+    with pytest.raises(UserError) as e:
+        inits.image_size("simclr", spec, checkpoints=tmp_path / "ck")
+    assert f"ssl-noise pretrain --method simclr --dataset {spec}" in str(e.value)

@@ -186,7 +186,6 @@ def test_shards_are_disjoint_and_cover_the_grid(tmp_path) -> None:
     ({"base": {"seed": 1}, "grid": {"seed": [0]}}, "both base and grid"),
     ({"grid": {"seed": [0], "lr": ["fast"]}}, "expects a number"),
     ({"base": {"recipe": "nowhere.yaml"}, "grid": {"seed": [0]}}, "not found"),
-    ({"grid": {"init": ["random", "simclr"]}}, "not in the registry"),
     ({"grid": {"noise_type+noise_rte": [["symmetric", 0.4]]}}, "unknown key 'noise_rte'"),
     ({"grid": {"noise_type+noise_rate": [["symmetric"]]}}, "each value must be a list of 2"),
     ({"grid": {"noise_type+noise_rate": ["symmetric"]}}, "each value must be a list of 2"),
@@ -407,3 +406,20 @@ def test_merged_worker_reports_count_each_cell_once() -> None:
     b = sweep.WorkerReport(trained=["c2"], skipped={"c1": "done", "c3": "done"})
     for merged in (a.merge(b), b.merge(a)):
         assert sorted(merged.trained) == ["c1", "c2"] and merged.skipped == {"c3": "done"}
+
+
+def test_collect_and_dry_run_follow_the_last_run_without_repeating_its_flags(tmp_path, capsys) -> None:
+    """README: `sweep SPEC --collect` after `sweep SPEC --set epochs=1`, and `--dry-run` of a spec whose encoders
+    are not pretrained yet (their cells are left out and said, not an exit 2)."""
+    path = _spec(tmp_path, {"init": ["random"], "noise_rate": [0.0]})
+    code, out, err = _cli(capsys, tmp_path, "sweep", str(path), "--set", "lr=0.02", "--quiet")
+    assert code == 0, err
+    code, out, err = _cli(capsys, tmp_path, "sweep", str(path), "--collect")
+    assert code == 0 and "--set values of its last run: lr=0.02" in err and "1 of 1 cells finished" in err
+    code, out, err = _cli(capsys, tmp_path, "sweep", str(path), "--quiet")  # a run without --set forgets them
+    assert code == 0 and not (tmp_path / "runs" / "sweeps" / "t.set.json").exists()
+    missing = _spec(tmp_path, {"init": ["random", "simclr"], "noise_rate": [0.0]}, name="m")
+    code, out, err = _cli(capsys, tmp_path, "sweep", str(missing), "--dry-run")
+    assert code == 0 and "skipping the cells of init(s) simclr" in err and len(out.strip().splitlines()) == 1
+    code, out, err = _cli(capsys, tmp_path, "sweep", str(missing))  # a real run still refuses, naming the cure
+    assert code == 2 and "not in the registry" in err and "--skip-missing" in err

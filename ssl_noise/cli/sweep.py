@@ -78,10 +78,18 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
         check_writable(settings.runs, "--runs", folder=True)
         for path in remove_stale_temps(settings.runs):  # a killed cell's half-built run folder
             click.echo(f"removed {path} (left by a killed process)", err=True)
-    # --collect only reads finished cells: an init missing from this registry has no cell to collect here
+    remembered = False
+    if dry_run or collect:  # they follow the last real run; a run itself takes the flags as given
+        overrides, remembered = sweeps.remembered_overrides(settings.runs, parsed.name, overrides, save=False)
+    if remembered:
+        echo_err(f"sweep {parsed.name}: with the --set values of its last run: {' '.join(overrides)}")
+    # --collect only reads finished cells, and --dry-run only lists: an init missing from this registry is said
+    # and its cells left out, instead of an exit
     cells = sweeps.expand(parsed, checkpoints=settings.checkpoints, overrides=parse_overrides(overrides),
-                          skip_missing=skip_missing or collect, runs=settings.runs, pin=not (dry_run or collect),
-                          log=echo_err)
+                          skip_missing=skip_missing or collect or dry_run, runs=settings.runs,
+                          pin=not (dry_run or collect), log=echo_err)
+    if not (dry_run or collect):
+        sweeps.remembered_overrides(settings.runs, parsed.name, overrides, save=True)
     if collect:
         return _collect(settings, parsed.name, cells)
     mine = cells

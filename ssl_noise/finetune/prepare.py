@@ -7,6 +7,8 @@ test labels never. The run id hashes the resolved config, the encoder, the data 
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,8 @@ def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path)
         raise UserError(f"{data.name} has {data.num_classes} class(es); a classifier needs at least 2")
     if len(data.train) == 0:
         raise UserError(f"{data.name}: the training split is empty; nothing to fine-tune on")
+    if cfg.noise_file is not None and cfg.subset is None:
+        data = rows_of_noise_file(data, cfg.noise_file)
     init = inits.resolve(cfg.init, data, checkpoints=checkpoints, backbone=cfg.backbone, stem=cfg.stem,
                          seed=cfg.seed)
     record = init.record()
@@ -79,6 +83,21 @@ def check_trainable(prep: Prepared) -> None:
     if prep.cfg.batch_size > len(prep.data.train):
         raise UserError(f"batch size {prep.cfg.batch_size} is larger than the {len(prep.data.train)} training "
                         f"images; lower --batch-size or raise --subset")
+
+
+def rows_of_noise_file(data: ImageDataset, path: str) -> ImageDataset:
+    """The training rows a noise file covers. A ``--subset`` run's ``noisy_labels.csv`` names the subset's original
+    indices, so reusing it trains on exactly those images, as the run it came from did, without repeating
+    ``--subset`` and its seed; a file covering the whole split leaves the data as it is."""
+    index = noise.read_noise_csv(path, num_classes=data.num_classes).index
+    if len(index) >= len(data.train):
+        return data
+    pos = np.minimum(np.searchsorted(data.train_indices, index), len(data.train_indices) - 1)
+    missing = index[data.train_indices[pos] != index]
+    if missing.size:
+        raise UserError(f"noise file {path}: index {missing[0]} is not a training image of {data.name} "
+                        f"({missing.size} such); it was written for other data")
+    return dataclasses.replace(data, train=data.train.take(pos), train_indices=data.train_indices[pos])
 
 
 def _transition(cfg: FinetuneConfig, data: ImageDataset) -> Tuple[np.ndarray, Optional[noise.NoisyLabels]]:

@@ -8,6 +8,7 @@ fine-tunes on kept + refined samples (the loop of :mod:`ssl_noise.finetune`) and
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ssl_noise import engine, io, noise
 from ssl_noise.acquisition import ACQUISITION
 from ssl_noise.backbones import build_backbone
 from ssl_noise.config import resolve
-from ssl_noise.errors import UserError
+from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.finetune import Inputs, Prepared, evaluate, fit
 from ssl_noise.io import derive_seed
 from ssl_noise.metrics import SCALARS
@@ -148,11 +149,20 @@ class Session:
         model.load_state_dict(engine.load_state(path) if path.is_file() else self.run.state)
         return model.to(self.device, memory_format=engine.memory_format(self.run.cfg.channels_last)).eval()
 
-    def check_budget(self, rounds: int) -> None:
-        need, have = self.config.budget * rounds, len(self.pool_rows)
-        if need > have:
-            raise UserError(f"budget {self.config.budget} x {rounds} round(s) = {need} relabels, but the pool of "
-                            f"samples the LNL run rejected holds {have}")
+    def check_budget(self, rounds: int) -> int:
+        """How many of the next ``rounds`` can relabel anything. A pool smaller than budget x rounds (a short or
+        small run rejects few samples) is not an error: the last round relabels what is left and the session
+        stops there, said in a warning; ``rounds.csv`` records each round's real count (``acquired``)."""
+        budget, have = self.config.budget, len(self.pool_rows)
+        if budget == 0 or budget * rounds <= have:
+            return rounds
+        if have == 0:
+            raise UserError("the pool of samples the LNL run rejected is empty: nothing left to relabel")
+        possible = -(-have // budget)
+        warnings.warn(f"budget {budget} x {rounds} round(s) = {budget * rounds} relabels, but the pool of samples "
+                      f"the LNL run rejected holds {have}: {possible} round(s) run, the last relabelling "
+                      f"{have - budget * (possible - 1)}", SslNoiseWarning, stacklevel=2)
+        return possible
 
     def acquire(self) -> Dict[str, np.ndarray]:
         """The next ``budget`` pool rows to relabel, with their acquisition scores and the model's prediction."""
@@ -161,7 +171,7 @@ class Session:
             return {"rows": empty, "score": np.zeros(0), "probs": np.zeros((0, self.run.data.num_classes))}
         view = PoolView(self, self.model(), self.pool_rows, np.flatnonzero(self.source != POOL))
         rng = np.random.default_rng(derive_seed(self.config.seed, self.round + 1))
-        return acquire(view, self.config.acquisition, self.config.budget, rng)
+        return acquire(view, self.config.acquisition, min(self.config.budget, len(self.pool_rows)), rng)
 
     def evaluate_lnl(self) -> Dict[str, Any]:
         """Round 0: the LNL run's network 1 on the validation and clean test splits."""
@@ -257,7 +267,7 @@ def refine_run(run_folder: str | Path, *, rounds: int, given: Dict[str, Any], na
         raise UserError(f"rounds must be at least 1, got {rounds}")
     run = load_run(run_folder, data_root=data_root)
     session = open_session(run, name, {**given, "oracle": "simulated"}, device=device)
-    session.check_budget(max(0, rounds - max(session.round, 0)))
+    rounds = max(session.round, 0) + session.check_budget(max(0, rounds - max(session.round, 0)))
     oracle = SimulatedOracle(run)
     report = on_round or (lambda row: None)
     if session.round < 0:

@@ -28,13 +28,15 @@ def list_entries(root: PathLike) -> List[Dict[str, Any]]:
     return sorted(metas, key=lambda m: (str(m.get("created_at", "")), m["id"]), reverse=True)
 
 
-def resolve(root: PathLike, ref: str, *, dataset: Optional[str] = None, channels: Optional[int] = None) -> str:
+def resolve(root: PathLike, ref: str, *, dataset: Optional[str] = None, channels: Optional[int] = None,
+            spec: Optional[str] = None) -> str:
     """Turn a reference into an entry id.
 
     ``ref`` is, in this order: a full id; a method name (``simclr``: the newest entry made by that method,
     restricted to ``dataset``/``channels`` when given, so the pick is compatible with the caller's data); a unique
     id prefix. Explicit ids and prefixes ignore the filters: the user named that entry (pretrained on another
-    dataset is a legitimate transfer experiment); the caller checks what must match.
+    dataset is a legitimate transfer experiment); the caller checks what must match. ``spec`` is the data spec as
+    the user typed it (``csv:/data/cells.csv`` for the dataset named ``cells``), for the command an error suggests.
 
     Raises:
         UserError: empty registry, no match, or an ambiguous prefix (the message lists candidates).
@@ -51,7 +53,7 @@ def resolve(root: PathLike, ref: str, *, dataset: Optional[str] = None, channels
         if not compatible:
             raise UserError(f"no {ref} encoder in {root} matches dataset={dataset} channels={channels}; "
                             f"{ref} entries: {_listing(m['id'] for m in by_method)}; create one with: "
-                            f"ssl-noise pretrain --method {ref}" + (f" --dataset {dataset}" if dataset else ""))
+                            f"ssl-noise pretrain --method {ref}" + (f" --dataset {spec or dataset}" if dataset else ""))
         log.info("resolved %r to %s (newest compatible %s entry)", ref, compatible[0]["id"], ref)
         return compatible[0]["id"]
     return _by_prefix(root, ref, ids)

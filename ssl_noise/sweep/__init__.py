@@ -12,6 +12,7 @@ from ssl_noise.sweep.cells import (
     expand,
     noise_key,
     parse_shard,
+    remembered_overrides,
     shard,
 )
 from ssl_noise.sweep.log import Log, log_stderr
@@ -34,5 +35,5 @@ from ssl_noise.sweep.results import collect, save_table, write_table
 
 __all__ = ["DEFAULT_STALE_AFTER_S", "Cell", "Log", "SweepSpec", "WorkerReport", "cell_id", "cell_status",
            "check_pairing", "claim", "collect", "done_record", "dump_cells", "expand", "find_file", "load_spec",
-           "log_stderr", "noise_key", "parse_shard", "release", "run_cell", "run_sweep",
+           "log_stderr", "noise_key", "parse_shard", "release", "remembered_overrides", "run_cell", "run_sweep",
            "save_table", "shard", "work", "write_table"]

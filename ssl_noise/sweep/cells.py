@@ -110,7 +110,7 @@ class _Inits:
         key = f"{ref}@{name}"
         if key not in self.cache:
             try:
-                entry, meta = self._lookup(ref, key, name)
+                entry, meta = self._lookup(ref, key, name, dataset)
                 self.cache[key] = (entry, str(meta["method"]), meta["sha256"])
             except UserError as e:
                 if key in self.pins:
@@ -119,7 +119,7 @@ class _Inits:
                 self.missing[ref] = str(e)
         return self.cache[key]
 
-    def _lookup(self, ref: str, key: str, name: str) -> tuple[str, dict[str, Any]]:
+    def _lookup(self, ref: str, key: str, name: str, spec: str) -> tuple[str, dict[str, Any]]:
         """The pinned entry of ``key`` (which must still exist), else the registry's current match of ``ref``."""
         from ssl_noise import registry
 
@@ -131,7 +131,7 @@ class _Inits:
                 raise UserError(f"init {ref!r} is pinned to {entry}, which is no longer in the registry "
                                 f"{self.checkpoints}; restore it, or delete the sweep's pins file to "
                                 "re-resolve (new cells)") from None
-        entry = registry.resolve(self.checkpoints, ref, dataset=name)
+        entry = registry.resolve(self.checkpoints, ref, dataset=name, spec=spec)
         meta = registry.read_meta(self.checkpoints, entry)
         self.new[key] = entry
         return entry, meta
@@ -140,6 +140,23 @@ class _Inits:
 def pins_path(runs: Path, name: str) -> Path:
     """``<runs>/sweeps/<name>.inits.json``: how the sweep's init references resolved the first time it ran."""
     return Path(runs) / "sweeps" / f"{name}.inits.json"
+
+
+def remembered_overrides(runs: Path, name: str, overrides: Sequence[str], *, save: bool) -> tuple[list[str], bool]:
+    """The ``--set`` values of a sweep: the given ones (saved to ``<runs>/sweeps/<name>.set.json`` with ``save``), or,
+    when none are given, those its last real invocation saved (what ``--collect`` and ``--dry-run`` ask for: the
+    cells of the run they follow, without repeating its flags). Returns ``(values, whether they were remembered)``."""
+    path = Path(runs) / "sweeps" / f"{name}.set.json"
+    if save:  # a real run: what it ran with is what --collect will mean
+        if overrides:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"set": list(overrides)})
+        else:
+            path.unlink(missing_ok=True)
+    if overrides or save:
+        return list(overrides), False
+    stored = (read_json(path) or {}).get("set") if path.is_file() else None
+    return (list(stored), True) if stored else ([], False)
 
 
 def _save_pins(path: Path, new: dict[str, str]) -> None:
