@@ -208,6 +208,7 @@ CASES = [
     ("sweep-set-lr-text", ["sweep", "{tmp}/ok.yaml", "--set", "lr=fast"], "expects a number"),
     ("sweep-set-grid-key", ["sweep", "{tmp}/ok.yaml", "--set", "seed=3"], "grid key"),
     ("sweep-shard-bad", ["sweep", "{tmp}/ok.yaml", "--shard", "5/2"], "--shard"),
+    ("sweep-shard-bad-with-set", ["sweep", "{tmp}/ok.yaml", "--set", "epochs=2", "--shard", "1/x"], "--shard"),
     ("sweep-runs-under-file", ["--runs", "{file}/r", "sweep", "{tmp}/ok.yaml"], "is a file"),
     ("sweep-runs-readonly", ["--runs", "{ro}/r", "sweep", "{tmp}/ok.yaml"], None),
     ("sweep-jobs-0", ["sweep", "{tmp}/ok.yaml", "--jobs", "0"], None),

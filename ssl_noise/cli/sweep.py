@@ -74,6 +74,7 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
     from ssl_noise.config import parse_overrides
 
     parsed = sweeps.load_spec(spec)
+    where = sweeps.parse_shard(shard) if shard else None  # before anything is expanded, remembered or written
     if not dry_run:
         check_writable(settings.runs, "--runs", folder=True)
         for path in remove_stale_temps(settings.runs):  # a killed cell's half-built run folder
@@ -93,9 +94,8 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
     if collect:
         return _collect(settings, parsed.name, cells)
     mine = cells
-    if shard:
-        index, count = sweeps.parse_shard(shard)
-        mine = sweeps.shard(cells, index, count)
+    if where:
+        mine = sweeps.shard(cells, *where)
     label = f"sweep {parsed.name}: {len(cells)} cells" + (f", shard {shard}: {len(mine)}" if shard else "")
     if dry_run:
         return _dry_run(settings, label, mine, stale_after=stale_after, verbose=verbose)
