@@ -6,6 +6,7 @@ folder with the same run id is returned without training.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ssl_noise import io
+from ssl_noise import engine, io
 from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text, to_dict
+from ssl_noise.errors import UserError
 from ssl_noise.finetune.loop import FitResult, fit
 from ssl_noise.finetune.prepare import Prepared, prepare
 from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
@@ -94,12 +96,20 @@ def provenance(prep: Prepared, row: Dict[str, Any], created: str, device: str, c
                      "n_val": len(data.val), "n_test": len(data.test)}, "result": row}
 
 
+def state_folder(runs: Path, run_id: str) -> Path:
+    """``<runs>/.work/<run_id>/``: the run's resumable state while it trains (hidden: not a run folder)."""
+    return Path(runs) / ".work" / run_id
+
+
 def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path, runs: Path, device: str = "cpu",
-             command: Optional[List[str]] = None, show_progress: bool = True) -> Tuple[Path, bool]:
+             command: Optional[List[str]] = None, show_progress: bool = True,
+             resume: Optional[bool] = False) -> Tuple[Path, bool]:
     """Prepare, train, write ``runs/<run_id>/`` and the results row; returns ``(folder, trained)``.
 
     ``trained`` is False when a finished run with the same id already existed (nothing was done). Bad input
-    raises UserError before anything is written.
+    raises UserError before anything is written. Every epoch's state goes to :func:`state_folder` (removed when
+    the run folder is written); ``resume``: True continues it (a UserError when there is none), None continues
+    it when there is one (a sweep cell), False starts over.
     """
     from datetime import datetime, timezone
 
@@ -110,15 +120,23 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
         return folder, False
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = prep.data
+    work = state_folder(runs, prep.run_id)
+    if resume and not (work / engine.STATE_JSON).is_file():
+        raise UserError(f"nothing to resume for run {prep.run_id} (no {work / engine.STATE_JSON}); resume needs the "
+                        f"same flags as the interrupted run")
+    if resume is False:
+        shutil.rmtree(work, ignore_errors=True)
     with io.atomic_dir(folder) as tmp:
         run = RunFolder(tmp)
         run.write_config(to_dict(cfg))
         run.write_labels(data.train.labels, prep.train_noise.noisy, indices=data.train_indices)
         if prep.val_noise is not None:
             run.write_labels(data.val.labels, prep.val_noise.noisy, split="val")
-        result = fit(prep, device=device, log_path=run.log_path(), show_progress=show_progress)
+        result = fit(prep, device=device, log_path=run.log_path(), show_progress=show_progress, state_dir=work,
+                     resume=resume is not False)
         metrics = write_outputs(run, prep, result)
         row = result_row(prep, metrics, time.perf_counter() - start, created)
         run.write_provenance(provenance(prep, row, created, device, command))
+    shutil.rmtree(work, ignore_errors=True)
     append_result(runs, row)
     return folder, True
