@@ -23,12 +23,14 @@ from ssl_noise.augment import AugmentConfig, to_float
 from ssl_noise.backbones import BACKBONES, build_backbone, default_stem
 from ssl_noise.config import PretrainConfig, from_recipe, to_dict
 from ssl_noise.data import channel_stats, load_dataset, spec_label
-from ssl_noise.engine import autocast, build_optimizer, lr_at, memory_format, set_lr
+from ssl_noise.engine import (STATE_JSON, autocast, build_optimizer, load_training_state, lr_at, memory_format,
+                              rng_state, save_training_state, set_lr, set_rng_state)
 from ssl_noise.errors import UserError
 from ssl_noise.knn import extract_features, knn_accuracy
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
 
-STATE_FILE = "last_state.pt"
+#: ``kind`` of the pretraining loop's resumable state (``state.json`` + ``state-e<epoch>.safetensors``).
+STATE_KIND = "pretrain"
 LOG_FILE = "train_log.jsonl"
 
 
@@ -190,15 +192,16 @@ def _build(cfg: PretrainConfig, method_cls, spec: InputSpec, device: str, world:
 
 def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, resume: bool, rank: int) -> int:
     """The first epoch to train: 0, or the resumed state's epoch (model and optimiser restored)."""
-    state_path, start_epoch = work / STATE_FILE, 0
+    start_epoch = 0
     if resume:
-        if not state_path.exists():
-            raise UserError(f"nothing to resume for this configuration (no {state_path}); "
+        loaded = load_training_state(work, kind=STATE_KIND)
+        if loaded is None:
+            raise UserError(f"nothing to resume for this configuration (no {work / STATE_JSON}); "
                             f"resume needs the same method, dataset, seed and settings as the interrupted run")
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        start_epoch, state = loaded
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+        set_rng_state(state["rng"])
     elif rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         (work / LOG_FILE).unlink(missing_ok=True)
@@ -208,12 +211,13 @@ def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, r
 
 
 def _end_epoch(work: Path, record: Dict[str, Any], method, optimizer) -> None:
-    """Log the epoch (JSON line + one line on stderr) and save the resumable state atomically (rank 0)."""
+    """Log the epoch (JSON line + one line on stderr) and save the resumable state atomically (rank 0): the
+    model (method heads, momentum encoders, queues), optimiser and global RNGs as safetensors + JSON."""
     io.append_jsonl(work / LOG_FILE, record)
     if not progress.is_quiet():
         print(progress.epoch_line(record), file=sys.stderr)
-    with io.atomic_path(work / STATE_FILE) as tmp:
-        torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": record["epoch"]}, tmp)
+    save_training_state(work, {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                               "rng": rng_state()}, epoch=record["epoch"], kind=STATE_KIND)
 
 
 def _entry_meta(cfg: PretrainConfig, method, data, spec: InputSpec, *, stem: str, feat_dim: int, world: int,
@@ -238,7 +242,8 @@ def _register(checkpoints: Path, work: Path, method, meta: Dict[str, Any], cfg: 
     """Save the backbone as a registry entry, then drop the resumable state (the entry is the artefact now)."""
     entry = registry.save_entry(checkpoints, cpu_copy(method.backbone), meta, config=to_dict(cfg),
                                 train_log_path=work / LOG_FILE, extra_files=method.extra_files())
-    (work / STATE_FILE).unlink(missing_ok=True)
+    for state_file in [work / STATE_JSON, *work.glob("state-e*.safetensors")]:
+        state_file.unlink(missing_ok=True)
     return entry
 
 
