@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from ssl_noise.engine import (STATE_JSON, autocast, build_optimizer, load_traini
 from ssl_noise.errors import UserError
 from ssl_noise.knn import extract_features, knn_accuracy
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
+from ssl_noise.tracking import Tracker
 
 #: ``kind`` of the pretraining loop's resumable state (``state.json`` + ``state-e<epoch>.safetensors``).
 STATE_KIND = "pretrain"
@@ -117,12 +118,13 @@ def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Genera
 
 def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path, runs: Path, device: str = "cpu",
              resume: bool = False, stop_after: Optional[int] = None, command: Optional[List[str]] = None,
-             show_progress: bool = True) -> Optional[str]:
+             show_progress: bool = True, log: Sequence[str] = ()) -> Optional[str]:
     """Train ``cfg.method`` and write the encoder to the registry; returns the new entry id (None on rank > 0).
 
     ``runs`` holds the resumable work folder; ``resume`` continues the last epoch state of this exact config (an
     error if there is none); ``stop_after`` stops after that many epochs (an interruption, for tests) and returns
-    None; ``command`` is the argv recorded in the entry; the progress bar shows on rank 0 only.
+    None; ``command`` is the argv recorded in the entry; the progress bar shows on rank 0 only; ``log`` names
+    trackers (:mod:`ssl_noise.tracking`) that mirror every epoch's line into the work folder (rank 0).
     """
 
     rank, world, device = _init_distributed(device)
@@ -150,6 +152,7 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
     steps_per_epoch = len(loader)
     g = torch.Generator(device=device)
     knn_acc: Optional[float] = None
+    tracker = Tracker(log if rank == 0 else (), work)
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         g.manual_seed(io.derive_seed(cfg.seed, epoch, rank))
@@ -162,10 +165,14 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
         if rank == 0 and (last or (epoch + 1) % cfg.knn_every == 0):
             knn_acc = knn_monitor(method.backbone, data, spec, cfg, device)
         if rank == 0:
-            _end_epoch(work, {"epoch": epoch + 1, "epochs": cfg.epochs, **stats, "knn_acc": knn_acc}, method,
-                       optimizer)
+            record = {"epoch": epoch + 1, "epochs": cfg.epochs, **stats, "knn_acc": knn_acc}
+            _end_epoch(work, record, method, optimizer)
+            tracker.epoch(record)
         if stop_after is not None and epoch + 1 >= stop_after and not last:
+            tracker.close()
             return None
+    tracker.final({"knn_acc": knn_acc}, cfg.epochs)
+    tracker.close()
     if rank != 0:
         return None
     meta = _entry_meta(cfg, method, data, spec, stem=stem, feat_dim=feat_dim, world=world, knn_acc=knn_acc,

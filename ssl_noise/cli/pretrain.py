@@ -10,6 +10,7 @@ from ssl_noise.cli.options import (
     command_line,
     config_flags,
     like_option,
+    log_option,
     pass_settings,
     quiet_option,
     recipe_options,
@@ -33,9 +34,10 @@ from ssl_noise.cli.options import (
 @recipe_options("YAML recipe (default: pretrain/<dataset>/<method>.yaml).",
                 "Override any config key, e.g. --set method_args.temperature=0.07 --set optimizer=lars.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run with this exact configuration.")
+@log_option("the work folder <runs>/pretrain/<method>-<data>-s<seed>-<hash>")
 @quiet_option()
 @pass_settings
-def pretrain(settings, recipe, overrides, resume, quiet, **options):
+def pretrain(settings, recipe, overrides, resume, trackers, quiet, **options):
     """Learn an encoder from the images alone and add it to the registry.
 
     The last line on stdout is the new registry id (use it with `finetune --init`).
@@ -49,7 +51,7 @@ def pretrain(settings, recipe, overrides, resume, quiet, **options):
         click.echo(f"recipe: {recipe_file}", err=True)
     entry = run_pretrain(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints, runs=settings.runs,
                          device=settings.torch_device(), resume=resume, command=command_line(),
-                         show_progress=not quiet)
+                         show_progress=not quiet, log=trackers)
     if entry:
         click.echo(entry)
 

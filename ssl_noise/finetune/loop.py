@@ -219,13 +219,14 @@ class _Loop:
 
 def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None, show_progress: bool = True,
         make_method: Optional[Callable[[FinetuneContext], Any]] = None, state_dir: Optional[Path] = None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FitResult:
     """Train ``prep.cfg.method`` on the prepared (noisy) labels and evaluate every epoch.
 
     ``make_method(ctx)`` replaces the ROBUST lookup (``ssl_noise.refine`` continues a saved classifier this way).
     ``state_dir``: where the resumable state is written after every epoch (:func:`capture`); with ``resume`` the
     state found there is loaded first and training continues after its epoch (the log lines so far are rewritten
-    to ``log_path``), to the same weights and metrics as an uninterrupted run.
+    to ``log_path``), to the same weights and metrics as an uninterrupted run. ``on_epoch(record)`` sees every
+    epoch's log line (a tracker), restored ones included.
     """
 
     cfg, data = prep.cfg, prep.data
@@ -246,7 +247,7 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     val_labels = data.val.labels if prep.val_noise is None else prep.val_noise.noisy
     clean = torch.from_numpy(data.train.labels)
     state = TrainState.empty(len(data.train), cfg.epochs)
-    start = restore(state_dir, prep.run_id, method, ctx, state, log_path) if resume and state_dir else 0
+    start = restore(state_dir, prep.run_id, method, ctx, state, log_path, on_epoch) if resume and state_dir else 0
     bar = progress.bar(total=total, initial=start * ctx.steps_per_epoch, desc=f"finetune {prep.run_id}",
                        enabled=show_progress)
     for epoch in range(start, cfg.epochs):
@@ -263,6 +264,8 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
         state.log.append(record)
         if log_path is not None:
             io.append_jsonl(log_path, record)
+        if on_epoch is not None:
+            on_epoch(record)
         if state_dir is not None:
             engine.save_training_state(state_dir, capture(prep.run_id, method, ctx, state), epoch=epoch + 1,
                                        kind=STATE_KIND)
@@ -290,7 +293,7 @@ def capture(run_id: str, method, ctx: FinetuneContext, state: TrainState) -> Dic
 
 
 def restore(state_dir: Path, run_id: str, method, ctx: FinetuneContext, state: TrainState,
-            log_path: Optional[Path]) -> int:
+            log_path: Optional[Path], on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> int:
     """Load :func:`capture`'s state from ``state_dir`` into a freshly set-up method; returns the epochs done (0
     when there is no state)."""
     loaded = engine.load_training_state(state_dir, kind=STATE_KIND)
@@ -309,6 +312,8 @@ def restore(state_dir: Path, run_id: str, method, ctx: FinetuneContext, state: T
         log_path.unlink(missing_ok=True)
         for record in state.log:
             io.append_jsonl(log_path, record)
+    for record in state.log if on_epoch is not None else ():
+        on_epoch(record)
     engine.set_rng_state(saved["rng"])
     return done
 

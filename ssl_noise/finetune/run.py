@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ssl_noise.finetune.prepare import Prepared, prepare
 from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
 from ssl_noise.provenance import git_state, versions
 from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
+from ssl_noise.tracking import Tracker
 
 
 def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
@@ -103,13 +104,14 @@ def state_folder(runs: Path, run_id: str) -> Path:
 
 def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path, runs: Path, device: str = "cpu",
              command: Optional[List[str]] = None, show_progress: bool = True,
-             resume: Optional[bool] = False) -> Tuple[Path, bool]:
+             resume: Optional[bool] = False, log: Sequence[str] = ()) -> Tuple[Path, bool]:
     """Prepare, train, write ``runs/<run_id>/`` and the results row; returns ``(folder, trained)``.
 
     ``trained`` is False when a finished run with the same id already existed (nothing was done). Bad input
     raises UserError before anything is written. Every epoch's state goes to :func:`state_folder` (removed when
     the run folder is written); ``resume``: True continues it (a UserError when there is none), None continues
-    it when there is one (a sweep cell), False starts over.
+    it when there is one (a sweep cell), False starts over. ``log``: trackers that mirror each epoch's line and
+    the final metrics into the run folder (:mod:`ssl_noise.tracking`).
     """
     from datetime import datetime, timezone
 
@@ -128,13 +130,18 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
         shutil.rmtree(work, ignore_errors=True)
     with io.atomic_dir(folder) as tmp:
         run = RunFolder(tmp)
+        tracker = Tracker(log, tmp)
         run.write_config(to_dict(cfg))
         run.write_labels(data.train.labels, prep.train_noise.noisy, indices=data.train_indices)
         if prep.val_noise is not None:
             run.write_labels(data.val.labels, prep.val_noise.noisy, split="val")
-        result = fit(prep, device=device, log_path=run.log_path(), show_progress=show_progress, state_dir=work,
-                     resume=resume is not False)
-        metrics = write_outputs(run, prep, result)
+        try:
+            result = fit(prep, device=device, log_path=run.log_path(), show_progress=show_progress, state_dir=work,
+                         resume=resume is not False, on_epoch=tracker.epoch)
+            metrics = write_outputs(run, prep, result)
+            tracker.final(metrics, cfg.epochs)
+        finally:
+            tracker.close()
         row = result_row(prep, metrics, time.perf_counter() - start, created)
         run.write_provenance(provenance(prep, row, created, device, command))
     shutil.rmtree(work, ignore_errors=True)
