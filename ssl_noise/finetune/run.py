@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from ssl_noise import engine, io
 from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text, to_dict
-from ssl_noise.errors import UserError
+from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.finetune.loop import FitResult, fit
 from ssl_noise.finetune.prepare import Prepared, prepare
 from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
@@ -126,8 +127,9 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
     if resume and not (work / engine.STATE_JSON).is_file():
         raise UserError(f"nothing to resume for run {prep.run_id} (no {work / engine.STATE_JSON}); resume needs the "
                         f"same flags as the interrupted run")
-    if resume is False:
-        shutil.rmtree(work, ignore_errors=True)
+    if resume is False and (work / engine.STATE_JSON).is_file():  # kept until this run's first epoch replaces it
+        warnings.warn(f"run {prep.run_id} has the state of an interrupted run in {work}; starting over (--resume "
+                      f"continues it)", SslNoiseWarning, stacklevel=2)
     with io.atomic_dir(folder) as tmp:
         run = RunFolder(tmp)
         tracker = Tracker(log, tmp)
