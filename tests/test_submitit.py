@@ -83,8 +83,24 @@ def test_requeue_hook_releases_the_claim_and_resubmits_the_same_cell(tmp_path) -
     assert sweep.cell_status(runs, cell.cell_id) == "pending"  # the requeued job can claim it at once
 
 
-def test_executor_options_reach_submitit(tmp_path) -> None:
-    params = sweep.ClusterOptions(partition="gpu", gpus_per_task=1, time_limit_min=90,
-                                  array_parallelism=8).parameters("x")
-    assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 1
-    assert params["timeout_min"] == 90 and params["slurm_array_parallelism"] == 8
+def test_slurm_executor_submits_one_array_with_the_options(tmp_path, monkeypatch, capsys) -> None:
+    """Without a cluster: stand-in ``srun``/``sbatch`` on PATH; the sbatch script submitit writes is checked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in *.sh) cp \"$a\" "
+                                    f"{tmp_path}/job.sh;; esac; done\necho 'Submitted batch job 4242'\n")
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoints", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"), "sweep", str(_spec(tmp_path)),
+              "--executor", "slurm", "--partition", "gpu", "--gpus-per-task", "1", "--time-limit", "90",
+              "--array-parallelism", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code in (0, None), err
+    assert "submitted 4 cell(s) to slurm as job(s) 4242_[0-3]" in err and "--dry-run" in err  # returns, no wait
+    script = (tmp_path / "job.sh").read_text()
+    for line in ("--array=0-3%2", "--partition=gpu", "--gpus-per-node=1", "--time=90", "--cpus-per-task=4",
+                 "--signal=USR2@"):  # the signal is submitit's cue to checkpoint and requeue
+        assert f"#SBATCH {line}" in script, line
