@@ -27,12 +27,12 @@ CIFAR_SURGERY = {"conv1": {"kernel_size": 3, "stride": 1, "padding": 1, "bias": 
 
 def data_licence(dataset: str) -> str:
     """The licence the MedMNIST catalogue gives for ``dataset``, else a note that it is the user's to state."""
-    from ssl_noise.data import get_entry, medmnist_flag
+    from ssl_noise.data import catalogue
 
-    flag = medmnist_flag(str(dataset))
-    if flag is None:
+    entry = catalogue().get(str(dataset).lower())
+    if entry is None:
         return f"unknown ({dataset} is not in the MedMNIST catalogue: state your data's licence here)"
-    return get_entry(flag).licence
+    return entry.licence
 
 
 def hf_config(meta: Mapping[str, Any]) -> Dict[str, Any]:
