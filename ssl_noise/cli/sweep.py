@@ -113,7 +113,7 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
         return _dry_run(settings, label, mine, stale_after=stale_after, verbose=verbose)
     click.echo(label, err=True)
     if executor:
-        report = _submit(settings, parsed.name, mine, executor=executor, wait=wait, retry_failed=not skip_failed,
+        report = _submit(settings, parsed.name, spec, mine, executor=executor, wait=wait, retry_failed=not skip_failed,
                          stale_after=stale_after, options=sweeps.ClusterOptions(
                              partition=partition, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
                              time_limit_min=time_limit, array_parallelism=array_parallelism))
@@ -139,7 +139,8 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
         sys.exit(1)  # not click's Exit: main() runs click with standalone_mode=False, which would return 0
 
 
-def _submit(settings, name: str, cells, *, executor: str, wait, retry_failed: bool, stale_after: float, options):
+def _submit(settings, name: str, spec: str, cells, *, executor: str, wait, retry_failed: bool, stale_after: float,
+            options):
     """--executor: submit the cells not done or running elsewhere; with waiting, their merged report."""
     import time
 
@@ -154,7 +155,7 @@ def _submit(settings, name: str, cells, *, executor: str, wait, retry_failed: bo
                          started_at=time.time(), retry_failed=retry_failed, stale_after=stale_after,
                          command=command_line(), log=echo_err)
     if not (executor == "local" if wait is None else wait):
-        click.echo(f"watch: ssl-noise sweep {name} --dry-run; table: ssl-noise sweep SPEC --collect", err=True)
+        click.echo(f"progress: ssl-noise sweep {spec} --dry-run; table: ssl-noise sweep {spec} --collect", err=True)
         return None
     report = sweeps.gather(jobs, log=echo_err)
     report.skipped.update({cid: why for cid, why in skipped.items() if cid not in report.skipped})
