@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List
+from typing import Any, ContextManager, Dict, List, Optional
 
 import torch
 
@@ -90,3 +90,149 @@ def load_state(path: str | Path) -> Dict[str, torch.Tensor]:
     import safetensors.torch
 
     return safetensors.torch.load_file(str(path))
+
+
+# ============ resumable training state: safetensors for tensors, JSON for the rest ============
+
+#: Version of the resumable state files (``state.json`` + ``state-e<epoch>.safetensors``); docs/formats.md.
+STATE_SCHEMA_VERSION = 1
+STATE_JSON = "state.json"
+
+
+def pack_state(tree: Any) -> tuple[Dict[str, torch.Tensor], Any]:
+    """Split a nested state (dicts, lists, tuples, tensors, numpy arrays, scalars) into ``(tensors, skeleton)``:
+    every tensor or array goes to ``tensors`` under its path, the skeleton is plain JSON that names it. Written by
+    hand because optimiser and RNG states mix tensors with ints, tuples and int dict keys, which neither
+    safetensors nor JSON holds alone, and pickle is not an option.
+
+    >>> import numpy as np
+    >>> tensors, skeleton = pack_state({"step": 3, "w": torch.ones(2), 0: (np.zeros(1, np.int8), None)})
+    >>> sorted(tensors), skeleton["__items__"][0], unpack_state(skeleton, tensors)[0][0].dtype
+    (['0.0', 'w'], ['step', 3], dtype('int8'))
+    """
+    import numpy as np
+
+    tensors: Dict[str, torch.Tensor] = {}
+    seen: set = set()
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            if t.numel() and t.data_ptr() in seen:  # safetensors refuses tensors that share memory
+                t = t.clone()
+            seen.add(t.data_ptr())
+            tensors[path] = t
+            return {"__tensor__": path}
+        if isinstance(obj, np.ndarray):
+            tensors[path] = torch.from_numpy(np.array(obj, copy=True, order="C"))
+            return {"__ndarray__": path}
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, tuple):
+            return {"__tuple__": [walk(v, f"{path}.{i}".lstrip(".")) for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}.{i}".lstrip(".")) for i, v in enumerate(obj)]
+        if isinstance(obj, dict):
+            items = [[k, walk(v, f"{path}.{k}".lstrip("."))] for k, v in obj.items()]
+            if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+                return dict(items)
+            return {"__items__": items}  # int keys (optimiser state) survive JSON as keys of pairs
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        raise TypeError(f"cannot store {type(obj).__name__} at {path!r} in a training state")
+
+    return tensors, walk(tree, "")
+
+
+def unpack_state(skeleton: Any, tensors: Dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`pack_state` (arrays come back as numpy, tensors on CPU)."""
+    if isinstance(skeleton, list):
+        return [unpack_state(v, tensors) for v in skeleton]
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__ndarray__" in skeleton:
+            return tensors[skeleton["__ndarray__"]].numpy()
+        if "__tuple__" in skeleton:
+            return tuple(unpack_state(v, tensors) for v in skeleton["__tuple__"])
+        if "__items__" in skeleton:
+            return {k: unpack_state(v, tensors) for k, v in skeleton["__items__"]}
+        return {k: unpack_state(v, tensors) for k, v in skeleton.items()}
+    return skeleton
+
+
+def save_training_state(folder: str | Path, tree: Dict[str, Any], *, epoch: int, kind: str) -> Path:
+    """Write a resumable state after ``epoch`` epochs: ``state-e<epoch>.safetensors`` first, then ``state.json``
+    (the skeleton, naming that file), each atomically, then older tensor files go. A kill at any moment leaves
+    a ``state.json`` whose tensor file is complete. Returns the JSON's path."""
+    import json
+    import safetensors.torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, skeleton = pack_state(tree)
+    name = f"state-e{epoch:04d}.safetensors"
+    with io.atomic_path(folder / name) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp))
+    record = {"schema_version": STATE_SCHEMA_VERSION, "kind": kind, "epoch": epoch, "tensors": name,
+              "state": skeleton}
+    with io.atomic_path(folder / STATE_JSON) as tmp:
+        tmp.write_text(json.dumps(record))
+    for old in folder.glob("state-e*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return folder / STATE_JSON
+
+
+def load_training_state(folder: str | Path, *, kind: str) -> Optional[tuple[int, Dict[str, Any]]]:
+    """``(epochs done, state)`` written by :func:`save_training_state`, or None when there is none."""
+    import json
+
+    import safetensors
+    import safetensors.torch
+
+    from ssl_noise.errors import UserError
+
+    path = Path(folder) / STATE_JSON
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        tensors = safetensors.torch.load_file(str(Path(folder) / record["tensors"]))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, safetensors.SafetensorError) as e:
+        # a pickle (or anything else) where the safetensors file should be is refused, never unpickled
+        raise UserError(f"the resumable state in {folder} cannot be read ({e}); remove the folder to start over")
+    if record.get("schema_version") != STATE_SCHEMA_VERSION or record.get("kind") != kind:
+        raise UserError(f"{path}: a {record.get('kind')!r} state of schema {record.get('schema_version')!r}, "
+                        f"expected {kind!r} {STATE_SCHEMA_VERSION}; remove the folder to start over")
+    return int(record["epoch"]), unpack_state(record["state"], tensors)
+
+
+def rng_state() -> Dict[str, Any]:
+    """The process-wide generators: torch CPU (and every CUDA device once CUDA is initialised), numpy's legacy
+    global generator and Python's ``random``. The loops seed their own per-epoch generators from (seed, epoch);
+    these are saved so that any code drawing from the global ones resumes exactly too."""
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (CUDA only when the device count matches)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

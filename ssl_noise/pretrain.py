@@ -9,11 +9,10 @@ What the loop does and why: docs/methods.md#self-supervised-pretraining-ssl_nois
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +23,15 @@ from ssl_noise.augment import AugmentConfig, to_float
 from ssl_noise.backbones import BACKBONES, build_backbone, default_stem
 from ssl_noise.config import PretrainConfig, from_recipe, to_dict
 from ssl_noise.data import channel_stats, load_dataset, spec_label
-from ssl_noise.engine import autocast, build_optimizer, check_finite, lr_at, memory_format, set_lr
+from ssl_noise.engine import (STATE_JSON, autocast, build_optimizer, check_finite, load_training_state, lr_at,
+                              memory_format, rng_state, save_training_state, set_lr, set_rng_state)
 from ssl_noise.errors import UserError
 from ssl_noise.knn import extract_features, knn_accuracy
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
+from ssl_noise.tracking import Tracker
 
-STATE_FILE = "last_state.pt"
+#: ``kind`` of the pretraining loop's resumable state (``state.json`` + ``state-e<epoch>.safetensors``).
+STATE_KIND = "pretrain"
 LOG_FILE = "train_log.jsonl"
 
 
@@ -119,12 +121,13 @@ def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Genera
 
 def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path, runs: Path, device: str = "cpu",
              resume: bool = False, stop_after: Optional[int] = None, command: Optional[List[str]] = None,
-             show_progress: bool = True) -> Optional[str]:
+             show_progress: bool = True, log: Sequence[str] = ()) -> Optional[str]:
     """Train ``cfg.method`` and write the encoder to the registry; returns the new entry id (None on rank > 0).
 
     ``runs`` holds the resumable work folder; ``resume`` continues the last epoch state of this exact config (an
     error if there is none); ``stop_after`` stops after that many epochs (an interruption, for tests) and returns
-    None; ``command`` is the argv recorded in the entry; the progress bar shows on rank 0 only.
+    None; ``command`` is the argv recorded in the entry; the progress bar shows on rank 0 only; ``log`` names
+    trackers (:mod:`ssl_noise.tracking`) that mirror every epoch's line into the work folder (rank 0).
     """
 
     rank, world, device = _init_distributed(device)
@@ -152,6 +155,7 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
     steps_per_epoch = len(loader)
     g = torch.Generator(device=device)
     knn_acc: Optional[float] = None
+    tracker = Tracker(log if rank == 0 else (), work)
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         g.manual_seed(io.derive_seed(cfg.seed, epoch, rank))
@@ -164,10 +168,14 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
         if rank == 0 and (last or (epoch + 1) % cfg.knn_every == 0):
             knn_acc = knn_monitor(method.backbone, data, spec, cfg, device)
         if rank == 0:
-            _end_epoch(work, {"epoch": epoch + 1, "epochs": cfg.epochs, **stats, "knn_acc": knn_acc}, method,
-                       optimizer)
+            record = {"epoch": epoch + 1, "epochs": cfg.epochs, **stats, "knn_acc": knn_acc}
+            _end_epoch(work, record, method, optimizer)
+            tracker.epoch(record)
         if stop_after is not None and epoch + 1 >= stop_after and not last:
+            tracker.close()
             return None
+    tracker.final({"knn_acc": knn_acc}, cfg.epochs)
+    tracker.close()
     if rank != 0:
         return None
     meta = _entry_meta(cfg, method, data, spec, stem=stem, feat_dim=feat_dim, world=world, knn_acc=knn_acc,
@@ -194,19 +202,16 @@ def _build(cfg: PretrainConfig, method_cls, spec: InputSpec, device: str, world:
 
 def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, resume: bool, rank: int) -> int:
     """The first epoch to train: 0, or the resumed state's epoch (model and optimiser restored)."""
-    state_path, start_epoch = work / STATE_FILE, 0
+    start_epoch = 0
     if resume:
-        if not state_path.exists():
-            raise UserError(f"nothing to resume for this configuration (no {state_path}); "
+        loaded = load_training_state(work, kind=STATE_KIND)
+        if loaded is None:
+            raise UserError(f"nothing to resume for this configuration (no {work / STATE_JSON}); "
                             f"resume needs the same method, dataset, seed and settings as the interrupted run")
-        try:  # weights_only: tensors and plain containers; a pickled object is refused, never run
-            state = torch.load(state_path, map_location=device, weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
-            raise UserError(f"cannot resume from {state_path}: not a resumable state ({str(e).splitlines()[0]}); "
-                            f"delete it to start over") from None
+        start_epoch, state = loaded
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+        set_rng_state(state["rng"])
     elif rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         (work / LOG_FILE).unlink(missing_ok=True)
@@ -216,12 +221,13 @@ def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, r
 
 
 def _end_epoch(work: Path, record: Dict[str, Any], method, optimizer) -> None:
-    """Log the epoch (JSON line + one line on stderr) and save the resumable state atomically (rank 0)."""
+    """Log the epoch (JSON line + one line on stderr) and save the resumable state atomically (rank 0): the
+    model (method heads, momentum encoders, queues), optimiser and global RNGs as safetensors + JSON."""
     io.append_jsonl(work / LOG_FILE, record)
     if not progress.is_quiet():
         print(progress.epoch_line(record), file=sys.stderr)
-    with io.atomic_path(work / STATE_FILE) as tmp:
-        torch.save({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": record["epoch"]}, tmp)
+    save_training_state(work, {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                               "rng": rng_state()}, epoch=record["epoch"], kind=STATE_KIND)
 
 
 def _entry_meta(cfg: PretrainConfig, method, data, spec: InputSpec, *, stem: str, feat_dim: int, world: int,
@@ -246,7 +252,8 @@ def _register(checkpoints: Path, work: Path, method, meta: Dict[str, Any], cfg: 
     """Save the backbone as a registry entry, then drop the resumable state (the entry is the artefact now)."""
     entry = registry.save_entry(checkpoints, cpu_copy(method.backbone), meta, config=to_dict(cfg),
                                 train_log_path=work / LOG_FILE, extra_files=method.extra_files())
-    (work / STATE_FILE).unlink(missing_ok=True)
+    for state_file in [work / STATE_JSON, *work.glob("state-e*.safetensors")]:
+        state_file.unlink(missing_ok=True)
     return entry
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ssl_noise.cli import main
+from ssl_noise.engine import STATE_JSON
 from ssl_noise.data.synthetic import make_synthetic
 
 SPEC = "synthetic:n_train=32,n_val=16,n_test=32"
@@ -442,7 +443,7 @@ def test_ctrl_c_in_pretraining_prints_the_resume_command(tmp_path, capsys, monke
         work = ssl_noise.pretrain.work_dir(runs, cfg)
         if saved:
             work.mkdir(parents=True)
-            (work / ssl_noise.pretrain.STATE_FILE).write_bytes(b"state")
+            (work / STATE_JSON).write_bytes(b"{}")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ssl_noise.pretrain, "pretrain", interrupted)
@@ -464,7 +465,7 @@ def test_a_diverged_pretraining_leaves_no_resume_state(tmp_path, capsys, monkeyp
     def diverging(cfg, *, runs, **kwargs):
         work = ssl_noise.pretrain.work_dir(runs, cfg)
         work.mkdir(parents=True)
-        (work / ssl_noise.pretrain.STATE_FILE).write_bytes(b"state")
+        (work / STATE_JSON).write_bytes(b"{}")
         raise NonFiniteLoss("pretraining diverged: the loss is nan at epoch 2, step 1; lower the learning rate")
 
     monkeypatch.setattr(ssl_noise.pretrain, "pretrain", diverging)
@@ -510,9 +511,9 @@ def test_history_or_resume_state_holding_a_pickle_is_a_user_error(tmp_path) -> N
     np.save(tmp_path / "history.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(UserError, match="history.npy"):
         RunFolder(tmp_path).array("history")
-    (tmp_path / ssl_noise.pretrain.STATE_FILE).write_bytes(b"")
-    torch.save({"model": Pickled(), "epoch": 1}, tmp_path / ssl_noise.pretrain.STATE_FILE)
-    with pytest.raises(UserError, match="not a resumable state"):
+    torch.save({"model": Pickled(), "epoch": 1}, tmp_path / "state-e1.safetensors")  # a pickle, not safetensors
+    (tmp_path / STATE_JSON).write_text(json.dumps({"tensors": "state-e1.safetensors", "epoch": 1, "state": {}}))
+    with pytest.raises(UserError, match="cannot be read"):
         ssl_noise.pretrain._start(tmp_path, None, None, PretrainConfig(), "cpu", resume=True, rank=0)
 
 

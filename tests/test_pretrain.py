@@ -54,7 +54,7 @@ def test_resume_reaches_the_same_weights_bitwise(tmp_path, method):
                         show_progress=False)
     assert pretrain(cfg, data_root=None, checkpoints=tmp_path / "b", runs=tmp_path / "runs_b", stop_after=1,
                     show_progress=False) is None
-    assert (work_dir(tmp_path / "runs_b", cfg) / "last_state.pt").exists()
+    assert (work_dir(tmp_path / "runs_b", cfg) / "state.json").exists()
     resumed = pretrain(cfg, data_root=None, checkpoints=tmp_path / "b", runs=tmp_path / "runs_b", resume=True,
                        show_progress=False)
     a = load_file(tmp_path / "a" / straight / "encoder.safetensors")

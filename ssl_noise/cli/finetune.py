@@ -10,6 +10,7 @@ from ssl_noise.cli.options import (
     command_line,
     config_flags,
     like_option,
+    log_option,
     noise_estimate_option,
     noise_options,
     num,
@@ -50,9 +51,13 @@ from ssl_noise.cli.options import (
               help="Validation metric that picks the reported epoch (default acc; macro_f1 for imbalanced data).")
 @recipe_options("YAML recipe (default: finetune/<dataset>/default.yaml, or linear_probe.yaml with --freeze).",
                 "Override any config key, e.g. --set weight_decay=1e-4 --set augment.min_scale=0.5.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run with these exact flags from its last finished epoch (its state is "
+                   "in <runs>/.work/<run_id>/); without it an interrupted run starts over.")
+@log_option("the run folder")
 @quiet_option()
 @pass_settings
-def finetune(settings, recipe, overrides, quiet, like, **options):
+def finetune(settings, recipe, overrides, resume, trackers, quiet, like, **options):
     """Fine-tune a classifier on noisy labels and measure it on the clean test split.
 
     \b
@@ -76,7 +81,7 @@ def finetune(settings, recipe, overrides, quiet, like, **options):
     check_writable(settings.runs, "--runs", folder=True)
     folder, trained = run_finetune(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints,
                                    runs=settings.runs, device=settings.torch_device(), command=command_line(),
-                                   show_progress=not quiet)
+                                   show_progress=not quiet, resume=resume, log=trackers)
     if recipe_file:  # said after the run: a bad input must leave exactly one line on stderr
         click.echo(f"recipe: {recipe_file}", err=True)
     if not trained:

@@ -37,6 +37,13 @@ def quiet_option(help: str = "No progress bar (as the global `ssl-noise --quiet`
     return click.option("--quiet", is_flag=True, help=help, callback=switch)
 
 
+def log_option(where: str) -> Callable:
+    """``--log tensorboard`` (repeatable): trackers mirroring every epoch's JSON line and the final metrics."""
+    return click.option("--log", "trackers", multiple=True, type=click.Choice(["tensorboard"]),
+                        help=f"Also log each epoch and the final metrics for TensorBoard, in {where}/tensorboard/ "
+                             "(pip install \"ssl-noise[tensorboard]\"); train_log.jsonl stays the record.")
+
+
 def out_option(help: str, *, metavar: str = "FILE", required: bool = True, folder: bool = False,
                **kwargs: Any) -> Callable:
     """``--out``: the file (or, with ``folder``, the folder) a command writes."""

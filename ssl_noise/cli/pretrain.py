@@ -14,6 +14,7 @@ from ssl_noise.cli.options import (
     command_line,
     config_flags,
     like_option,
+    log_option,
     pass_settings,
     quiet_option,
     recipe_options,
@@ -37,9 +38,10 @@ from ssl_noise.cli.options import (
 @recipe_options("YAML recipe (default: pretrain/<dataset>/<method>.yaml).",
                 "Override any config key, e.g. --set method_args.temperature=0.07 --set optimizer=lars.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run with this exact configuration.")
+@log_option("the work folder <runs>/pretrain/<method>-<data>-s<seed>-<hash>")
 @quiet_option()
 @pass_settings
-def pretrain(settings, recipe, overrides, resume, quiet, **options):
+def pretrain(settings, recipe, overrides, resume, trackers, quiet, **options):
     """Learn an encoder from the images alone and add it to the registry.
 
     The last line on stdout is the new registry id (use it with `finetune --init`).
@@ -58,7 +60,7 @@ def pretrain(settings, recipe, overrides, resume, quiet, **options):
     try:
         entry = run_pretrain(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints, runs=settings.runs,
                              device=settings.torch_device(), resume=resume, command=command_line(),
-                             show_progress=not quiet)
+                             show_progress=not quiet, log=trackers)
     except NonFiniteLoss:
         if work in created:  # a diverged run's state is no use to resume: the same config diverges again
             shutil.rmtree(work, ignore_errors=True)
@@ -76,9 +78,9 @@ def _resume_hint(work) -> str:
     """What Ctrl-C says: the exact command that continues from the last finished epoch, if one finished."""
     import shlex
 
-    from ssl_noise.pretrain import STATE_FILE
+    from ssl_noise.engine import STATE_JSON
 
-    if not (work / STATE_FILE).is_file():
+    if not (work / STATE_JSON).is_file():
         return "interrupted before the first epoch finished; nothing to resume (run the same command again)"
     argv = command_line()
     return (f"interrupted; the last finished epoch is saved in {work}; continue with: "

@@ -7,7 +7,7 @@ import sys
 import click
 
 from ssl_noise.cli.app import cli
-from ssl_noise.cli.options import out_option, pass_settings
+from ssl_noise.cli.options import pass_settings
 from ssl_noise.errors import UserError
 from ssl_noise.io import check_writable
 from ssl_noise.settings import Settings
@@ -24,6 +24,7 @@ def registry_group() -> None:
       ssl-noise registry ls
       ssl-noise registry verify
       ssl-noise registry export simclr --out simclr_resnet18.pt
+      ssl-noise registry export simclr --format hf --out simclr_resnet18_hf
     """
 
 
@@ -122,18 +123,27 @@ def registry_verify(settings: Settings, ref: str | None) -> None:
 
 @registry_group.command("export")
 @click.argument("ref", metavar="ID")
-@out_option("Where to write a plain torch.save state_dict (loads with torch.load(weights_only=True)).")
+@click.option("--format", "fmt", type=click.Choice(["torch", "hf"]), default="torch", show_default=True,
+              help="torch: one plain torch.save state_dict FILE; hf: a new folder for the Hugging Face Hub with "
+                   "model.safetensors, config.json and a model card (README.md), loadable in torchvision and timm.")
+@click.option("--out", required=True, type=click.Path(), metavar="PATH", help="The file (torch) or new folder (hf).")
 @pass_settings
-def registry_export(settings: Settings, ref: str, out: str) -> None:
-    """Export weights as a plain torch.save file.
+def registry_export(settings: Settings, ref: str, fmt: str, out: str) -> None:
+    """Export weights for use outside ssl-noise.
 
-    The file loads with torch.load(FILE, weights_only=True) and load_state_dict(strict=True) into a plain
+    \b
+    torch: the file loads with torch.load(FILE, weights_only=True) and load_state_dict(strict=True) into a plain
     torchvision ResNet; the command prints the exact code.
+    hf: upload the folder as a model repository (huggingface-cli upload USER/NAME DIR); its README.md says how to
+    load it and records method, data, schedule, k-NN accuracy, seed and the data's licence.
     """
     from ssl_noise import registry
 
     check_writable(out, "--out")
     entry_id = _registry_pick(settings, ref)
+    if fmt == "hf":
+        click.echo(f"wrote {registry.export_hf(settings.checkpoints, entry_id, out)}")
+        return
     path = registry.export_entry(settings.checkpoints, entry_id, out)
     click.echo(f"wrote {path}; load it with:\n")
     click.echo(registry.export_instructions(registry.read_meta(settings.checkpoints, entry_id), path))

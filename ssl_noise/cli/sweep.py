@@ -42,14 +42,30 @@ from ssl_noise.io import check_writable, remove_stale_temps
                    "whose owner is a dead process on this host is taken over at once.")
 @set_option("Override a base field of the spec, e.g. --set epochs=5 (a grid key cannot be overridden). "
             "Changes the cell ids: a different config is a different run.")
+@click.option("--executor", type=click.Choice(["slurm", "local"]),
+              help="Run the cells through submitit instead of in this process: slurm submits them as one job array "
+                   "(a preempted or timed-out cell is requeued and resumes from its last epoch); local runs the same "
+                   "path as processes on this machine. Needs pip install \"ssl-noise[slurm]\".")
+@click.option("--partition", help="--executor slurm: the SLURM partition.")
+@click.option("--gpus-per-task", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--executor: GPUs per cell.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--executor: CPU cores per cell (also its torch threads).")
+@click.option("--time-limit", type=click.IntRange(min=1), default=240, show_default=True, metavar="MINUTES",
+              help="--executor: time limit of one job; a cell that needs longer is requeued and resumes.")
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=16, show_default=True, metavar="N",
+              help="--executor slurm: cells running at once.")
+@click.option("--wait/--no-wait", default=None,
+              help="Wait for the jobs and write the table (default: wait for local, return after submitting to "
+                   "slurm; watch with --dry-run, collect with --collect).")
 @click.option("-v", "--verbose", is_flag=True, help="With --dry-run: also print every cell's full config (YAML).")
 @click.option("--collect", is_flag=True,
               help="Train nothing: write runs/sweeps/<name>.csv from the cells finished so far (a partial table of "
                    "a long or interrupted sweep) and print its path.")
 @quiet_option("No progress bars.")
 @pass_settings
-def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale_after, overrides, verbose, collect,
-          quiet):
+def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale_after, overrides, executor, partition,
+          gpus_per_task, cpus_per_task, time_limit, array_parallelism, wait, verbose, collect, quiet):
     """Run a grid of fine-tuning runs declared in a YAML spec.
 
     \b
@@ -65,6 +81,7 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
       ssl-noise sweep finetune/sweeps/bloodmnist_study.yaml --dry-run
       ssl-noise sweep finetune/sweeps/bloodmnist_study.yaml --jobs 2
       ssl-noise sweep finetune/sweeps/bloodmnist_study.yaml --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+      ssl-noise sweep finetune/sweeps/bloodmnist_study.yaml --executor slurm --partition gpu --gpus-per-task 1
 
     Writes runs/<run_id>/ per cell, rows of runs/results.csv, and runs/sweeps/<name>.csv (this sweep's finished
     rows: the input of `ssl-noise plot` and `ssl-noise report`), whose path is the last line on stdout.
@@ -100,10 +117,19 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
     if dry_run:
         return _dry_run(settings, label, mine, stale_after=stale_after, verbose=verbose)
     click.echo(label, err=True)
-    report = sweeps.run_sweep(mine, runs=settings.runs, checkpoints=settings.checkpoints, data_root=settings.data_root,
-                              device=settings.torch_device(), jobs=jobs, threads=settings.threads,
-                              retry_failed=not skip_failed, stale_after=stale_after, command=command_line(),
-                              show_progress=not quiet and jobs == 1, log=echo_err)
+    if executor:
+        report = _submit(settings, parsed.name, spec, mine, executor=executor, wait=wait, retry_failed=not skip_failed,
+                         stale_after=stale_after, options=sweeps.ClusterOptions(
+                             partition=partition, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
+                             time_limit_min=time_limit, array_parallelism=array_parallelism))
+        if report is None:
+            return
+    else:
+        report = sweeps.run_sweep(mine, runs=settings.runs, checkpoints=settings.checkpoints,
+                                  data_root=settings.data_root, device=settings.torch_device(), jobs=jobs,
+                                  threads=settings.threads,
+                                  retry_failed=not skip_failed, stale_after=stale_after, command=command_line(),
+                                  show_progress=not quiet and jobs == 1, log=echo_err)
     skipped = list(report.skipped.values())
     click.echo(f"{label}: {len(report.trained)} trained, {len(report.reused)} found finished by finetune, "
                f"{skipped.count('done')} already done, {skipped.count('running')} running elsewhere, "
@@ -116,6 +142,29 @@ def sweep(settings, spec, dry_run, jobs, shard, skip_failed, skip_missing, stale
         click.echo(f"error: {len(report.failed)} cell(s) failed, errors in {settings.runs / '.failed'}; fix the "
                    f"cause and re-run to retry them", err=True)
         sys.exit(1)  # not click's Exit: main() runs click with standalone_mode=False, which would return 0
+
+
+def _submit(settings, name: str, spec: str, cells, *, executor: str, wait, retry_failed: bool, stale_after: float,
+            options):
+    """--executor: submit the cells not done or running elsewhere; with waiting, their merged report."""
+    import time
+
+    from ssl_noise import sweep as sweeps
+
+    status = {c.cell_id: sweeps.cell_status(settings.runs, c.cell_id, stale_after=stale_after) for c in cells}
+    todo = [c for c in cells if status[c.cell_id] not in ("done", "running")
+            and (retry_failed or status[c.cell_id] != "failed")]
+    skipped = {cid: why for cid, why in status.items() if why != "pending" and all(c.cell_id != cid for c in todo)}
+    jobs = sweeps.submit(todo, cluster=executor, name=name, runs=settings.runs, checkpoints=settings.checkpoints,
+                         data_root=settings.data_root, device=settings.device, options=options,
+                         started_at=time.time(), retry_failed=retry_failed, stale_after=stale_after,
+                         command=command_line(), log=echo_err)
+    if not (executor == "local" if wait is None else wait):
+        click.echo(f"progress: ssl-noise sweep {spec} --dry-run; table: ssl-noise sweep {spec} --collect", err=True)
+        return None
+    report = sweeps.gather(jobs, log=echo_err)
+    report.skipped.update({cid: why for cid, why in skipped.items() if cid not in report.skipped})
+    return report
 
 
 def _collect(settings, name: str, cells) -> None:

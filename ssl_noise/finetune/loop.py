@@ -220,10 +220,15 @@ class _Loop:
 
 
 def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None, show_progress: bool = True,
-        make_method: Optional[Callable[[FinetuneContext], Any]] = None) -> FitResult:
+        make_method: Optional[Callable[[FinetuneContext], Any]] = None, state_dir: Optional[Path] = None,
+        resume: bool = False, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FitResult:
     """Train ``prep.cfg.method`` on the prepared (noisy) labels and evaluate every epoch.
 
     ``make_method(ctx)`` replaces the ROBUST lookup (``ssl_noise.refine`` continues a saved classifier this way).
+    ``state_dir``: where the resumable state is written after every epoch (:func:`capture`); with ``resume`` the
+    state found there is loaded first and training continues after its epoch (the log lines so far are rewritten
+    to ``log_path``), to the same weights and metrics as an uninterrupted run. ``on_epoch(record)`` sees every
+    epoch's log line (a tracker), restored ones included.
     """
 
     cfg, data = prep.cfg, prep.data
@@ -244,8 +249,10 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     val_labels = data.val.labels if prep.val_noise is None else prep.val_noise.noisy
     clean = torch.from_numpy(data.train.labels)
     state = TrainState.empty(len(data.train), cfg.epochs)
-    bar = progress.bar(total=total, desc=f"finetune {prep.run_id}", enabled=show_progress)
-    for epoch in range(cfg.epochs):
+    start = restore(state_dir, prep.run_id, method, ctx, state, log_path, on_epoch) if resume and state_dir else 0
+    bar = progress.bar(total=total, initial=start * ctx.steps_per_epoch, desc=f"finetune {prep.run_id}",
+                       enabled=show_progress)
+    for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch)
         stats = train_one_epoch(method, ctx, method.epoch_batches(epoch), state, clean, epoch,
                                 lambda step: engine.lr_at(step, total, warmup, cfg.lr), bar)
@@ -259,12 +266,58 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
         state.log.append(record)
         if log_path is not None:
             io.append_jsonl(log_path, record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if state_dir is not None:
+            engine.save_training_state(state_dir, capture(prep.run_id, method, ctx, state), epoch=epoch + 1,
+                                       kind=STATE_KIND)
         bar.set_postfix(val_acc=f"{state.val[-1]['acc']:.3f}", test_acc=f"{test['acc']:.3f}")
     bar.close()
     result = _finish(method, state, inputs, x_train, prep)
     result.noise_rate, result.noise_rate_source = told
     result.inactive_reason = inactive
     return result
+
+
+#: ``kind`` of the fine-tuning loop's resumable state (docs/formats.md, "Resumable state").
+STATE_KIND = "finetune"
+
+
+def capture(run_id: str, method, ctx: FinetuneContext, state: TrainState) -> Dict[str, Any]:
+    """Everything the next epoch depends on: every network (``method.state_dict()``), every optimiser, the method's
+    own cross-epoch state (``epoch_state``), the global RNGs, and the history, metrics and best-epoch selection so
+    far. The lr schedule is a function of the step, so the epoch count restores it."""
+    return {"run_id": run_id, "step": len(state.log) * ctx.steps_per_epoch, "method": method.state_dict(),
+            "optimizers": [opt.state_dict() for opt in ctx.optimizers], "method_state": method.epoch_state(),
+            "rng": engine.rng_state(), "history": state.history, "selected": state.selected, "log": state.log,
+            "val": state.val, "test": state.test, "best_epoch": state.best_epoch, "best_score": state.best_score,
+            "best_state": state.best_state, "test_probs": state.test_probs}
+
+
+def restore(state_dir: Path, run_id: str, method, ctx: FinetuneContext, state: TrainState,
+            log_path: Optional[Path], on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> int:
+    """Load :func:`capture`'s state from ``state_dir`` into a freshly set-up method; returns the epochs done (0
+    when there is no state)."""
+    loaded = engine.load_training_state(state_dir, kind=STATE_KIND)
+    if loaded is None:
+        return 0
+    done, saved = loaded
+    if saved["run_id"] != run_id or len(saved["optimizers"]) != len(ctx.optimizers):
+        raise ValueError(f"the state in {state_dir} belongs to run {saved['run_id']}, not {run_id}")
+    method.load_state_dict(saved["method"])
+    for opt, opt_state in zip(ctx.optimizers, saved["optimizers"]):
+        opt.load_state_dict(opt_state)
+    method.load_epoch_state(saved["method_state"])
+    for name in ("history", "selected", "log", "val", "test", "best_epoch", "best_score", "best_state", "test_probs"):
+        setattr(state, name, saved[name])
+    if log_path is not None:  # the interrupted run's lines, as written then
+        log_path.unlink(missing_ok=True)
+        for record in state.log:
+            io.append_jsonl(log_path, record)
+    for record in state.log if on_epoch is not None else ():
+        on_epoch(record)
+    engine.set_rng_state(saved["rng"])
+    return done
 
 
 def _finish(method, state: TrainState, inputs: Inputs, x_train: np.ndarray, prep: Prepared) -> FitResult:

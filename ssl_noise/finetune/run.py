@@ -6,20 +6,24 @@ folder with the same run id is returned without training.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssl_noise import io
+from ssl_noise import engine, io
 from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text, to_dict
+from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.finetune.loop import FitResult, fit
 from ssl_noise.finetune.prepare import Prepared, check_trainable, prepare
 from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
 from ssl_noise.provenance import git_state, versions
 from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
+from ssl_noise.tracking import Tracker
 
 
 def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
@@ -94,12 +98,21 @@ def provenance(prep: Prepared, row: Dict[str, Any], created: str, device: str, c
                      "n_val": len(data.val), "n_test": len(data.test)}, "result": row}
 
 
+def state_folder(runs: Path, run_id: str) -> Path:
+    """``<runs>/.work/<run_id>/``: the run's resumable state while it trains (hidden: not a run folder)."""
+    return Path(runs) / ".work" / run_id
+
+
 def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path, runs: Path, device: str = "cpu",
-             command: Optional[List[str]] = None, show_progress: bool = True) -> Tuple[Path, bool]:
+             command: Optional[List[str]] = None, show_progress: bool = True,
+             resume: Optional[bool] = False, log: Sequence[str] = ()) -> Tuple[Path, bool]:
     """Prepare, train, write ``runs/<run_id>/`` and the results row; returns ``(folder, trained)``.
 
     ``trained`` is False when a finished run with the same id already existed (nothing was done). Bad input
-    raises UserError before anything is written.
+    raises UserError before anything is written. Every epoch's state goes to :func:`state_folder` (removed when
+    the run folder is written); ``resume``: True continues it (a UserError when there is none), None continues
+    it when there is one (a sweep cell), False starts over. ``log``: trackers that mirror each epoch's line and
+    the final metrics into the run folder (:mod:`ssl_noise.tracking`).
     """
     from datetime import datetime, timezone
 
@@ -111,15 +124,29 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
         return folder, False
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = prep.data
+    work = state_folder(runs, prep.run_id)
+    if resume and not (work / engine.STATE_JSON).is_file():
+        raise UserError(f"nothing to resume for run {prep.run_id} (no {work / engine.STATE_JSON}); resume needs the "
+                        f"same flags as the interrupted run")
+    if resume is False and (work / engine.STATE_JSON).is_file():  # kept until this run's first epoch replaces it
+        warnings.warn(f"run {prep.run_id} has the state of an interrupted run in {work}; starting over (--resume "
+                      f"continues it)", SslNoiseWarning, stacklevel=2)
     with io.atomic_dir(folder) as tmp:
         run = RunFolder(tmp)
+        tracker = Tracker(log, tmp)
         run.write_config(to_dict(cfg))
         run.write_labels(data.train.labels, prep.train_noise.noisy, indices=data.train_indices)
         if prep.val_noise is not None:
             run.write_labels(data.val.labels, prep.val_noise.noisy, split="val")
-        result = fit(prep, device=device, log_path=run.log_path(), show_progress=show_progress)
-        metrics = write_outputs(run, prep, result)
+        try:
+            result = fit(prep, device=device, log_path=run.log_path(), show_progress=show_progress, state_dir=work,
+                         resume=resume is not False, on_epoch=tracker.epoch)
+            metrics = write_outputs(run, prep, result)
+            tracker.final(metrics, cfg.epochs)
+        finally:
+            tracker.close()
         row = result_row(prep, metrics, time.perf_counter() - start, created)
         run.write_provenance(provenance(prep, row, created, device, command))
+    shutil.rmtree(work, ignore_errors=True)
     append_result(runs, row)
     return folder, True

@@ -20,13 +20,14 @@ from ssl_noise.registry.layout import (
     make_id,
     root_problem,
 )
+from ssl_noise.registry.hub import export_hf
 from ssl_noise.registry.load import export_entry, export_instructions, load_encoder, verify_all, verify_entry
 from ssl_noise.registry.lookup import list_entries, pretrain_data_spec, read_meta, resolve, resolve_id
 
 __all__ = [
     "CONFIG_FILE", "FILLED_META", "HOW_TO_CREATE", "LOG_FILE", "META_FILE", "REQUIRED_META", "SCHEMA_VERSION",
-    "STRIP_PREFIXES", "WEIGHTS_FILE", "encoder_state_dict", "export_entry", "export_instructions", "list_entries",
-    "load_encoder", "make_id", "pretrain_data_spec", "root_problem",
-    "read_meta", "remove_entry", "resolve", "resolve_id",
+    "STRIP_PREFIXES", "WEIGHTS_FILE", "encoder_state_dict", "export_entry", "export_hf", "export_instructions",
+    "list_entries", "load_encoder", "make_id", "pretrain_data_spec", "read_meta", "root_problem", "remove_entry",
+    "resolve", "resolve_id",
     "save_entry", "verify_all", "verify_entry",
 ]

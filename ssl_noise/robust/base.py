@@ -196,8 +196,11 @@ class RobustMethod(nn.Module):
         return {}
 
     def epoch_state(self) -> Dict[str, np.ndarray]:
-        """State kept across epochs that is not in ``state_dict`` (windows, targets, splits), as arrays."""
+        """State kept across epochs that is not in ``state_dict`` (windows, targets, splits), as arrays (numpy or
+        tensors; 0-d arrays for scalars). The loop saves it after every epoch with the networks (``state_dict``),
+        the registered optimisers and the RNGs, so a killed run resumes bitwise; a method whose only state is its
+        modules needs neither hook."""
         return {}
 
     def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore what :meth:`epoch_state` returned."""
+        """Restore what :meth:`epoch_state` returned (as numpy arrays), after ``setup`` on a resumed run."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -73,6 +73,16 @@ class Selection:
         self.seen[index] += 1
         self.picked[index] += pick.int()
         self.last[index] = pick
+
+    def state(self) -> Dict[str, np.ndarray]:
+        """The record as arrays (a method's ``epoch_state``)."""
+        return {"picked": self.picked.cpu().numpy(), "seen": self.seen.cpu().numpy(),
+                "last": self.last.cpu().numpy(), "epoch": np.asarray(self.epoch)}
+
+    def load(self, state: Mapping[str, np.ndarray]) -> None:
+        for name in ("picked", "seen", "last"):
+            getattr(self, name).copy_(torch.from_numpy(np.asarray(state[name])))
+        self.epoch = int(state["epoch"])
 
     def outputs(self) -> Dict[str, np.ndarray]:
         seen = self.seen.cpu().numpy()
@@ -182,3 +192,9 @@ class CoTeaching(RobustMethod):
 
     def outputs(self) -> Dict[str, np.ndarray]:
         return pair_outputs(self)
+
+    def epoch_state(self) -> Dict[str, np.ndarray]:
+        return self.selection.state()
+
+    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.selection.load(state)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -243,3 +243,10 @@ class HSANRL(RobustMethod):
 
     def outputs(self) -> Dict[str, np.ndarray]:
         return {**self.nshe.outputs(), **self.correction.arrays()}
+
+    def epoch_state(self) -> Dict[str, np.ndarray]:
+        """The NSHE stage's state; the correction is rebuilt by ``setup`` (its stage runs are deterministic)."""
+        return self.nshe.epoch_state()
+
+    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.nshe.load_epoch_state(state)

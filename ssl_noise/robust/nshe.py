@@ -12,7 +12,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -175,3 +175,14 @@ class NSHE(RobustMethod):
 
     def outputs(self) -> Dict[str, np.ndarray]:
         return {"nshe_record": self.record.copy(), "nshe_weights": self.weights.copy()}
+
+    def epoch_state(self) -> Dict[str, np.ndarray]:
+        """The recorded probabilities, the drop mask, the weights and whether weighting has started (the EMA copy
+        is a submodule, in ``state_dict``)."""
+        return {"record": self.record, "dropped": self.dropped, "weights": self.weights,
+                "weighting": np.asarray(self.weighting), "stepped": np.asarray(self._stepped)}
+
+    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.record, self.dropped = np.array(state["record"]), np.array(state["dropped"])
+        self.weights = np.array(state["weights"])
+        self.weighting, self._stepped = bool(state["weighting"]), bool(state["stepped"])

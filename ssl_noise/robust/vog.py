@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -163,3 +163,21 @@ class VoGCoTeaching(RobustMethod):
         vog = (np.full(len(self.ctx.labels), np.nan, np.float32) if self.scores is None
                else self.scores[0].cpu().numpy().astype(np.float32))
         return {**pair_outputs(self), "vog": vog}
+
+    def epoch_state(self) -> Dict[str, np.ndarray]:
+        """Co-teaching's record, both gradient windows (float16) with their epochs, and the current VoG scores."""
+        state = {f"selection.{k}": v for k, v in self.selection.state().items()}
+        for k, window in enumerate(self.windows):
+            state[f"window{k}"] = window.data.cpu().numpy()
+            state[f"window{k}_epochs"] = np.asarray(window.epochs, dtype=np.int64)
+        if self.scores is not None:
+            state["scores"] = torch.stack(self.scores).cpu().numpy()
+        return state
+
+    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.selection.load({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("selection.")})
+        for k, window in enumerate(self.windows):
+            window.data.copy_(torch.from_numpy(np.asarray(state[f"window{k}"])))
+            window.epochs = [int(e) for e in state[f"window{k}_epochs"]]
+        self.scores = (None if "scores" not in state
+                       else list(torch.from_numpy(np.asarray(state["scores"])).to(self.ctx.device).unbind(0)))

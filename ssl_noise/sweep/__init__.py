@@ -30,10 +30,11 @@ from ssl_noise.sweep.runner import (
     run_sweep,
     work,
 )
+from ssl_noise.sweep.executor import ClusterOptions, gather, submit
 from ssl_noise.sweep.spec import SweepSpec, find_file, load_spec
 from ssl_noise.sweep.results import collect, save_table, write_table
 
-__all__ = ["DEFAULT_STALE_AFTER_S", "Cell", "Log", "SweepSpec", "WorkerReport", "cell_id", "cell_status",
-           "check_pairing", "claim", "collect", "done_record", "dump_cells", "expand", "find_file", "load_spec",
-           "log_stderr", "noise_key", "parse_shard", "release", "remembered_overrides", "run_cell", "run_sweep",
-           "save_table", "shard", "work", "write_table"]
+__all__ = ["DEFAULT_STALE_AFTER_S", "Cell", "ClusterOptions", "Log", "SweepSpec", "WorkerReport", "cell_id",
+           "cell_status", "check_pairing", "claim", "collect", "done_record", "dump_cells", "expand", "find_file",
+           "gather", "load_spec", "log_stderr", "noise_key", "parse_shard", "release", "remembered_overrides",
+           "run_cell", "run_sweep", "save_table", "shard", "submit", "work", "write_table"]

@@ -85,12 +85,14 @@ class WorkerReport:
 
 def run_cell(cell: Cell, *, runs: Path, checkpoints: Path, data_root: str | None, device: str,
              command: list[str] | None = None, show_progress: bool = False) -> dict[str, Any]:
-    """Fine-tune one cell and check its labels against the shared noise file; returns the done record."""
+    """Fine-tune one cell and check its labels against the shared noise file; returns the done record.
+
+    A cell whose run was interrupted (a killed worker, a preempted job) continues from its last epoch's state."""
     from ssl_noise.finetune import finetune
 
     start = time.perf_counter()
     folder, trained = finetune(cell.config, data_root=data_root, checkpoints=checkpoints, runs=runs, device=device,
-                               command=command, show_progress=show_progress)
+                               command=command, show_progress=show_progress, resume=None)
     shared = check_pairing(runs, cell.config, folder)
     metrics = RunFolder(folder).metrics()
     return {"schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "run_id": folder.name, "trained": trained,
