@@ -200,6 +200,18 @@ def _build(cfg: PretrainConfig, method_cls, spec: InputSpec, device: str, world:
     return method, model, stem, feat_dim
 
 
+def resumable_hint(pretrain_runs: Path, method: str) -> str:
+    """The interrupted pretraining runs under ``pretrain_runs`` (``<runs>/pretrain``), newest first, each with the
+    command that resumes it as typed: its own ``config.yaml`` is the recipe, so no original flag must be recalled."""
+    found = sorted((p for p in Path(pretrain_runs).glob("*/") if (p / STATE_JSON).is_file()),
+                   key=lambda p: (p / STATE_JSON).stat().st_mtime, reverse=True)
+    mine = [p for p in found if p.name.startswith(f"{method}-")] or found
+    if not mine:
+        return f"no interrupted pretraining run in {pretrain_runs}"
+    return "interrupted runs, newest first: " + "; ".join(
+        f"ssl-noise pretrain --recipe {p / 'config.yaml'} --resume" for p in mine[:3])
+
+
 def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, resume: bool, rank: int) -> int:
     """The first epoch to train: 0, or the resumed state's epoch (model and optimiser restored)."""
     start_epoch = 0
@@ -207,7 +219,7 @@ def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, r
         loaded = load_training_state(work, kind=STATE_KIND)
         if loaded is None:
             raise UserError(f"nothing to resume for this configuration (no {work / STATE_JSON}); "
-                            f"resume needs the same method, dataset, seed and settings as the interrupted run")
+                            + resumable_hint(work.parent, cfg.method))
         start_epoch, state = loaded
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -64,6 +64,26 @@ def test_resume_reaches_the_same_weights_bitwise(tmp_path, method):
 
 
 
+def test_resume_without_the_original_flags_names_the_command_that_resumes(tmp_path, capsys):
+    """README: `pretrain --method simclr --resume` without the interrupted run's flags says which command resumes
+    it, and that command (its own config.yaml as the recipe) continues to the same weights."""
+    from ssl_noise.cli import main
+
+    cfg = _cfg()
+    straight = pretrain(cfg, data_root=None, checkpoints=tmp_path / "a", runs=tmp_path / "runs", show_progress=False)
+    pretrain(cfg, data_root=None, checkpoints=tmp_path / "ck", runs=tmp_path / "runs", stop_after=1,
+             show_progress=False)
+    base = ["--checkpoints", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"), "pretrain"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--method", "simclr", "--resume"])
+    err = capsys.readouterr().err
+    hint = f"ssl-noise pretrain --recipe {work_dir(tmp_path / 'runs', cfg) / 'config.yaml'} --resume"
+    assert exit_info.value.code == 2 and "nothing to resume" in err and hint in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, *hint.split()[2:], "--quiet"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == straight
+
+
 @pytest.mark.parametrize("spec, label", [("bloodmnist", "bloodmnist"),
                                          ("../data/pneumoniamnist_balanced.npz", "pneumoniamnist_balanced"),
                                          ("folder:/srv/my cells", "my_cells"), ("synthetic:n_train=64", "synthetic")])

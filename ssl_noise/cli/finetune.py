@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from ssl_noise.cli.app import cli
@@ -25,7 +27,7 @@ from ssl_noise.cli.options import (
 @cli.command()
 @click.option("--init", help="random (default), imagenet (torchvision weights; cached or downloadable), or a registry "
                              "reference: id, unique prefix, or method name (its newest entry for this dataset).")
-@click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec.")
+@click.option("--dataset", help="MedMNIST flag or data spec (default: the recipe's, else bloodmnist).")
 @click.option("--image-size", type=int,
               help="Image size (default: the encoder's, else the data's own: 28 for MedMNIST, the files' size).")
 @like_option
@@ -75,9 +77,9 @@ def finetune(settings, recipe, overrides, resume, trackers, quiet, like, **optio
     from ssl_noise.finetune import finetune as run_finetune
     from ssl_noise.finetune import resolve_config
 
-    options.update(inits.like(options["init"] or "random", like, dataset=options["dataset"],
-                              checkpoints=settings.checkpoints, given=options))
     cfg, recipe_file = resolve_config(config_flags(FinetuneConfig, options), recipe=recipe, overrides=overrides)
+    contract = inits.like(cfg.init, like, dataset=cfg.dataset, checkpoints=settings.checkpoints, given=options)
+    cfg = dataclasses.replace(cfg, **contract)
     check_writable(settings.runs, "--runs", folder=True)
     folder, trained = run_finetune(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints,
                                    runs=settings.runs, device=settings.torch_device(), command=command_line(),

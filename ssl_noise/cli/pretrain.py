@@ -25,7 +25,7 @@ from ssl_noise.cli.options import (
 
 @cli.command()
 @click.option("--method", default="simclr", show_default=True, help="SSL method: simclr, moco, rotation, jigsaw.")
-@click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec.")
+@click.option("--dataset", help="MedMNIST flag or data spec (default: the recipe's, else bloodmnist).")
 @click.option("--image-size", type=int,
               help="Image size (MedMNIST: 28, 64, 128, 224; default 28). Image files: their own size by default.")
 @click.option("--backbone", help="resnet18 | resnet34 | resnet50 (default resnet18).")
