@@ -10,14 +10,14 @@ Defaults, source and deviations: docs/methods.md#co-teaching-coteaching_pluspy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
-from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
+from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label_prob
 from ssl_noise.robust.coteaching import (CoteachingArgs, cross_update, forget_rate, keep_count, pair_outputs,
                                          setup_pair, short_ramp, small_loss_pick)
 
@@ -77,6 +77,10 @@ class CoTeachingPlus(RobustMethod):
             return (f"the disagreement phase starts at epoch {self.init_epoch + 1} of {self.ctx.epochs}: the run is "
                     f"plain Co-teaching")
         return short_ramp(self)
+
+    @property
+    def nets(self) -> List[Classifier]:
+        return [self.net1, self.net2]
 
     def pick(self, k: int, loss: torch.Tensor, batch: Batch, keep: int, epoch: int) -> torch.Tensor:
         return small_loss_pick(loss, keep)

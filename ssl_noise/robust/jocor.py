@@ -11,14 +11,14 @@ Defaults, source and deviations: docs/methods.md#jocor-jocorpy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
-from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
+from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label_prob
 from ssl_noise.robust.coteaching import (CoteachingArgs, forget_rate, keep_count, pair_outputs, setup_pair,
                                          short_ramp, small_loss_pick)
 
@@ -62,6 +62,10 @@ class JoCoR(RobustMethod):
 
     def inactive_reason(self) -> Optional[str]:
         return short_ramp(self)
+
+    @property
+    def nets(self) -> List[Classifier]:
+        return [self.net1, self.net2]
 
     def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
         logits1, logits2 = self.net1(batch.x), self.net2(batch.x)

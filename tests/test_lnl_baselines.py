@@ -1,0 +1,214 @@
+"""The noisy-label baselines (GCE, SCE, ELR, Co-teaching+, JoCoR, DivideMix) against their formulas on batches small
+enough to check by hand; the instance-dependent noise generator; real noise from a manifest's clean_label column.
+(Every method also trains a step end to end in tests/test_finetune.py's ROBUST-parametrised test.)"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_noise.robust import ROBUST, Batch, Classifier, FinetuneContext
+from ssl_noise.robust.coteaching_plus import disagreement_update
+from ssl_noise.robust.dividemix import clean_posterior, lambda_u_for, mixmatch_loss, sharpen
+from ssl_noise.robust.elr import Targets, elr_loss
+from ssl_noise.robust.gce import gce_loss
+from ssl_noise.robust.jocor import joint_loss
+from ssl_noise.robust.sce import rce_loss, sce_loss
+
+
+def _ctx(n: int = 12, k: int = 3, epochs: int = 6, noise_rate=0.4, batch_size: int = 4) -> tuple:
+    """A FinetuneContext over n random 2x2 images and a tiny encoder with BatchNorm; ``batches`` honours ``rows``."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, 2, 2, generator=g), torch.randint(0, k, (n,), generator=g)
+
+    def build_model(i: int) -> Classifier:
+        torch.manual_seed(i)
+        return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.ReLU()), 8, k)
+
+    def build_optimizer(module):
+        ctx.optimizers.append(torch.optim.SGD(module.parameters(), lr=0.1))
+        return ctx.optimizers[-1]
+
+    def batches(*, rows=None, augment=False, shuffle=False, epoch=0):
+        rows = torch.arange(n) if rows is None else torch.as_tensor(rows)
+        for part in rows.split(batch_size):
+            yield Batch(x[part], y[part], part)
+
+    ctx = FinetuneContext(num_classes=k, labels=y.numpy(), epochs=epochs, steps_per_epoch=math.ceil(n / batch_size),
+                          device="cpu", seed=0, build_model=build_model, build_optimizer=build_optimizer,
+                          batches=batches, predict_train=lambda fn: fn(x).detach().numpy(),
+                          autocast=contextlib.nullcontext, noise_rate=noise_rate, augment=False,
+                          batch_size=batch_size)
+    return ctx, Batch(x, y, torch.arange(n))
+
+
+# Softmax [0.5, 0.25, 0.25] and [0.1, 0.6, 0.3]: logits are their logs.
+P = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]])
+LOGITS, Y = P.log(), torch.tensor([0, 2])
+
+
+def test_gce_is_one_minus_p_to_the_q_over_q_and_tends_to_ce() -> None:
+    expected = torch.tensor([(1 - 0.5 ** 0.7) / 0.7, (1 - 0.3 ** 0.7) / 0.7])
+    torch.testing.assert_close(gce_loss(LOGITS, Y, 0.7), expected)
+    torch.testing.assert_close(gce_loss(LOGITS, Y, 1.0), torch.tensor([0.5, 0.7]))  # q = 1: MAE-like 1 - p_y
+    torch.testing.assert_close(gce_loss(LOGITS, Y, 1e-4), torch.tensor([math.log(2), -math.log(0.3)]),
+                               atol=1e-3, rtol=1e-3)
+
+
+def test_sce_is_alpha_ce_plus_beta_rce_with_a_log_1e4() -> None:
+    a = -math.log(1e-4)  # 9.2103...
+    torch.testing.assert_close(rce_loss(LOGITS, Y), torch.tensor([a * 0.5, a * 0.7]))
+    expected = torch.tensor([0.1 * math.log(2) + a * 0.5, 0.1 * -math.log(0.3) + a * 0.7])
+    torch.testing.assert_close(sce_loss(LOGITS, Y, 0.1, 1.0), expected)
+
+
+def test_elr_targets_are_kept_by_index_and_enter_the_loss() -> None:
+    targets = Targets(5, 3, beta=0.7)
+    torch.testing.assert_close(targets.update(torch.tensor([1, 3]), P), 0.3 * P)
+    q = torch.tensor([[0.2, 0.2, 0.6], [0.4, 0.4, 0.2]])
+    targets.update(torch.tensor([3, 4]), q)
+    torch.testing.assert_close(targets.t[1], 0.3 * P[0])                   # untouched since
+    torch.testing.assert_close(targets.t[3], 0.7 * 0.3 * P[1] + 0.3 * q[0])  # two updates, by index
+    torch.testing.assert_close(targets.t[4], 0.3 * q[1])
+    assert torch.all(targets.t[[0, 2]] == 0)
+    # The loss: CE + lam * mean log(1 - <t, p>) with the targets after this batch's update.
+    fresh = Targets(2, 3, beta=0.5)
+    fresh.t[:] = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])
+    t = 0.5 * fresh.t.clone() + 0.5 * P
+    expected = F.cross_entropy(LOGITS, Y) + 3 * torch.log(1 - (t * P).sum(1)).mean()
+    torch.testing.assert_close(elr_loss(LOGITS, Y, fresh, torch.tensor([0, 1]), 3.0), expected)
+
+
+def test_elr_method_updates_only_the_batch_rows_and_its_state_survives_a_reload() -> None:
+    ctx, batch = _ctx()
+    method = ROBUST["elr"](ctx, {})
+    method.setup()
+    method.train_step(Batch(batch.x[[2, 5]], batch.y[[2, 5]], torch.tensor([2, 5])), 0)
+    changed = np.flatnonzero(method.targets.t.abs().sum(1).numpy() > 0)
+    assert list(changed) == [2, 5]
+    state = method.epoch_state()
+    other = ROBUST["elr"](ctx, {})
+    other.setup()
+    other.load_epoch_state(state)
+    assert torch.equal(other.targets.t, method.targets.t)
+    with pytest.raises(ValueError, match="do not fit"):
+        other.load_epoch_state({"targets": np.zeros((3, 3), np.float32)})
+
+
+def test_coteaching_plus_selects_small_loss_within_the_disagreement_set() -> None:
+    y = torch.zeros(6, dtype=torch.long)
+    # predicted classes: net 1 [0, 0, 1, 1, 2, 0], net 2 [0, 1, 1, 0, 0, 2] -> disagree on rows 1, 3, 4, 5
+    l1 = torch.tensor([[3., 0, 0], [2, 0, 0], [0, 3, 0], [0, 1, 0], [0, 0, 4], [1, 0, 0]], requires_grad=True)
+    l2 = torch.tensor([[3., 0, 0], [0, 2, 0], [0, 3, 0], [5, 0, 0], [1, 0, 0], [0, 0, 3]], requires_grad=True)
+    loss, disagree, pick1, pick2 = disagreement_update(l1, l2, y, tau=0.5)
+    assert disagree.tolist() == [False, True, False, True, True, True]
+    ce1 = F.cross_entropy(l1, y, reduction="none").detach()
+    ce2 = F.cross_entropy(l2, y, reduction="none").detach()
+    # keep = floor(0.5 * 4) = 2 per network, among rows 1, 3, 4, 5 only
+    # CE over rows 1, 3, 4, 5: network 1 [0.24, 1.55, 4.04, 0.55], network 2 [2.24, 0.01, 0.55, 3.09]
+    assert pick1.nonzero().squeeze(1).tolist() == [1, 5] and pick2.nonzero().squeeze(1).tolist() == [3, 4]
+    torch.testing.assert_close(loss, (ce1[pick2].sum() + ce2[pick1].sum()) / 2)
+    loss.backward()  # network 1's gradient comes only from network 2's pick
+    assert torch.all(l1.grad[~pick2] == 0) and torch.any(l1.grad[pick2] != 0)
+    # Full agreement: nothing to learn from.
+    same = torch.eye(3)[[0, 1, 2, 0]] * 3
+    loss, disagree, pick1, _ = disagreement_update(same.clone().requires_grad_(), same, torch.zeros(4).long(), 0.2)
+    assert float(loss.detach()) == 0 and not disagree.any() and not pick1.any()
+
+
+def test_jocor_joint_loss_and_one_shared_selection_for_both_networks() -> None:
+    g = torch.Generator().manual_seed(1)
+    a, b, y = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g), torch.tensor([0, 1, 2, 0, 1])
+    kl = lambda p, q: (p * (p / q).log()).sum(1)  # noqa: E731
+    pa, pb = a.softmax(1), b.softmax(1)
+    expected = 0.2 * (-pa[range(5), y].log() - pb[range(5), y].log()) + 0.8 * (kl(pa, pb) + kl(pb, pa))
+    torch.testing.assert_close(joint_loss(a, b, y, 0.8), expected)
+    # The method: one pick by the joint loss, the mean over it, both networks updated.
+    ctx, batch = _ctx(n=10)
+    method = ROBUST["jocor"](ctx, {"num_gradual": 1, "co_lambda": 0.9})
+    method.setup()
+    out = method.train_step(batch, epoch=1)  # forget rate 0.4 -> keep 6 of 10
+    with torch.no_grad():
+        joint = joint_loss(method.net1(batch.x), method.net2(batch.x), batch.y, 0.9)
+    assert int(out["selected"].sum()) == 6
+    assert set(out["selected"].nonzero().squeeze(1).tolist()) == set(torch.argsort(joint)[:6].tolist())
+    torch.testing.assert_close(out["loss"], joint[out["selected"]].mean())
+    out["loss"].backward()
+    assert all(net.head.weight.grad is not None and net.head.weight.grad.abs().sum() > 0 for net in method.nets)
+
+
+def test_dividemix_mixture_splits_a_bimodal_loss() -> None:
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([rng.normal(0.2, 0.05, 80), rng.normal(2.0, 0.2, 20)])
+    prob = clean_posterior(loss, seed=0)
+    assert prob.shape == (100,) and (prob[:80] > 0.5).all() and (prob[80:] < 0.5).all()
+    assert np.all(clean_posterior(np.ones(7)) == 1)  # nothing to split
+    assert [lambda_u_for(r) for r in (0.1, 0.45, 0.7)] == [0.0, 25.0, 150.0]
+
+
+def test_dividemix_co_divide_each_network_trains_on_the_others_split() -> None:
+    ctx, _ = _ctx(n=12, epochs=4, batch_size=4)
+    method = ROBUST["dividemix"](ctx, {"warmup": 1, "lambda_u": 25})
+    method.setup()
+    assert method.warmup == 1 and not method.inactive_reason()
+    method.on_epoch_start(0)
+    assert method.divisions == 0  # warm-up: no division
+    # Fix the two networks' divisions by hand: net 1 trusts rows 0-7, net 2 rows 4-11.
+    method.prob = np.stack([(np.arange(12) < 8), (np.arange(12) >= 4)]).astype(np.float32) * 0.8 + 0.1
+    batches = list(method._semi_batches(epoch=1))
+    assert len(batches) == 2  # 8 labelled rows per network / batch size 4
+    for b in batches:
+        e = b.extra
+        assert torch.equal(b.index, e["index0"]) and set(e["index0"].tolist()) <= set(range(4, 12))  # net 2's split
+        assert set(e["index1"].tolist()) <= set(range(0, 8))                                        # net 1's split
+        assert e["x0_1"].shape == e["x0_2"].shape == e["u0_1"].shape == (4, 3, 2, 2)
+        torch.testing.assert_close(e["w0"], torch.full((4,), 0.9))
+    # Every step trains both networks, each with its own parts.
+    method.train()
+    out = method.train_step(batches[0], epoch=1)
+    out["loss"].backward()
+    assert all(net.head.weight.grad.abs().sum() > 0 for net in method.nets)
+    assert out["prob"].shape == (4,) and method.step_in_epoch == 1
+    # A real division, then the outputs: kept is network 1's split, noise_score from a final mixture.
+    method.on_epoch_start(1)
+    assert method.divisions == 1 and np.isfinite(method.prob).all()
+    outputs = method.outputs()
+    assert np.array_equal(outputs["kept"], np.flatnonzero(method.prob[0] > 0.5))
+    assert outputs["noise_score"].shape == (12,) and outputs["clean_prob"].shape == (2, 12)
+    restored = ROBUST["dividemix"](ctx, {"warmup": 1, "lambda_u": 25})
+    restored.setup()
+    restored.load_epoch_state(method.epoch_state())
+    assert np.array_equal(restored.prob, method.prob) and restored.divisions == 1
+
+
+def test_mixmatch_shapes_mixing_and_the_loss_terms() -> None:
+    torch.manual_seed(0)
+    net = Classifier(nn.Flatten(), 12, 3).eval()
+    b = 4
+    parts = {name: torch.randn(b, 3, 2, 2) for name in ("x1", "x2", "u1", "u2")}
+    tx, tu = sharpen(torch.rand(b, 3) + 0.1, 0.5), sharpen(torch.rand(b, 3) + 0.1, 0.5)
+    torch.testing.assert_close(tx.sum(1), torch.ones(b))
+    perm = torch.randperm(4 * b)
+    loss, seen = mixmatch_loss(net, parts, tx, tu, lam=0.7, perm=perm, lambda_u=25.0)
+    all_x = torch.cat([parts["x1"], parts["x2"], parts["u1"], parts["u2"]])
+    all_t = torch.cat([tx, tx, tu, tu])
+    torch.testing.assert_close(seen["mixed_input"], 0.7 * all_x + 0.3 * all_x[perm])
+    torch.testing.assert_close(seen["mixed_target"], 0.7 * all_t + 0.3 * all_t[perm])
+    assert seen["logits"].shape == (4 * b, 3)
+    logits, mt = seen["logits"], seen["mixed_target"]
+    lx = -(logits[:2 * b].log_softmax(1) * mt[:2 * b]).sum(1).mean()
+    lu = ((logits[2 * b:].softmax(1) - mt[2 * b:]) ** 2).mean()
+    mean_p = logits.softmax(1).mean(0)
+    penalty = (torch.full((3,), 1 / 3) * torch.log((1 / 3) / mean_p)).sum()
+    torch.testing.assert_close(loss, lx + 25.0 * lu + penalty)
+    # Without unlabelled samples only the labelled half is mixed.
+    loss, seen = mixmatch_loss(net, {"x1": parts["x1"], "x2": parts["x2"]}, tx, None, 0.6, torch.randperm(2 * b), 25)
+    assert seen["logits"].shape == (2 * b, 3) and float(seen["loss_u"].detach()) == 0
+    # Sharpening with T = 0.5 squares and renormalises.
+    torch.testing.assert_close(sharpen(torch.tensor([[0.6, 0.4]]), 0.5), torch.tensor([[0.36, 0.16]]) / 0.52)
