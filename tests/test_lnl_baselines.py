@@ -212,3 +212,71 @@ def test_mixmatch_shapes_mixing_and_the_loss_terms() -> None:
     assert seen["logits"].shape == (2 * b, 3) and float(seen["loss_u"].detach()) == 0
     # Sharpening with T = 0.5 squares and renormalises.
     torch.testing.assert_close(sharpen(torch.tensor([[0.6, 0.4]]), 0.5), torch.tensor([[0.36, 0.16]]) / 0.52)
+
+
+# ------------------------------------------------------------------------------------------ instance noise
+
+def _images(n: int, seed: int = 0, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_instance_noise_rate_seed_and_never_the_true_class() -> None:
+    from ssl_noise import noise
+
+    images, clean = _images(4000), np.repeat(np.arange(4), 1000)
+    process = noise.build_noise("instance", 4, 0.3, seed=5)
+    out = noise.corrupt(clean, process, rng=np.random.default_rng(5), images=images)
+    # Tolerance: the mean of 4000 flips with q ~ N(0.3, 0.1²) has a standard deviation of about 0.007.
+    assert abs(out.realised_rate - 0.3) < 0.03 and abs(noise.expected_rate(out.T, clean) - 0.3) < 0.01
+    np.testing.assert_allclose(out.T.sum(1), 1)
+    np.testing.assert_allclose(out.realised_T.sum(1), 1)
+    again = noise.corrupt(clean, noise.build_noise("instance", 4, 0.3, seed=5), rng=np.random.default_rng(5),
+                          images=images)
+    other = noise.corrupt(clean, noise.build_noise("instance", 4, 0.3, seed=6), rng=np.random.default_rng(6),
+                          images=images)
+    assert np.array_equal(out.noisy, again.noisy) and not np.array_equal(out.noisy, other.noisy)
+    # With every sample forced to flip (q = 1) the clean class has probability 0: a flip never lands on it.
+    p = process.probabilities(images, clean, np.ones(len(clean)))
+    assert np.all(p[np.arange(len(clean)), clean] == 0) and np.allclose(p.sum(1), 1)
+    assert np.array_equal(out.flipped, out.noisy != clean)
+    assert np.all(noise.corrupt(clean, noise.instance(4, 0.0), rng=np.random.default_rng(0),
+                                images=images).noisy == clean)  # rate 0: clean
+
+
+def test_instance_noise_depends_on_the_image_only() -> None:
+    from ssl_noise import noise
+
+    a, b = _images(2, seed=1)
+    images = np.concatenate([np.repeat(a[None], 3000, 0), np.repeat(b[None], 3000, 0)])
+    clean = np.zeros(6000, dtype=np.int64)
+    process = noise.instance(5, 0.4, seed=0)
+    q = np.full(6000, 0.4)
+    p = process.probabilities(images, clean, q)
+    assert np.all(p[:3000] == p[0]) and np.all(p[3000:] == p[3000])  # identical images, identical distribution
+    out = noise.corrupt(clean, process, rng=np.random.default_rng(0), images=images)
+    for block in (slice(0, 3000), slice(3000, 6000)):  # two halves of one image's copies draw alike
+        halves = [np.bincount(out.noisy[block][h::2], minlength=5) / 1500 for h in (0, 1)]
+        assert np.abs(halves[0] - halves[1]).max() < 0.06
+    assert not np.allclose(p[0], p[3000])  # another image, another distribution
+
+
+def test_instance_noise_is_checked_and_recorded_by_finetune(tmp_path) -> None:
+    from ssl_noise import noise
+    from ssl_noise.config import FinetuneConfig, resolve
+    from ssl_noise.errors import UserError
+    from ssl_noise.finetune.prepare import prepare
+
+    with pytest.raises(noise.MajorityNoiseError, match="--force"):
+        noise.instance(4, 0.5)
+    with pytest.raises(UserError, match="exact does not apply"):
+        noise.corrupt(np.zeros(3, np.int64), noise.instance(2, 0.2), rng=np.random.default_rng(0),
+                      images=_images(3), mode="exact")
+    cfg = resolve(FinetuneConfig, {"dataset": "synthetic:n_train=64,n_val=32,n_test=16", "image_size": 16,
+                                   "noise_type": "instance", "noise_rate": 0.3, "noise_seed": 2})
+    prep = prepare(cfg, data_root=None, checkpoints=tmp_path)
+    again = prepare(cfg, data_root=None, checkpoints=tmp_path)
+    nz = prep.noise
+    assert nz["type"] == "instance" and nz["rate"] == 0.3 and "inst0.3" in prep.run_id
+    assert nz["realised_rate"] == float(prep.train_noise.flipped.mean()) and np.shape(nz["realised_T"]) == (4, 4)
+    assert np.array_equal(prep.train_noise.noisy, again.train_noise.noisy)
+    assert prep.val_noise is not None and prep.val_noise.realised_rate > 0  # noisy validation labels, same process

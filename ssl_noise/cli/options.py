@@ -67,7 +67,8 @@ noise_options = stack(
                  help="Label-noise rate in [0, 1) (default: clean)."),
     click.option("--noise-type", metavar="TYPE",
                  help="symmetric (default; flips to one of the OTHER classes), uniform (redraw over all K), pairflip "
-                      "(i -> i+1 mod K), asymmetric (needs --class-map or --noise-matrix)."),
+                      "(i -> i+1 mod K), asymmetric (needs --class-map or --noise-matrix), instance (image-dependent, "
+                      "Xia et al. 2020)."),
     click.option("--class-map", type=click.Path(dir_okay=False), metavar="FILE",
                  help="asymmetric: YAML/JSON {clean: noisy} by class index or name."),
     click.option("--noise-matrix", type=click.Path(dir_okay=False), metavar="FILE",

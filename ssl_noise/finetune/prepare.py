@@ -53,7 +53,7 @@ def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path)
     """Resolve the init, load the data, corrupt the labels and compute the run id; raises UserError on bad input."""
     ROBUST.get_or_fail(cfg.method).parse_args(cfg.method_args)
     if cfg.noise_file is None:
-        noise.NOISE_TYPES.get_or_fail(cfg.noise_type)
+        noise.check_noise_type(cfg.noise_type)
     elif cfg.noise_rate is not None:
         raise UserError("--noise-file gives the noisy labels itself; drop --noise (the rate)")
     size = inits.image_size(cfg.init, cfg.dataset, checkpoints=checkpoints, requested=cfg.image_size)
@@ -113,8 +113,8 @@ def _transition(cfg: FinetuneConfig, data: ImageDataset) -> Tuple[np.ndarray, Op
         return train.realised_T, train
     class_map = noise.load_class_map(cfg.class_map, data.class_names) if cfg.class_map else None
     rate = cfg.noise_rate if cfg.noise_matrix or cfg.noise_rate is not None else 0.0
-    return noise.transition_matrix(cfg.noise_type, K, rate, class_map=class_map, matrix=cfg.noise_matrix,
-                                   force=cfg.noise_force), None
+    return noise.build_noise(cfg.noise_type, K, rate, class_map=class_map, matrix=cfg.noise_matrix,
+                             force=cfg.noise_force, seed=cfg.noise_seed), None
 
 
 def _source_run(cfg: FinetuneConfig) -> Optional[RunFolder]:
@@ -134,7 +134,8 @@ def _validation(cfg: FinetuneConfig, data: ImageDataset, T: np.ndarray,
     K = data.num_classes
     given = None if source is None else source.val_labels(num_samples=len(data.val), num_classes=K)
     if given is None:
-        return noise.corrupt(data.val.labels, T, rng=np.random.default_rng([cfg.noise_seed, 1]), mode=cfg.noise_mode)
+        return noise.corrupt(data.val.labels, T, rng=np.random.default_rng([cfg.noise_seed, 1]), mode=cfg.noise_mode,
+                             images=data.val.images)
     if not np.array_equal(given.clean, data.val.labels):
         raise UserError(f"{source.path}: its validation labels were written for other data than {data.name}'s")
     return noise.NoisyLabels.from_labels(data.val.labels, given.noisy, np.eye(K))
@@ -154,10 +155,12 @@ def _recorded(cfg: FinetuneConfig, source: Optional[RunFolder]) -> Dict[str, Any
 def corrupt(cfg: FinetuneConfig, data: ImageDataset) -> tuple:
     """(training labels, validation labels or None, the noise summary of metrics.json)."""
     clean, source = data.train.labels, _source_run(cfg)
-    T, train = _transition(cfg, data)
+    process, train = _transition(cfg, data)
     if train is None:
-        train = noise.corrupt(clean, T, rng=np.random.default_rng(cfg.noise_seed), mode=cfg.noise_mode)
-    val = _validation(cfg, data, T, source)
+        train = noise.corrupt(clean, process, rng=np.random.default_rng(cfg.noise_seed), mode=cfg.noise_mode,
+                              images=data.train.images)
+    val = _validation(cfg, data, process, source)
+    T = train.T if getattr(process, "image_dependent", False) else process  # instance: expected T given the images
     labels = [data.train_indices, clean, train.noisy] + ([val.noisy] if val is not None else [])
     summary = {"source": "file" if cfg.noise_file else "generated", "file": cfg.noise_file,
                "source_run": None if source is None else source.name, **_recorded(cfg, source),
