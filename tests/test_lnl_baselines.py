@@ -280,3 +280,70 @@ def test_instance_noise_is_checked_and_recorded_by_finetune(tmp_path) -> None:
     assert nz["realised_rate"] == float(prep.train_noise.flipped.mean()) and np.shape(nz["realised_T"]) == (4, 4)
     assert np.array_equal(prep.train_noise.noisy, again.train_noise.noisy)
     assert prep.val_noise is not None and prep.val_noise.realised_rate > 0  # noisy validation labels, same process
+
+
+# --------------------------------------------------------------------------------------------- real noise
+
+def _manifest(tmp_path) -> tuple:
+    """48 tiny PNGs in 4 classes with a split column, clean_label, a noisy ``label`` (every 4th train image of
+    classes a/b flipped to the next class) and three annotators; returns (path, rows as dicts)."""
+    from PIL import Image
+
+    names, rows = ["a", "b", "c", "d"], []
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        k, split = i % 4, ("train" if i < 32 else "val" if i < 40 else "test")
+        Image.fromarray(np.full((8, 8, 3), 40 + 50 * k, np.uint8) + rng.integers(0, 20, (8, 8, 3), dtype=np.uint8)
+                        ).save(tmp_path / f"{i}.png")
+        label = names[(k + 1) % 4] if split != "test" and i % 8 in (0, 1) else names[k]
+        votes = [label, names[k], label if i % 3 else names[(k + 2) % 4]]
+        rows.append({"path": f"{i}.png", "label": label, "clean_label": names[k], "split": split,
+                     "annotator_1": votes[0], "annotator_2": votes[1], "annotator_3": votes[2]})
+    path = tmp_path / "manifest.csv"
+    path.write_text(",".join(rows[0]) + "\n" + "".join(",".join(r.values()) + "\n" for r in rows))
+    return path, rows
+
+
+def test_manifest_with_clean_labels_trains_on_given_and_scores_against_clean(tmp_path) -> None:
+    import json
+
+    from ssl_noise.cli import main
+    from ssl_noise.data import load_dataset
+
+    path, rows = _manifest(tmp_path)
+    train = [r for r in rows if r["split"] == "train"]
+    code = {n: k for k, n in enumerate("abcd")}
+    data = load_dataset(f"csv:{path}", size=8)
+    assert np.array_equal(data.train.labels, [code[r["clean_label"]] for r in train])
+    assert np.array_equal(data.train.given, [code[r["label"]] for r in train])
+    assert np.array_equal(data.test.given, data.test.labels)
+    one = load_dataset(f"csv:{path}", size=8, label_column="annotator_3")
+    assert np.array_equal(one.train.given, [code[r["annotator_3"]] for r in train])
+    # Majority of (label, clean, label-or-other): the given label wins 2:1 wherever annotators 1 and 3 agree.
+    majority = load_dataset(f"csv:{path}", size=8, label_column="majority")
+    expected = [code[r["annotator_1"]] if r["annotator_1"] in (r["annotator_2"], r["annotator_3"]) else
+                code[r["annotator_2"]] if r["annotator_2"] == r["annotator_3"] else code[r["annotator_1"]]
+                for r in train]
+    assert np.array_equal(majority.train.given, expected)
+
+    n_wrong = sum(r["label"] != r["clean_label"] for r in train)
+    runs = tmp_path / "runs"
+    args = ["--runs", str(runs), "finetune", "--dataset", f"csv:{path}", "--image-size", "8", "--epochs", "1",
+            "--batch-size", "16", "--method", "coteaching", "--quiet", "--set", "precision=fp32"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 0
+    folder = next(p for p in runs.iterdir() if p.is_dir())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["noise"]["source"] == "real" and metrics["noise"]["type"] == "real"
+    assert metrics["noise"]["realised_rate"] == pytest.approx(n_wrong / len(train)) and n_wrong == 8
+    assert metrics["detection"]["n_noisy"] == n_wrong
+    written = (folder / "noisy_labels.csv").read_text().splitlines()[1:]
+    assert sum(line.split(",")[1] != line.split(",")[2] for line in written) == n_wrong
+    # Synthetic noise on top of real noise is refused (exit 2, one line).
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--noise", "0.2"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(args[:-2] + ["--label-column", "nosuch"])
+    assert exit_info.value.code == 2
