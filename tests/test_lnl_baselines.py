@@ -141,6 +141,12 @@ def test_jocor_joint_loss_and_one_shared_selection_for_both_networks() -> None:
     torch.testing.assert_close(out["loss"], joint[out["selected"]].mean())
     out["loss"].backward()
     assert all(net.head.weight.grad is not None and net.head.weight.grad.abs().sum() > 0 for net in method.nets)
+    # The selection record survives a reload (resume): the same kept rows and frequencies.
+    other = ROBUST["jocor"](ctx, {"num_gradual": 1})
+    other.setup()
+    other.load_epoch_state(method.epoch_state())
+    assert np.array_equal(other.selection.outputs()["kept"], method.selection.outputs()["kept"])
+    assert other.selection.epoch == 1 and int(other.selection.seen.sum()) == 10
 
 
 def test_dividemix_mixture_splits_a_bimodal_loss() -> None:

@@ -10,7 +10,7 @@ Defaults, source and deviations: docs/methods.md#co-teaching-coteaching_pluspy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -108,3 +108,9 @@ class CoTeachingPlus(RobustMethod):
 
     def outputs(self) -> Dict[str, np.ndarray]:
         return pair_outputs(self)
+
+    def epoch_state(self) -> Dict[str, np.ndarray]:
+        return self.selection.state()
+
+    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.selection.load(state)

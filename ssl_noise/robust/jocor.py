@@ -11,7 +11,7 @@ Defaults, source and deviations: docs/methods.md#jocor-jocorpy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -85,3 +85,9 @@ class JoCoR(RobustMethod):
 
     def outputs(self) -> Dict[str, np.ndarray]:
         return pair_outputs(self)
+
+    def epoch_state(self) -> Dict[str, np.ndarray]:
+        return self.selection.state()
+
+    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.selection.load(state)
