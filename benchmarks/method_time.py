@@ -1,11 +1,13 @@
 """Each noisy-label method's training time per epoch, as a ratio to cross-entropy's, measured in one process.
 
-Every method runs through the real fine-tuning loop (:func:`ssl_noise.finetune.fit`) on the same data, config and
-seed. An epoch is timed from the method's ``on_epoch_start`` to the end of its ``on_epoch_end``: what the method
-costs (DivideMix's mixture division, VoG's gradient pass, the batches, the optimiser steps), not the validation and
-test evaluation every method shares. Methods are made active from epoch 1 (ramps and warm-ups of one epoch), epoch 0
-is dropped (first-call overheads, and DivideMix's warm-up is plain CE), and the median of the rest is reported. CE
-runs first and last; the spread of its two medians shows the machine's drift.
+Every method is set up exactly as ``ssl-noise finetune`` sets it up (the loop's context, the same data, config and
+seed) and trained by the loop's own :func:`ssl_noise.finetune.loop.train_one_epoch`. The methods' epochs are
+interleaved (epoch e of every method, in an order rotated per epoch, then epoch e + 1), so load from other jobs on
+the machine falls on all of them alike. An epoch is timed from the method's ``on_epoch_start`` to the end of its
+``on_epoch_end``: what the method costs (DivideMix's mixture division, VoG's gradient pass, the batches, the
+optimiser steps), not the validation and test evaluation every method shares. Methods are made active from epoch 1
+(ramps and warm-ups of one epoch), epoch 0 is not timed (first-call overheads; DivideMix's warm-up is plain CE), and
+the median of the rest is reported.
 
     python benchmarks/method_time.py                          # synthetic, 16 px, 256 images: CPU-sized
     python benchmarks/method_time.py --dataset bloodmnist --data-root ../shared/data --image-size 28 \\
@@ -29,34 +31,52 @@ ACTIVE_FROM_EPOCH_1 = {"coteaching": {"num_gradual": 1}, "coteaching_plus": {"nu
 DEFAULT_METHODS = ("ce", "gce", "sce", "elr", "coteaching", "coteaching_plus", "jocor", "dividemix")
 
 
-def epoch_times(name: str, cfg, *, data_root, checkpoints: Path, device: str) -> list:
-    """Seconds per epoch (on_epoch_start .. on_epoch_end) of one run of method ``name``."""
-    import dataclasses
+class Run:
+    """One method, prepared and set up as ``fit`` does, ready to train epoch by epoch."""
 
-    from ssl_noise.finetune import fit, prepare
-    from ssl_noise.robust import ROBUST
+    def __init__(self, name: str, cfg, *, data_root, checkpoints: Path, device: str):
+        import dataclasses
 
-    times: list = []
+        from ssl_noise import engine
+        from ssl_noise.finetune import prepare
+        from ssl_noise.finetune.inputs import Inputs, encoded_splits
+        from ssl_noise.finetune.loop import TrainState, _Loop
+        from ssl_noise.robust import ROBUST
 
-    class Timed(ROBUST[name]):  # the method itself, with a stopwatch around each epoch's hooks
-        def on_epoch_start(self, epoch: int) -> None:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            self._start = time.perf_counter()
-            super().on_epoch_start(epoch)
+        args = ACTIVE_FROM_EPOCH_1.get(name, {})
+        prep = prepare(dataclasses.replace(cfg, method=name, method_args=args), data_root=data_root,
+                       checkpoints=checkpoints)
+        inputs = Inputs(prep.cfg, prep.init["normalisation"], device)
+        x_train = encoded_splits(prep, inputs, device, lambda: engine.autocast(device, cfg.precision))[0]
+        loop = _Loop(prep, inputs, x_train, device, None, False)
+        self.name, self.device, self.ctx = name, device, loop.context()
+        self.method = ROBUST[name](self.ctx, args)
+        loop.tell_rate(self.method)
+        self.method.setup()
+        loop.use_training_set(self.method)
+        self.state = TrainState.empty(len(prep.data.train), cfg.epochs)
+        self.clean = torch.from_numpy(prep.data.train.labels)
+        total = self.ctx.steps_per_epoch * cfg.epochs
+        self.lr = lambda step: engine.lr_at(step, total, 0, cfg.lr)
+        self.times: list = []
 
-        def on_epoch_end(self, epoch: int):
-            out = super().on_epoch_end(epoch)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self._start)
-            return out
+    def epoch(self, e: int) -> None:
+        from tqdm import tqdm
 
-    args = ACTIVE_FROM_EPOCH_1.get(name, {})
-    run_cfg = dataclasses.replace(cfg, method=name, method_args=args)
-    prep = prepare(run_cfg, data_root=data_root, checkpoints=checkpoints)
-    fit(prep, device=device, show_progress=False, make_method=lambda ctx: Timed(ctx, args))
-    return times
+        from ssl_noise.finetune.loop import train_one_epoch
+
+        self.sync()
+        start = time.perf_counter()
+        self.method.on_epoch_start(e)
+        train_one_epoch(self.method, self.ctx, self.method.epoch_batches(e), self.state, self.clean, e, self.lr,
+                        tqdm(disable=True))
+        self.method.on_epoch_end(e)
+        self.sync()
+        self.times.append(time.perf_counter() - start)
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -83,20 +103,19 @@ def main() -> None:
     cfg = resolve(FinetuneConfig, {"dataset": args.dataset, "image_size": args.image_size, "subset": args.subset,
                                    "batch_size": args.batch_size, "epochs": args.epochs, "noise_rate": args.noise,
                                    "precision": args.precision, "noise_estimate": "oracle"})
-    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "ce"]
-    medians = {}
+    names = ["ce"] + [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "ce"]
     with TemporaryDirectory() as tmp:
-        for name in ["ce", *methods, "ce"]:
-            times = epoch_times(name, cfg, data_root=args.data_root, checkpoints=Path(tmp), device=args.device)
-            medians.setdefault(name, []).append(statistics.median(times[1:]))
-    ce = statistics.mean(medians["ce"])
+        runs = [Run(name, cfg, data_root=args.data_root, checkpoints=Path(tmp), device=args.device) for name in names]
+        for e in range(args.epochs):
+            for k in range(len(runs)):  # rotated order: no method always runs right after another
+                runs[(k + e) % len(runs)].epoch(e)
+    median = {run.name: statistics.median(run.times[1:]) for run in runs}
     print(f"{args.dataset} ({args.image_size} px, subset {args.subset}), batch {args.batch_size}, {args.epochs} "
-          f"epochs (epoch 1 untimed), {args.device}, {args.precision}, {torch.get_num_threads()} thread(s)")
-    print(f"CE: {' / '.join(f'{t:.2f}' for t in medians['ce'])} s per epoch (first / last run: drift)")
-    print(f"{'method':<16}{'s/epoch':>10}{'x CE':>8}")
-    for name in ["ce", *methods]:
-        t = statistics.mean(medians[name])
-        print(f"{name:<16}{t:>10.2f}{t / ce:>8.2f}")
+          f"epochs (the first untimed), {args.device}, {args.precision}, {torch.get_num_threads()} thread(s)")
+    print(f"{'method':<16}{'s/epoch':>10}{'x CE':>8}   per timed epoch (s)")
+    for run in runs:
+        print(f"{run.name:<16}{median[run.name]:>10.2f}{median[run.name] / median['ce']:>8.2f}   "
+              + " ".join(f"{t:.2f}" for t in run.times[1:]))
 
 
 if __name__ == "__main__":
