@@ -278,12 +278,13 @@ class FinetuneConfig:
     method: str = "ce"                   # a key of ssl_noise.robust.ROBUST
     method_args: Dict[str, Any] = field(default_factory=dict)
     noise_rate: Optional[float] = None   # None or 0: clean labels (unless a noise matrix or noise file is given)
-    noise_type: str = "symmetric"        # symmetric | uniform | pairflip | asymmetric
+    noise_type: str = "symmetric"        # symmetric | uniform | pairflip | asymmetric | instance
     noise_mode: str = "sampled"          # sampled | exact
     noise_seed: int = 0
     class_map: Optional[str] = None      # asymmetric: YAML/JSON {clean: noisy}
     noise_matrix: Optional[str] = None   # asymmetric: KxK matrix file (then noise_rate is not used)
     noise_file: Optional[str] = None     # reuse exactly these training labels (index,clean_label,noisy_label)
+    label_column: Optional[str] = None   # csv data: the column to train on, or majority (of annotator* columns)
     noise_force: bool = False            # accept noise where a wrong class is as likely as the clean one
     clean_val: bool = False              # default: validation labels are noisy too, as in practice
     noise_estimate: Union[str, float] = "auto"  # rate told to methods that need one: auto | oracle | a rate

@@ -63,9 +63,11 @@ QUIET = pytest.mark.filterwarnings("ignore::UserWarning")  # schedules far too s
 
 
 @QUIET
-@pytest.mark.parametrize("method", ["ce", "coteaching", "vog", "nshe"])
+@pytest.mark.parametrize("method", ["ce", "coteaching", "vog", "nshe", "elr", "coteaching_plus", "dividemix"])
 def test_stopped_and_resumed_fit_is_bitwise_an_uninterrupted_one(tmp_path, monkeypatch, method) -> None:
-    args = {"vog": {"warmup": 1, "vog_window": 2, "vog_inputs": "train"}, "nshe": {"warm_up": 1}}.get(method, {})
+    args = {"vog": {"warmup": 1, "vog_window": 2, "vog_inputs": "train"}, "nshe": {"warm_up": 1},
+            "coteaching_plus": {"num_gradual": 1, "init_epoch": 1}, "dividemix": {"warmup": 1, "lambda_u": 25},
+            }.get(method, {})
     prep = prepare(resolve(FinetuneConfig, {**TINY, "method": method, "method_args": args}), data_root=None,
                    checkpoints=tmp_path / "ck")
     straight = fit(prep, show_progress=False, state_dir=tmp_path / "a")

@@ -18,7 +18,8 @@ from ssl_noise.settings import Settings
 @click.option("--type", "noise_type", default="symmetric", show_default=True, metavar="TYPE",
               help="symmetric (flip to one of the OTHER classes; --rate = expected wrong-label rate), uniform "
                    "(DivideMix-style redraw over all K: wrong-label rate = rate*(K-1)/K), pairflip (i -> i+1 mod K), "
-                   "asymmetric (needs --class-map or --matrix).")
+                   "asymmetric (needs --class-map or --matrix), instance (image-dependent flips, Xia et al. 2020; "
+                   "--rate = mean flip rate).")
 @click.option("--rate", type=float, metavar="R", help="Noise rate in [0, 1). Not used with --matrix.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (record it with your results).")
 @out_option("Noise file to write: index,clean_label,noisy_label (replaced atomically if it exists).", metavar="CSV")

@@ -67,7 +67,8 @@ noise_options = stack(
                  help="Label-noise rate in [0, 1) (default: clean)."),
     click.option("--noise-type", metavar="TYPE",
                  help="symmetric (default; flips to one of the OTHER classes), uniform (redraw over all K), pairflip "
-                      "(i -> i+1 mod K), asymmetric (needs --class-map or --noise-matrix)."),
+                      "(i -> i+1 mod K), asymmetric (needs --class-map or --noise-matrix), instance (image-dependent, "
+                      "Xia et al. 2020)."),
     click.option("--class-map", type=click.Path(dir_okay=False), metavar="FILE",
                  help="asymmetric: YAML/JSON {clean: noisy} by class index or name."),
     click.option("--noise-matrix", type=click.Path(dir_okay=False), metavar="FILE",
@@ -78,6 +79,9 @@ noise_options = stack(
     click.option("--noise-file", type=click.Path(dir_okay=False), metavar="CSV",
                  help="Reuse exactly these training labels (index,clean_label,noisy_label, as `ssl-noise noise` or a "
                       "run's noisy_labels.csv): the same noise across inits."),
+    click.option("--label-column", metavar="NAME|majority",
+                 help="csv:PATH data: train on this manifest column (e.g. one annotator's), or the majority of its "
+                      "annotator*/rater* columns; a clean_label column then scores the real noise."),
     click.option("--force-noise", "noise_force", is_flag=True, default=None,
                  help="Accept noise under which a wrong class is as likely as the clean one."),
 )

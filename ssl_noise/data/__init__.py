@@ -67,7 +67,8 @@ def dataset_name(spec: str | os.PathLike) -> str:
 
 
 def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, size: Optional[int] = None,
-                 subset: Optional[int] = None, seed: int = 0, download: bool = True) -> ImageDataset:
+                 subset: Optional[int] = None, seed: int = 0, download: bool = True,
+                 label_column: Optional[str] = None) -> ImageDataset:
     """Load the dataset named by ``spec`` (syntax: docs/formats.md, "Dataset specs").
 
     Args:
@@ -79,6 +80,8 @@ def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, si
         subset: Keep a stratified subset of this many train images (val and test stay whole).
         seed: Seed of the subset draw.
         download: Allow downloading MedMNIST files that are not on disk.
+        label_column: ``csv:PATH`` only: the column to train on, or ``majority`` of the annotator columns
+            (real label noise: :func:`ssl_noise.data.files.load_csv`).
 
     Returns:
         The dataset; ``train_indices`` maps train rows to the source's full train split.
@@ -86,7 +89,16 @@ def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, si
     Raises:
         UserError: Unknown spec, missing or corrupt files, bad labels (the message says what to fix).
     """
-    dataset = _load(str(spec).strip(), data_root=data_root, size=size, download=download)
+    spec = str(spec).strip()
+    if label_column is None:
+        dataset = _load(spec, data_root=data_root, size=size, download=download)
+    else:
+        kind, _, rest = spec.partition(":")
+        if kind != "csv" or not rest:
+            raise UserError(f"--label-column picks a column of a CSV manifest; {spec!r} is not csv:PATH")
+        from ssl_noise.data import files
+
+        dataset = files.load_csv(os.path.expanduser(rest), size=size, label_column=label_column)
     return subset_train(dataset, subset, seed)
 
 

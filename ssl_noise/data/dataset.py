@@ -30,11 +30,14 @@ class Split:
         images: ``uint8`` array ``N×H×W×C`` (C = 1 for gray, 3 for RGB).
         labels: ``int64`` array ``(N,)``; ``(N, K)`` of 0/1 for multi-label sets such as chestmnist.
         paths: The image file of each row for folder and CSV data (what an expert is shown), else None.
+        given: ``int64`` ``(N,)`` labels as annotated, when the data carries real label noise (a manifest with a
+            ``clean_label`` column): ``labels`` then holds the clean ones. Training uses ``given``.
     """
 
     images: np.ndarray
     labels: np.ndarray
     paths: Optional[List[str]] = None
+    given: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,7 +50,8 @@ class Split:
 
     def take(self, indices: np.ndarray) -> "Split":
         paths = None if self.paths is None else [self.paths[i] for i in np.asarray(indices).reshape(-1)]
-        return Split(self.images[indices], self.labels[indices], paths)
+        return Split(self.images[indices], self.labels[indices], paths,
+                     None if self.given is None else self.given[indices])
 
 
 @dataclass
@@ -130,6 +134,10 @@ class ImageDataset:
             if len(split.images) != len(split.labels):
                 raise UserError(f"{where} [{split_name}]: {len(split.images)} images but {len(split.labels)} labels")
             _check_labels(split.labels, self.num_classes, self.multilabel, f"{where} [{split_name}]")
+            if split.given is not None:
+                _check_labels(split.given, self.num_classes, False, f"{where} [{split_name}, given labels]")
+                if split.given.shape != split.labels.shape:
+                    raise UserError(f"{where} [{split_name}]: {len(split.given)} given labels for {len(split)} images")
         if len(self.train_indices) != len(self.train):
             raise UserError(f"{where}: train_indices has {len(self.train_indices)} rows, train has {len(self.train)}")
 

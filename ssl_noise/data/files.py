@@ -7,6 +7,7 @@ separate from every training seed): docs/formats.md, "Dataset specs".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -239,11 +240,16 @@ def _split_names(values: Sequence[str], where: str) -> np.ndarray:
     return np.asarray(names)
 
 
-def load_csv(path: str | os.PathLike, size: Optional[int] = None, split_seed: int = 0) -> ImageDataset:
+def load_csv(path: str | os.PathLike, size: Optional[int] = None, split_seed: int = 0,
+             label_column: Optional[str] = None) -> ImageDataset:
     """Load a manifest with columns ``path,label[,split]`` (relative paths are relative to the CSV's folder).
 
     Labels are integers or class-name strings (names are sorted to give the label order). Without a split
     column the set is split 70/10/20; with one, a missing val split is carved from train.
+
+    Real label noise (:func:`_label_rule`): a ``clean_label`` column holds the true labels, and the training label
+    is ``label``, another column (``label_column``, e.g. one annotator's) or the ``majority`` of the annotator
+    columns (``annotator*``/``rater*``); each split's ``given`` then holds the training labels.
 
     Raises:
         UserError: Missing columns, empty manifest, unknown split names, unreadable images.
@@ -253,14 +259,54 @@ def load_csv(path: str | os.PathLike, size: Optional[int] = None, split_seed: in
         raise UserError(f"no such manifest: {path}")
     frame = _read_manifest(path)
     files = [p if p.is_absolute() else path.parent / p for p in map(Path, frame["path"].str.strip())]
-    class_names, labels = encode_labels(list(frame["label"]), f"manifest {path}")
+    class_names, labels, given = _label_rule(frame, label_column, f"manifest {path}")
+    rows = list(range(len(files)))  # splits are drawn over rows, so the given labels follow them
     if "split" not in frame.columns:
-        parts = _split_three((files, labels), split_seed)
+        parts = _split_three((rows, labels), split_seed)
     else:
         which = _split_names(list(frame["split"]), f"manifest {path}")
-        parts = {s: _take((files, labels), np.flatnonzero(which == s)) for s in SPLITS}
+        parts = {s: _take((rows, labels), np.flatnonzero(which == s)) for s in SPLITS}
         parts = _complete(parts, path, split_seed)
-    return _build(path.stem, path, class_names, parts, size)
+    dataset = _build(path.stem, path, class_names, {s: ([files[i] for i in r], y) for s, (r, y) in parts.items()},
+                     size)
+    if given is None:
+        return dataset
+    return dataclasses.replace(dataset, **{s: dataclasses.replace(dataset.splits[s], given=given[parts[s][0]])
+                                           for s in SPLITS})
+
+
+ANNOTATOR_PREFIXES = ("annotator", "rater")
+
+
+def _label_rule(frame, label_column: Optional[str], where: str) -> Tuple[List[str], np.ndarray, Optional[np.ndarray]]:
+    """(class names, labels, given or None): with a ``clean_label`` column, labels = clean_label and given = the
+    training label (``label``, the column ``label_column`` or ``majority`` over the annotator columns; ties go to
+    the earliest tied annotator column); without one, labels = the training label and given = None. All label
+    columns share one encoding."""
+    annotators = [c for c in frame.columns if c.startswith(ANNOTATOR_PREFIXES)]
+    rule = None if label_column is None else label_column.strip().lower()
+    if rule is None and "clean_label" not in frame.columns:
+        return (*encode_labels(list(frame["label"]), where), None)
+    if rule not in (None, "majority") and rule not in frame.columns:
+        raise UserError(f"{where}: no label column {label_column!r} (columns: {', '.join(frame.columns)})")
+    if rule == "majority" and len(annotators) < 2:
+        raise UserError(f"{where}: the majority needs two or more annotator columns (annotator*/rater*), found "
+                        f"{len(annotators)}")
+    columns = list(dict.fromkeys(["label"] + (["clean_label"] if "clean_label" in frame.columns else []) +
+                                 annotators + ([rule] if rule not in (None, "majority") else [])))
+    names, codes = encode_labels([v for c in columns for v in frame[c]], where)
+    coded = dict(zip(columns, codes.reshape(len(columns), -1)))
+    if rule == "majority":
+        votes = np.stack([coded[c] for c in annotators], axis=1)                 # (N, A)
+        counts = np.zeros((len(votes), len(names)), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(len(votes)), votes.shape[1]), votes.ravel()), 1)
+        top = counts[np.arange(len(votes))[:, None], votes] == counts.max(axis=1, keepdims=True)
+        train = votes[np.arange(len(votes)), top.argmax(axis=1)]
+    else:
+        train = coded[rule or "label"]
+    if "clean_label" not in coded:
+        return names, train, None
+    return names, coded["clean_label"], train
 
 
 # --- Chaoyang JSON -------------------------------------------------------------------------------------------

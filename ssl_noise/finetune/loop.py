@@ -158,8 +158,9 @@ class _Loop:
         self.ctx.optimizers.append(engine.build_optimizer(module, self.prep.cfg))
         return self.ctx.optimizers[-1]
 
-    def batches(self, **kw):
-        return self.inputs.batches(self.images, self.labels, self.rows, **kw)
+    def batches(self, *, rows=None, **kw):
+        rows = self.rows if rows is None else torch.as_tensor(rows, dtype=torch.int64)
+        return self.inputs.batches(self.images, self.labels, rows, **kw)
 
     def predict_train(self, fn) -> np.ndarray:
         return self.inputs.apply(fn, self.x_train)
@@ -180,7 +181,7 @@ class _Loop:
             steps_per_epoch=len(chunks(self.rows, cfg.batch_size)), device=self.device, seed=cfg.seed,
             build_model=self.build_model, build_optimizer=self.build_optimizer, batches=self.batches,
             predict_train=self.predict_train, autocast=self.autocast, augment=cfg.augmentation,
-            run_stage=self.run_stage)
+            run_stage=self.run_stage, batch_size=cfg.batch_size)
         return self.ctx
 
     def auto_rate(self) -> float:

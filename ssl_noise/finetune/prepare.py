@@ -53,11 +53,12 @@ def prepare(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path)
     """Resolve the init, load the data, corrupt the labels and compute the run id; raises UserError on bad input."""
     ROBUST.get_or_fail(cfg.method).parse_args(cfg.method_args)
     if cfg.noise_file is None:
-        noise.NOISE_TYPES.get_or_fail(cfg.noise_type)
+        noise.check_noise_type(cfg.noise_type)
     elif cfg.noise_rate is not None:
         raise UserError("--noise-file gives the noisy labels itself; drop --noise (the rate)")
     size = inits.image_size(cfg.init, cfg.dataset, checkpoints=checkpoints, requested=cfg.image_size)
-    data = load_dataset(cfg.dataset, data_root=data_root, size=size, subset=cfg.subset, seed=cfg.noise_seed)
+    data = load_dataset(cfg.dataset, data_root=data_root, size=size, subset=cfg.subset, seed=cfg.noise_seed,
+                        label_column=cfg.label_column)
     if data.multilabel:
         raise UserError(f"{data.name} is multi-label ({data.task}); fine-tuning needs one class per image")
     if data.num_classes < 2:
@@ -113,8 +114,8 @@ def _transition(cfg: FinetuneConfig, data: ImageDataset) -> Tuple[np.ndarray, Op
         return train.realised_T, train
     class_map = noise.load_class_map(cfg.class_map, data.class_names) if cfg.class_map else None
     rate = cfg.noise_rate if cfg.noise_matrix or cfg.noise_rate is not None else 0.0
-    return noise.transition_matrix(cfg.noise_type, K, rate, class_map=class_map, matrix=cfg.noise_matrix,
-                                   force=cfg.noise_force), None
+    return noise.build_noise(cfg.noise_type, K, rate, class_map=class_map, matrix=cfg.noise_matrix,
+                             force=cfg.noise_force, seed=cfg.noise_seed), None
 
 
 def _source_run(cfg: FinetuneConfig) -> Optional[RunFolder]:
@@ -134,7 +135,8 @@ def _validation(cfg: FinetuneConfig, data: ImageDataset, T: np.ndarray,
     K = data.num_classes
     given = None if source is None else source.val_labels(num_samples=len(data.val), num_classes=K)
     if given is None:
-        return noise.corrupt(data.val.labels, T, rng=np.random.default_rng([cfg.noise_seed, 1]), mode=cfg.noise_mode)
+        return noise.corrupt(data.val.labels, T, rng=np.random.default_rng([cfg.noise_seed, 1]), mode=cfg.noise_mode,
+                             images=data.val.images)
     if not np.array_equal(given.clean, data.val.labels):
         raise UserError(f"{source.path}: its validation labels were written for other data than {data.name}'s")
     return noise.NoisyLabels.from_labels(data.val.labels, given.noisy, np.eye(K))
@@ -151,22 +153,46 @@ def _recorded(cfg: FinetuneConfig, source: Optional[RunFolder]) -> Dict[str, Any
             "seed": cfg.noise_seed, "mode": cfg.noise_mode}
 
 
+def _real(cfg: FinetuneConfig, data: ImageDataset) -> tuple:
+    """Real noise: the data's own given labels (a manifest's ``clean_label`` column scores them), nothing drawn."""
+    if cfg.noise_file or cfg.noise_rate or cfg.noise_matrix:
+        raise UserError(f"{data.name} carries its own noisy labels (a clean_label column): drop --noise, "
+                        f"--noise-matrix and --noise-file, or remove the clean_label column to add synthetic noise")
+    K = data.num_classes
+    train = noise.NoisyLabels.from_labels(data.train.labels, data.train.given, np.eye(K))
+    val = None if cfg.clean_val else noise.NoisyLabels.from_labels(data.val.labels, data.val.given, np.eye(K))
+    recorded = {"type": "real", "rate": None, "seed": cfg.noise_seed, "mode": None}
+    return train, val, train.realised_T, recorded, None
+
+
 def corrupt(cfg: FinetuneConfig, data: ImageDataset) -> tuple:
     """(training labels, validation labels or None, the noise summary of metrics.json)."""
-    clean, source = data.train.labels, _source_run(cfg)
-    T, train = _transition(cfg, data)
-    if train is None:
-        train = noise.corrupt(clean, T, rng=np.random.default_rng(cfg.noise_seed), mode=cfg.noise_mode)
-    val = _validation(cfg, data, T, source)
+    clean = data.train.labels
+    if data.train.given is not None:
+        train, val, T, recorded, source = _real(cfg, data)
+    else:
+        train, val, T, recorded, source = _drawn(cfg, data)
     labels = [data.train_indices, clean, train.noisy] + ([val.noisy] if val is not None else [])
-    summary = {"source": "file" if cfg.noise_file else "generated", "file": cfg.noise_file,
-               "source_run": None if source is None else source.name, **_recorded(cfg, source),
+    summary = {"source": "real" if data.train.given is not None else "file" if cfg.noise_file else "generated",
+               "file": cfg.noise_file, "source_run": None if source is None else source.name, **recorded,
                "realised_rate": train.realised_rate, "n_flipped": int(train.flipped.sum()),
                "expected_rate": noise.expected_rate(T, clean), "clean_val": cfg.clean_val,
                "val_realised_rate": None if val is None else val.realised_rate,
                "T": np.round(T, 10).tolist(), "realised_T": np.round(train.realised_T, 10).tolist(),
                "labels_sha256": hashlib.sha256(b"".join(np.asarray(a, np.int64).tobytes() for a in labels)).hexdigest()}
     return train, val, summary
+
+
+def _drawn(cfg: FinetuneConfig, data: ImageDataset) -> tuple:
+    """Generated noise or a noise file: (train, val, T, the recorded type/rate/seed/mode, the source run)."""
+    clean, source = data.train.labels, _source_run(cfg)
+    process, train = _transition(cfg, data)
+    if train is None:
+        train = noise.corrupt(clean, process, rng=np.random.default_rng(cfg.noise_seed), mode=cfg.noise_mode,
+                              images=data.train.images)
+    val = _validation(cfg, data, process, source)
+    T = train.T if getattr(process, "image_dependent", False) else process  # instance: expected T given the images
+    return train, val, T, _recorded(cfg, source), source
 
 
 def oracle_rate(summary: Dict[str, Any]) -> Optional[float]:

@@ -137,8 +137,9 @@ def _sample_exact(labels: np.ndarray, T: np.ndarray, rng: np.random.Generator) -
     return noisy
 
 
-def corrupt(labels: np.ndarray, T: np.ndarray, *, rng: np.random.Generator, mode: str = "sampled") -> NoisyLabels:
-    """Corrupt clean labels with transition matrix T.
+def corrupt(labels: np.ndarray, T, *, rng: np.random.Generator, mode: str = "sampled",
+            images: Optional[np.ndarray] = None) -> NoisyLabels:
+    """Corrupt clean labels with transition matrix T (or an image-dependent process: see below).
 
     ``sampled`` draws every noisy label independently from its row ``T[clean]`` (the realised rate scatters around
     the expected one by about ``sqrt(r (1 - r) / N)``). ``exact`` fixes the counts: a clean class with n_i samples
@@ -151,11 +152,15 @@ def corrupt(labels: np.ndarray, T: np.ndarray, *, rng: np.random.Generator, mode
         for n in range(N):
             noisy[n] = first j with u[n] < sum(T[labels[n], :j + 1])
 
+    A process with ``image_dependent = True`` (:class:`ssl_noise.noise.instance.InstanceNoise`) is no matrix: it
+    draws the labels itself from ``images`` with ``rng``.
+
     Args:
         labels: (N,) clean integer labels in 0..K-1 ((N, 1) is accepted).
-        T: (K, K) matrix, ``T[i, j] = P(noisy = j | clean = i)``, rows summing to 1.
+        T: (K, K) matrix, ``T[i, j] = P(noisy = j | clean = i)``, rows summing to 1; or an image-dependent process.
         rng: the only source of randomness.
         mode: ``"sampled"`` or ``"exact"``.
+        images: (N, H, W, C) uint8, for an image-dependent process only.
 
     Returns:
         :class:`NoisyLabels` with the (N,) noisy labels, the flipped mask and the realised statistics.
@@ -170,6 +175,10 @@ def corrupt(labels: np.ndarray, T: np.ndarray, *, rng: np.random.Generator, mode
     """
     if mode not in ("sampled", "exact"):
         raise UserError(f"unknown noise mode {mode!r}; choose from: exact, sampled")
+    if getattr(T, "image_dependent", False):
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng)}")
+        return T.corrupt(labels, images=images, rng=rng, mode=mode)
     labels, T = _prepare(labels, T, rng)
     if mode == "sampled":
         noisy = _sample_vectorised(labels, T, rng.random(len(labels)))

@@ -15,7 +15,8 @@ import numpy as np
 from ssl_noise.errors import UserError
 from ssl_noise.io import atomic_path, read_csv_strict
 from ssl_noise.noise.corruption import corrupt
-from ssl_noise.noise.matrices import NOISE_TYPES, PathLike, load_class_map, transition_matrix
+from ssl_noise.noise.instance import build_noise, check_noise_type
+from ssl_noise.noise.matrices import PathLike, load_class_map
 
 NOISE_CSV_COLUMNS = ("index", "clean_label", "noisy_label")
 
@@ -142,17 +143,20 @@ def noise_file(out: Union[str, os.PathLike], dataset: str, noise_type: str = "sy
                data_root: Optional[str] = None) -> tuple:
     """Corrupt ``dataset``'s training labels and write them to ``out`` (``ssl-noise noise``).
 
-    Returns ``(dataset, T, NoisyLabels)`` for the caller's summary. The type is checked before any data is loaded; the
+    Returns ``(dataset, T, NoisyLabels)`` for the caller's summary (T: the matrix; for instance noise the expected
+    matrix given the images). The type is checked before any data is loaded; the
     file records original indices under ``subset``, so other commands map it back onto the full split.
     """
     from ssl_noise.data import load_dataset  # only this command loads images; readers of noise files need not
 
-    NOISE_TYPES.get_or_fail(noise_type)  # fail on a typo before loading any data
+    check_noise_type(noise_type)  # fail on a typo before loading any data
     ds = load_dataset(dataset, data_root=data_root, size=size, subset=subset, seed=seed)
     if getattr(ds, "multilabel", False):
         raise UserError(f"{dataset} is multi-label; label noise needs one class per image")
     mapping = load_class_map(class_map, ds.class_names) if class_map else None
-    T = transition_matrix(noise_type, len(ds.class_names), rate, class_map=mapping, matrix=matrix, force=force)
-    result = corrupt(ds.train.labels, T, rng=np.random.default_rng(seed), mode=mode)
+    process = build_noise(noise_type, len(ds.class_names), rate, class_map=mapping, matrix=matrix, force=force,
+                          seed=seed)
+    images = ds.train.images if getattr(process, "image_dependent", False) else None  # instance noise reads them
+    result = corrupt(ds.train.labels, process, rng=np.random.default_rng(seed), mode=mode, images=images)
     write_noise_csv(out, ds.train.labels, result.noisy, indices=ds.train_indices)
-    return ds, T, result
+    return ds, result.T, result

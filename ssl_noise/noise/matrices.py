@@ -27,7 +27,8 @@ NOISE_TYPES: Registry[Callable[..., np.ndarray]] = Registry("noise type")
 
 
 #: Short names of the noise types in run, cell and detection ids (``file``: labels read from a noise file).
-SHORT_NAMES = {"symmetric": "sym", "uniform": "uni", "pairflip": "pair", "asymmetric": "asym", "file": "file"}
+SHORT_NAMES = {"symmetric": "sym", "uniform": "uni", "pairflip": "pair", "asymmetric": "asym", "file": "file",
+               "instance": "inst", "real": "real"}
 
 
 def short_label(noise_type: str, rate: Optional[float]) -> str:

@@ -7,7 +7,8 @@ tests parametrised over ``ROBUST`` exercise it (a tiny run end to end) without a
 papers and deviations: docs/methods.md#noisy-label-methods-ssl_noiserobust
 """
 
-from ssl_noise.robust import ce, coteaching, hsa_nrl, knn_filter, nshe, vog  # noqa: F401  (fill the registry)
+from ssl_noise.robust import (ce, coteaching, coteaching_plus, dividemix, elr, gce, hsa_nrl, jocor,  # noqa: F401
+                              knn_filter, nshe, sce, vog)  # (fill the registry)
 from ssl_noise.robust.base import ROBUST, Batch, Classifier, FinetuneContext, RobustMethod
 
 __all__ = ["ROBUST", "Batch", "Classifier", "FinetuneContext", "RobustMethod"]

@@ -51,8 +51,9 @@ class FinetuneContext:
     seed: int
     build_model: Callable[[int], "Classifier"]           # k -> fresh classifier from the init (head seed from k)
     build_optimizer: Callable[[nn.Module], torch.optim.Optimizer]   # registers it with the loop
-    # batches(augment=False, shuffle=False, epoch=0): the kept training samples as Batch objects (keywords only);
-    # with augment/shuffle the stream for that epoch is the one the loop itself uses (seeded from (seed, epoch)).
+    # batches(augment=False, shuffle=False, epoch=0, rows=None): the kept training samples (or training ``rows``, in
+    # that order; DivideMix's labelled/unlabelled parts) as Batch objects (keywords only); with augment/shuffle the
+    # stream for that epoch is the one the loop itself uses (seeded from (seed, epoch)).
     batches: Callable[..., Iterator[Batch]]
     # predict_train(fn): fn over all N un-augmented training images under no_grad, stacked to (N, ...) float32
     # numpy in split order (features for a k-NN filter, logits for scores). Set eval mode and autocast yourself.
@@ -68,6 +69,7 @@ class FinetuneContext:
     # (:func:`ssl_noise.finetune.fit_subset`); ``probs`` are its selected-epoch softmax on the un-augmented
     # training images ``predict``.
     run_stage: Optional[Callable[..., Tuple[np.ndarray, Optional[np.ndarray]]]] = None
+    batch_size: Optional[int] = None                     # the run's batch size (a method's own batches)
 
 
 class MethodWarning(SslNoiseWarning):
