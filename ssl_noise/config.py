@@ -190,9 +190,19 @@ def from_recipe(cls: Type[C], kind: str, name: str, flags: Mapping[str, Any], *,
     return cfg, recipe_file
 
 
+#: Fields added after results were published, left out of hashes while unset, so that the run and cell ids of
+#: every earlier config stay what they were (a sweep resumed after an upgrade finds its finished cells).
+LATE_FIELDS = ("label_column",)
+
+
 def to_dict(cfg: Any) -> Dict[str, Any]:
-    """A plain, YAML-safe dict of a config dataclass (what gets dumped and hashed)."""
+    """A plain, YAML-safe dict of a config dataclass (what gets dumped)."""
     return dataclasses.asdict(cfg)
+
+
+def hashed_dict(cfg: Any) -> Dict[str, Any]:
+    """:func:`to_dict` as ids hash it: a :data:`LATE_FIELDS` field only once it is set."""
+    return {k: v for k, v in to_dict(cfg).items() if not (k in LATE_FIELDS and v is None)}
 
 
 def method_args_text(args: Dict[str, Any]) -> str:

@@ -423,3 +423,12 @@ def test_collect_and_dry_run_follow_the_last_run_without_repeating_its_flags(tmp
     assert code == 0 and "skipping the cells of init(s) simclr" in err and len(out.strip().splitlines()) == 1
     code, out, err = _cli(capsys, tmp_path, "sweep", str(missing))  # a real run still refuses, naming the cure
     assert code == 2 and "not in the registry" in err and "--skip-missing" in err
+
+
+def test_a_field_added_later_leaves_earlier_ids_as_they_were() -> None:
+    """``label_column`` (real noise) came after published sweeps: unset, it is not hashed, so their ids hold."""
+    from ssl_noise.config import LATE_FIELDS, hashed_dict, to_dict
+
+    cfg = resolve(FinetuneConfig, BASE)
+    assert set(to_dict(cfg)) - set(hashed_dict(cfg)) == set(LATE_FIELDS)
+    assert set(hashed_dict(dataclasses.replace(cfg, label_column="majority"))) == set(to_dict(cfg))

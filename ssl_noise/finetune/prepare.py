@@ -19,7 +19,7 @@ import torch
 
 from ssl_noise import inits, noise, runs
 from ssl_noise.runs import RunFolder
-from ssl_noise.config import FinetuneConfig, from_recipe, to_dict
+from ssl_noise.config import FinetuneConfig, from_recipe, hashed_dict
 from ssl_noise.data import ImageDataset, load_dataset
 from ssl_noise.errors import UserError
 from ssl_noise.robust import ROBUST
@@ -212,7 +212,7 @@ def run_id(cfg: FinetuneConfig, data: ImageDataset, init: Dict[str, Any], summar
         skip.add("noise_estimate")  # a method told no rate trains the same whatever the setting
     if cfg.noise_file:
         skip |= {"noise_rate", "noise_type", "noise_mode", "noise_force"}
-    identity = {"config": {k: v for k, v in to_dict(cfg).items() if k not in skip}, "encoder": init["sha256"],
+    identity = {"config": {k: v for k, v in hashed_dict(cfg).items() if k not in skip}, "encoder": init["sha256"],
                 "labels": summary["labels_sha256"], "data": [data.name, data.md5, len(data.train), len(data.val),
                                                               len(data.test), data.image_size]}
     return runs.run_id(init_method=init["method"], dataset=data.name, noise_record=summary, method=cfg.method,
