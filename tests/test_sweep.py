@@ -17,7 +17,7 @@ import yaml
 
 from ssl_noise import noise, registry, sweep
 from ssl_noise.cli import main
-from ssl_noise.config import FinetuneConfig
+from ssl_noise.config import FinetuneConfig, resolve
 from ssl_noise.errors import UserError
 from ssl_noise.sweep.queue import Heartbeat
 
