@@ -152,16 +152,11 @@ def pair_outputs(method: RobustMethod) -> Dict[str, np.ndarray]:
     return {**method.selection.outputs(), "noise_score": noise_score(method).astype(np.float32)}
 
 
-@ROBUST.register("coteaching")
-class CoTeaching(RobustMethod):
-    """Two classifiers, per-batch small-loss selection, cross update (Han et al. 2018, arXiv 1804.06872).
-
-    >>> from ssl_noise.robust import ROBUST
-    >>> ROBUST["coteaching"].Args().num_gradual is None
-    True
-    """
-
-    Args = CoteachingArgs
+class PairMethod:
+    """What every two-network small-loss method shares (Co-teaching, Co-teaching+, JoCoR): two independently
+    initialised classifiers, a noise rate to forget, the ramp check, the summed prediction, and the selection record
+    as outputs and resumable state. A mixin listed before :class:`RobustMethod`, so each method stays one level
+    below it and reads as its own ``train_step``."""
 
     def setup(self) -> None:
         setup_pair(self)
@@ -177,16 +172,6 @@ class CoTeaching(RobustMethod):
     def nets(self) -> List[Classifier]:
         return [self.net1, self.net2]
 
-    def pick(self, k: int, loss: torch.Tensor, batch: Batch, keep: int, epoch: int) -> torch.Tensor:
-        """Network ``k``'s clean pick of the batch from its own detached per-sample loss."""
-        return small_loss_pick(loss, keep)
-
-    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
-        return cross_update(self, batch, epoch)
-
-    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
-        return {"forget_rate": forget_rate(epoch, self.tau_max, self.num_gradual)}
-
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.net1(x) + self.net2(x)
 
@@ -198,3 +183,25 @@ class CoTeaching(RobustMethod):
 
     def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
         self.selection.load(state)
+
+
+@ROBUST.register("coteaching")
+class CoTeaching(PairMethod, RobustMethod):
+    """Two classifiers, per-batch small-loss selection, cross update (Han et al. 2018, arXiv 1804.06872).
+
+    >>> from ssl_noise.robust import ROBUST
+    >>> ROBUST["coteaching"].Args().num_gradual is None
+    True
+    """
+
+    Args = CoteachingArgs
+
+    def pick(self, k: int, loss: torch.Tensor, batch: Batch, keep: int, epoch: int) -> torch.Tensor:
+        """Network ``k``'s clean pick of the batch from its own detached per-sample loss."""
+        return small_loss_pick(loss, keep)
+
+    def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
+        return cross_update(self, batch, epoch)
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        return {"forget_rate": forget_rate(epoch, self.tau_max, self.num_gradual)}

@@ -10,15 +10,14 @@ Defaults, source and deviations: docs/methods.md#co-teaching-coteaching_pluspy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
-from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label_prob
-from ssl_noise.robust.coteaching import (CoteachingArgs, cross_update, forget_rate, keep_count, pair_outputs,
+from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
+from ssl_noise.robust.coteaching import (CoteachingArgs, PairMethod, cross_update, forget_rate, keep_count,
                                          setup_pair, short_ramp, small_loss_pick)
 
 
@@ -53,7 +52,7 @@ def disagreement_update(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.T
 
 
 @ROBUST.register("coteaching_plus")
-class CoTeachingPlus(RobustMethod):
+class CoTeachingPlus(PairMethod, RobustMethod):
     """Co-teaching, then small-loss cross update within the two networks' disagreement set.
 
     >>> from ssl_noise.robust import ROBUST
@@ -68,19 +67,11 @@ class CoTeachingPlus(RobustMethod):
         self.init_epoch = self.num_gradual if self.args.init_epoch is None else self.args.init_epoch
         self.disagree_sum = self.seen_sum = 0
 
-    @classmethod
-    def needs_noise_rate(cls, args) -> bool:
-        return True
-
     def inactive_reason(self) -> Optional[str]:
         if self.init_epoch >= self.ctx.epochs:
             return (f"the disagreement phase starts at epoch {self.init_epoch + 1} of {self.ctx.epochs}: the run is "
                     f"plain Co-teaching")
         return short_ramp(self)
-
-    @property
-    def nets(self) -> List[Classifier]:
-        return [self.net1, self.net2]
 
     def pick(self, k: int, loss: torch.Tensor, batch: Batch, keep: int, epoch: int) -> torch.Tensor:
         return small_loss_pick(loss, keep)
@@ -102,15 +93,3 @@ class CoTeachingPlus(RobustMethod):
                  "disagree_frac": self.disagree_sum / self.seen_sum if self.seen_sum else None}
         self.disagree_sum = self.seen_sum = 0
         return stats
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net1(x) + self.net2(x)
-
-    def outputs(self) -> Dict[str, np.ndarray]:
-        return pair_outputs(self)
-
-    def epoch_state(self) -> Dict[str, np.ndarray]:
-        return self.selection.state()
-
-    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
-        self.selection.load(state)

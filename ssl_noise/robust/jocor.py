@@ -11,16 +11,14 @@ Defaults, source and deviations: docs/methods.md#jocor-jocorpy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from typing import Dict
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
-from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label_prob
-from ssl_noise.robust.coteaching import (CoteachingArgs, forget_rate, keep_count, pair_outputs, setup_pair,
-                                         short_ramp, small_loss_pick)
+from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
+from ssl_noise.robust.coteaching import CoteachingArgs, PairMethod, forget_rate, keep_count, small_loss_pick
 
 
 @dataclass
@@ -43,7 +41,7 @@ def joint_loss(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Tensor, co
 
 
 @ROBUST.register("jocor")
-class JoCoR(RobustMethod):
+class JoCoR(PairMethod, RobustMethod):
     """Two classifiers, one joint small-loss selection, both updated on its mean joint loss.
 
     >>> from ssl_noise.robust import ROBUST
@@ -52,20 +50,6 @@ class JoCoR(RobustMethod):
     """
 
     Args = JoCoRArgs
-
-    def setup(self) -> None:
-        setup_pair(self)
-
-    @classmethod
-    def needs_noise_rate(cls, args) -> bool:
-        return True
-
-    def inactive_reason(self) -> Optional[str]:
-        return short_ramp(self)
-
-    @property
-    def nets(self) -> List[Classifier]:
-        return [self.net1, self.net2]
 
     def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
         logits1, logits2 = self.net1(batch.x), self.net2(batch.x)
@@ -79,15 +63,3 @@ class JoCoR(RobustMethod):
 
     def on_epoch_end(self, epoch: int) -> Dict[str, float]:
         return {"forget_rate": forget_rate(epoch, self.tau_max, self.num_gradual)}
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net1(x) + self.net2(x)
-
-    def outputs(self) -> Dict[str, np.ndarray]:
-        return pair_outputs(self)
-
-    def epoch_state(self) -> Dict[str, np.ndarray]:
-        return self.selection.state()
-
-    def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
-        self.selection.load(state)
