@@ -348,3 +348,64 @@ def test_ddp_gathers_losses_and_keeps_momentum_encoders_in_step() -> None:
     # the two processes saw different data, and Barlow Twins' gathered loss is the same number on both
     assert r[0]["byol"]["loss"] != r[1]["byol"]["loss"]
     assert r[0]["barlowtwins"]["loss"] == pytest.approx(r[1]["barlowtwins"]["loss"], rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Jigsaw's guards (Noroozi & Favaro 2016): a gap between tiles and per-tile normalisation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _jigsaw(size: int = 28, **args):
+    torch.manual_seed(0)
+    backbone, feat_dim = build_backbone("resnet18", stem="cifar", in_channels=3)
+    spec = InputSpec(3, size, [0.5] * 3, [0.25] * 3, AugmentConfig(min_scale=0.6))
+    return METHODS["jigsaw"](backbone, feat_dim, spec, {"num_permutations": 10, "hidden_dim": 32, **args})
+
+
+@pytest.mark.parametrize("args, gap, tile", [({}, 1, 7), ({"tile_gap": 2, "tile_jitter": 2}, 2, 5),
+                                              ({"tile_gap": 3, "tile_jitter": 1}, 3, 5)])
+def test_jigsaw_tiles_never_touch_and_stay_in_their_cells(args: dict, gap: int, tile: int) -> None:
+    size, cell, n = 28, 9, 64
+    m = _jigsaw(size, **args)
+    rows = torch.arange(size).view(1, 1, size, 1).expand(n, 1, size, size).float()
+    cols = torch.arange(size).view(1, 1, 1, size).expand(n, 1, size, size).float()
+    tiles = m.tiles(torch.cat([rows, cols, rows], 1), _gen(7))  # channel 0 = row index, 1 = column index
+    assert tiles.shape == (n, 9, 3, tile, tile)
+    top, left = tiles[:, :, 0, 0, 0].long(), tiles[:, :, 1, 0, 0].long()  # (n, 9) top-left pixel of every tile
+    grid = torch.arange(9)
+    assert ((top >= (grid // 3) * cell) & (top + tile <= (grid // 3 + 1) * cell)).all()
+    assert ((left >= (grid % 3) * cell) & (left + tile <= (grid % 3 + 1) * cell)).all()
+    across = left.view(n, 3, 3)[:, :, 1:] - (left.view(n, 3, 3)[:, :, :-1] + tile)  # px between side neighbours
+    down = top.view(n, 3, 3)[:, 1:, :] - (top.view(n, 3, 3)[:, :-1, :] + tile)      # px between vertical ones
+    assert across.min() >= gap and down.min() >= gap  # never touching, never overlapping
+    assert across.min() == gap and across.max() > gap  # the gap is the guaranteed floor; placement is random
+
+
+def test_jigsaw_defaults_at_28_px_keep_a_gap_and_normalise_each_tile() -> None:
+    a = _jigsaw().args
+    assert (a.gap(9), a.jitter(9), a.tile_size(9), a.tile_norm) == (1, 1, 7, True)
+    assert a.gap(5) == 0  # tiny test images (16 px) keep 4 px tiles
+
+
+@pytest.mark.parametrize("tile_norm", [True, False])
+def test_jigsaw_normalises_each_tile_on_its_own(tile_norm: bool) -> None:
+    m = _jigsaw(tile_norm=tile_norm)
+    seen = []
+    m.backbone.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    x = _batch(4, size=28) * 0.5 + torch.linspace(0, 0.5, 4).view(4, 1, 1, 1)  # images of different brightness
+    assert torch.isfinite(m(x, _gen()))
+    tiles = seen[0]                                                            # (4 * 9, 3, 7, 7) shuffled tiles
+    mean, std = tiles.mean(dim=(-2, -1)), tiles.std(dim=(-2, -1))
+    if tile_norm:
+        torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-5, rtol=0)
+        torch.testing.assert_close(std, torch.ones_like(std), atol=1e-4, rtol=0)
+    else:  # the dataset normalisation keeps each tile's own brightness: the shortcut the guard removes
+        assert mean.abs().max() > 0.5
+
+
+def test_normalize_tiles_leaves_flat_tiles_finite() -> None:
+    from ssl_noise.methods.jigsaw import normalize_tiles
+
+    flat = torch.full((2, 3, 5, 5), 0.7)
+    out = normalize_tiles(flat)
+    assert torch.isfinite(out).all() and out.abs().max() == 0
