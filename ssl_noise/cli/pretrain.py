@@ -17,7 +17,8 @@ from ssl_noise.cli.options import (
 
 
 @cli.command()
-@click.option("--method", default="simclr", show_default=True, help="SSL method: simclr, moco, rotation, jigsaw.")
+@click.option("--method", default="simclr", show_default=True,
+              help="SSL method: simclr, moco, byol, simsiam, barlowtwins, vicreg, dino, rotation, jigsaw.")
 @click.option("--dataset", default="bloodmnist", show_default=True, help="MedMNIST flag or data spec.")
 @click.option("--image-size", type=int, help="Image size (MedMNIST: 28, 64, 128, 224). Recipe default: 28.")
 @click.option("--backbone", help="resnet18 | resnet34 | resnet50 (default resnet18).")
