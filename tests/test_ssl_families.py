@@ -409,3 +409,27 @@ def test_normalize_tiles_leaves_flat_tiles_finite() -> None:
     flat = torch.full((2, 3, 5, 5), 0.7)
     out = normalize_tiles(flat)
     assert torch.isfinite(out).all() and out.abs().max() == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resume: teacher, centre and the schedules' clock are part of the resumable state
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["byol", "dino"])
+def test_resume_reaches_the_same_weights_bitwise(tmp_path, method: str) -> None:
+    from safetensors.torch import load_file
+
+    from ssl_noise.pretrain import pretrain
+
+    cfg = resolve(PretrainConfig, dict(dataset="synthetic", subset=32, image_size=16, epochs=2, batch_size=16,
+                                       knn_every=100, knn_k=10, warmup_epochs=0.5, method=method,
+                                       method_args=SMALL[method]))
+    straight = pretrain(cfg, data_root=None, checkpoints=tmp_path / "a", runs=tmp_path / "ra", show_progress=False)
+    assert pretrain(cfg, data_root=None, checkpoints=tmp_path / "b", runs=tmp_path / "rb", stop_after=1,
+                    show_progress=False) is None
+    resumed = pretrain(cfg, data_root=None, checkpoints=tmp_path / "b", runs=tmp_path / "rb", resume=True,
+                       show_progress=False)
+    a = load_file(tmp_path / "a" / straight / "encoder.safetensors")
+    b = load_file(tmp_path / "b" / resumed / "encoder.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
