@@ -116,6 +116,15 @@ def test_simsiam_stops_gradients_at_the_target() -> None:
             torch.testing.assert_close(p_.grad, grads[n], rtol=1e-4, atol=1e-6)
 
 
+def test_barlowtwins_scale_loss_multiplies_the_loss() -> None:
+    x = _batch()
+    base = _method("barlowtwins")(x, _gen())
+    scaled = _method("barlowtwins", args={"scale_loss": 0.1})(x, _gen())
+    torch.testing.assert_close(scaled, 0.1 * base)
+    with pytest.raises(UserError):
+        resolve(METHODS["barlowtwins"].Args, {"scale_loss": 0.0})
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Momentum schedules
 # --------------------------------------------------------------------------------------------------------------

@@ -26,12 +26,16 @@ class BarlowTwinsArgs:
     hidden_dim: int = 2048       # projector width (paper 8192 on ImageNet; lightly's CIFAR-10 benchmark 2048)
     out_dim: int = 2048          # embedding dimension the cross-correlation is taken over
     lambda_param: float = 5e-3   # weight of the off-diagonal (redundancy) term (paper: 5e-3)
+    scale_loss: float = 1.0      # multiplies the loss: under LARS it only shrinks the plain SGD steps of BatchNorm
+                                 # and biases, which a loss in the thousands throws about (solo-learn's CIFAR: 0.1)
 
     def validate(self) -> None:
         if self.hidden_dim < 1 or self.out_dim < 1:
             raise UserError(f"barlowtwins hidden_dim and out_dim must be >= 1, got {self.hidden_dim}, {self.out_dim}")
         if self.lambda_param < 0:
             raise UserError(f"barlowtwins lambda_param must be >= 0, got {self.lambda_param}")
+        if self.scale_loss <= 0:
+            raise UserError(f"barlowtwins scale_loss must be > 0, got {self.scale_loss}")
 
 
 @METHODS.register("barlowtwins")
@@ -73,4 +77,4 @@ class BarlowTwins(SSLMethod):
         z = self.projector(self.backbone(v))                                # z: (2B, D)
         # float32: the loss sums D^2 squared correlations, far beyond what bf16's 8 mantissa bits add up exactly.
         with torch.autocast(z.device.type, enabled=False):
-            return self.criterion(z[:b].float(), z[b:].float())
+            return self.args.scale_loss * self.criterion(z[:b].float(), z[b:].float())
