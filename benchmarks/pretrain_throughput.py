@@ -21,7 +21,15 @@ device, in-memory uint8, weight decay off BatchNorm). ``--fp32-arm`` adds a thir
 (both draw from the same seeded generators), so its gap to the bf16 loop is the cost of bf16 alone, and its
 speed against the reference is the pipeline's share of the speed-up.
 
+Every registered method's training step is timed too (``--methods``, default all), in the same process, with the
+same backbone, batch size, data and loop (``train_one_epoch``: bf16, ``channels_last``), each method with the
+``method_args`` of its BloodMNIST recipe (so its heads have their real sizes; rotation's recipe forwards all four
+turns). Samples are images per second, and ``relative_to_simclr`` divides by SimCLR's rate from the same run, so
+the ratio survives a busy machine better than the absolute numbers. ``--methods-only`` skips the reference loops.
+
     python benchmarks/pretrain_throughput.py --steps 20
+    python benchmarks/pretrain_throughput.py --methods-only --steps 5 --batch-size 128
+    python benchmarks/pretrain_throughput.py --methods-only --methods simclr byol dino --steps 5
     python benchmarks/pretrain_throughput.py --steps 10 --quality-epochs 3 --subset 4096 --seeds 0 1 2
     python benchmarks/pretrain_throughput.py --steps 10 --quality-epochs 3 --subset 4096 --seeds 0 1 --fp32-arm
 """
@@ -146,6 +154,38 @@ def ssl_noise_steps(method, images: np.ndarray, steps: int | None, opt, cfg, see
     return stats["epoch_time_s"], steps_total * cfg.batch_size
 
 
+def method_throughput(images: np.ndarray, args) -> list:
+    """Step samples/s of each method in ``args.methods`` (all registered: ``all``) through ssl-noise's loop.
+
+    SimCLR always runs (first), since every rate is reported relative to it. Returns one dict per method.
+    """
+    from ssl_noise.backbones import build_backbone
+    from ssl_noise.config import load_recipe
+    from ssl_noise.methods import METHODS
+    from ssl_noise.settings import recipe_path
+
+    simclr = build(args.seed, images.shape[-1])  # the spec every method shares
+    names = METHODS.names() if args.methods == ["all"] else list(args.methods)
+    for name in names:
+        METHODS.get_or_fail(name)  # a typo fails before any timing
+    names = ["simclr"] + [n for n in names if n != "simclr"]
+    rows = []
+    for name in names:
+        recipe = recipe_path("pretrain", "bloodmnist", name)
+        method_args = dict(load_recipe(recipe).get("method_args") or {}) if recipe else {}
+        torch.manual_seed(args.seed)
+        backbone, feat_dim = build_backbone("resnet18", stem="cifar", in_channels=images.shape[-1])
+        method = METHODS[name](backbone, feat_dim, simclr.spec, method_args).to(memory_format=torch.channels_last)
+        opt, cfg = ssl_noise_optimizer(method, args.batch_size, args.lr)
+        t, n = ssl_noise_steps(method, images, args.steps, opt, cfg, args.seed)
+        rows.append({"method": name, "samples_per_s": round(n / t, 1), "method_args": method_args})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["samples_per_s"]
+    for row in rows:
+        row["relative_to_simclr"] = round(row["samples_per_s"] / base, 2)
+    return rows
+
+
 def knn_acc(method, data) -> float:
     """The pretraining loop's own k-NN monitor (bf16 features, k=200, t=0.1), the same for every loop."""
     from ssl_noise.config import PretrainConfig
@@ -165,6 +205,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the throughput part (and of one quality run)")
     parser.add_argument("--seeds", type=int, nargs="+", help="repeat the quality comparison over these seeds")
     parser.add_argument("--fp32-arm", action="store_true", help="add ssl-noise's loop in fp32 (bf16 vs pipeline)")
+    parser.add_argument("--methods", nargs="+", default=["all"],
+                        help="methods whose step samples/s to report relative to SimCLR's ('all': every one)")
+    parser.add_argument("--methods-only", action="store_true", help="skip the reference-loop comparison")
     args = parser.parse_args()
 
     from ssl_noise.data import load_dataset
@@ -174,15 +217,20 @@ def main() -> None:
     init = build(args.seed, images.shape[-1])
     result = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": args.batch_size}
 
-    loops = build_loops(init, args)
-    for name in loops:
-        t, n = run_loop(loops, name, images, args.steps, args, args.seed)
-        result[f"{name}_samples_per_s"] = round(n / t, 1)
-    ref_speed = result["reference_samples_per_s"]
-    result["speedup"] = round(result["ssl_noise_samples_per_s"] / ref_speed, 2)
-    if "ssl_noise_fp32" in loops:  # the pipeline's share of the speed-up, without bf16
-        result["speedup_fp32"] = round(result["ssl_noise_fp32_samples_per_s"] / ref_speed, 2)
-    print(json.dumps(result), flush=True)
+    if not args.methods_only:
+        loops = build_loops(init, args)
+        for name in loops:
+            t, n = run_loop(loops, name, images, args.steps, args, args.seed)
+            result[f"{name}_samples_per_s"] = round(n / t, 1)
+        ref_speed = result["reference_samples_per_s"]
+        result["speedup"] = round(result["ssl_noise_samples_per_s"] / ref_speed, 2)
+        if "ssl_noise_fp32" in loops:  # the pipeline's share of the speed-up, without bf16
+            result["speedup_fp32"] = round(result["ssl_noise_fp32_samples_per_s"] / ref_speed, 2)
+        print(json.dumps(result), flush=True)
+    rows = method_throughput(images, args)
+    print(json.dumps({**result, "steps": args.steps,
+                      "relative_to_simclr": {r["method"]: r["relative_to_simclr"] for r in rows},
+                      "samples_per_s": {r["method"]: r["samples_per_s"] for r in rows}}), flush=True)
 
     if args.quality_epochs:
         runs = [quality_run(data, seed, args) for seed in args.seeds or [args.seed]]

@@ -26,7 +26,8 @@ class AugmentConfig:
     Gaussian blur is left out on purpose: at 28 px it destroys the image (lightly's own CIFAR advice).
     """
 
-    min_scale: float = 0.2          # RandomResizedCrop area range is (min_scale, 1)
+    min_scale: float = 0.2          # RandomResizedCrop area range is (min_scale, max_scale)
+    max_scale: float = 1.0          # below 1 only for small "local" crops (DINO's multi-crop)
     hf_prob: float = 0.5            # horizontal flip
     vf_prob: float = 0.0            # vertical flip (valid for microscopy: cells have no "up")
     rr_prob: float = 0.0            # rotation by a random multiple of 90 degrees
@@ -69,13 +70,13 @@ def _bernoulli(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
 def crop_flip(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, out_size: int | None = None) -> torch.Tensor:
     """Random resized crop + flips + 90° rotations, all as one per-sample affine warp.
 
-    Scale and aspect ratio are drawn as in ``RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3))``; crops
+    Scale and aspect ratio are drawn as in ``RandomResizedCrop(scale=(min_scale, max_scale), ratio=(3/4, 4/3))``; crops
     that would leave the image are shrunk to fit rather than re-drawn (torchvision retries ten times, then falls
     back to a centre crop; at these ratios the difference is a few percent of draws).
     """
     b, _, h, w = x.shape
     dev = x.device
-    area = _uniform(b, cfg.min_scale, 1.0, g, dev)
+    area = _uniform(b, cfg.min_scale, cfg.max_scale, g, dev)
     log_ratio = _uniform(b, math.log(3 / 4), math.log(4 / 3), g, dev)
     ratio = torch.exp(log_ratio)
     sw = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width as a fraction of the image

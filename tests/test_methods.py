@@ -256,8 +256,9 @@ def test_jigsaw_check_input_rejects_small_images() -> None:
     Jigsaw.check_input(_spec(1, 15), None)  # 5 px cells, 1 px jitter: 4 px tiles, the smallest allowed
     with pytest.raises(UserError, match="at least 15 px for a 3x3 grid"):
         Jigsaw.check_input(_spec(1, 14), None)
-    with pytest.raises(UserError, match="at least 21 px"):
+    with pytest.raises(UserError, match="at least 24 px"):  # 8 px cells: 1 px gap + 3 px jitter leave 4 px
         Jigsaw.check_input(_spec(1, 16), {"tile_jitter": 3})
+    Jigsaw.check_input(_spec(1, 21), {"tile_jitter": 3, "tile_gap": 0})
     backbone, d = build_backbone("resnet18", stem="cifar", in_channels=1)
     with pytest.raises(UserError):
         Jigsaw(backbone, d, _spec(1, 12), {"num_permutations": 10})
@@ -265,7 +266,7 @@ def test_jigsaw_check_input_rejects_small_images() -> None:
 
 def test_jigsaw_tiles_come_from_their_cells_and_are_shuffled_by_the_label() -> None:
     size = 28  # 9 px cells, 7 px tiles at offsets 0..2
-    m = _method("jigsaw", args={"tile_jitter": 2}, size=size)
+    m = _method("jigsaw", args={"tile_jitter": 2, "tile_gap": 0}, size=size)  # the gap: test_ssl_families.py
     rows = torch.arange(size).view(1, 1, size, 1).expand(BATCH, 1, size, size).float()
     cols = torch.arange(size).view(1, 1, 1, size).expand(BATCH, 1, size, size).float()
     tiles = m.tiles(torch.cat([rows, cols], 1), _gen())  # channel 0 = row index, channel 1 = column index

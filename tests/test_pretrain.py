@@ -103,7 +103,7 @@ def test_resume_without_state_is_a_user_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "byol"], "unknown method 'byol'"),
+    (["--method", "swav"], "unknown method 'swav'"),
     (["--backbone", "vgg16"], "unknown backbone 'vgg16'"),
     (["--batch-size", "100000"], "larger than"),
     (["--set", "epochz=3"], "unknown config key 'epochz'"),

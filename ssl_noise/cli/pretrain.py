@@ -24,7 +24,8 @@ from ssl_noise.cli.options import (
 
 
 @cli.command()
-@click.option("--method", default="simclr", show_default=True, help="SSL method: simclr, moco, rotation, jigsaw.")
+@click.option("--method", help="SSL method (default simclr, or the recipe's): simclr, moco, byol, simsiam, "
+                               "barlowtwins, vicreg, dino, rotation, jigsaw.")
 @click.option("--dataset", help="MedMNIST flag or data spec (default: the recipe's, else bloodmnist).")
 @click.option("--image-size", type=int,
               help="Image size (MedMNIST: 28, 64, 128, 224; default 28). Image files: their own size by default.")

@@ -5,7 +5,9 @@ Adding a method: write ``ssl_noise/methods/<name>.py`` with a subclass of :class
 is exercised (forward, backward, step, registry round trip) without writing a test.
 """
 
-from ssl_noise.methods import jigsaw, moco, rotation, simclr  # noqa: F401  (fill the registry)
+from ssl_noise.methods import (  # noqa: F401  (fill the registry)
+    barlowtwins, byol, dino, jigsaw, moco, rotation, simclr, simsiam, vicreg,
+)
 from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod
 
 __all__ = ["METHODS", "InputSpec", "SSLMethod"]

@@ -16,6 +16,9 @@ from ssl_noise.augment import AugmentConfig
 from ssl_noise._registry import Registry
 from ssl_noise.config import NoArgs, resolve
 
+# Resolution of the momentum schedules (``cosine_momentum``): fine enough that neighbouring steps differ.
+_SCHEDULE_STEPS = 100_000
+
 #: The registry every method file adds itself to with ``@METHODS.register("<name>")``.
 METHODS: Registry = Registry("method")
 
@@ -30,6 +33,17 @@ class InputSpec:
     std: Sequence[float]
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+
+def cosine_momentum(progress: float, start: float, end: float = 1.0) -> float:
+    """EMA momentum after a fraction ``progress`` of training: lightly's ``cosine_schedule`` from ``start`` to ``end``.
+
+    Methods with a momentum (teacher) encoder call it from ``on_step_end``, so the update happens once per optimiser
+    step. ``cosine_schedule`` counts integer steps and the loop reports a fraction, so it is evaluated on a fine grid.
+    """
+    from lightly.utils.scheduler import cosine_schedule
+
+    step = round(min(max(progress, 0.0), 1.0) * _SCHEDULE_STEPS)
+    return cosine_schedule(step, _SCHEDULE_STEPS + 1, start, end)
 
 
 def distributed() -> bool:

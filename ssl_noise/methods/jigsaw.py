@@ -34,7 +34,11 @@ class JigsawArgs:
 
     grid: int = 3                       # tiles per side (paper: 3)
     num_permutations: int = 100         # classes of the pretext task (the paper studies 100 to 1000)
-    tile_jitter: Optional[int] = None   # px cut from each cell; None: about 15% of the cell (paper: 64 of 75 px)
+    tile_jitter: Optional[int] = None   # px of random placement inside a cell; None: about 15% of the cell
+                                        # (paper: 64 px tiles placed at random in 75 px cells)
+    tile_gap: Optional[int] = None      # px always left between neighbouring tiles; None: about 10% of the cell
+                                        # (1 px at 28 px; 0 lets tiles touch)
+    tile_norm: bool = True              # normalise each tile by its own per-channel mean and std (paper)
     perm_seed: int = 0                  # seed of the permutation set
     hidden_dim: int = 1024              # MLP width on the concatenated tile features
 
@@ -47,12 +51,22 @@ class JigsawArgs:
                             f"got {self.num_permutations}")
         if self.tile_jitter is not None and self.tile_jitter < 0:
             raise UserError(f"jigsaw tile_jitter must be >= 0, got {self.tile_jitter}")
+        if self.tile_gap is not None and self.tile_gap < 0:
+            raise UserError(f"jigsaw tile_gap must be >= 0, got {self.tile_gap}")
         if self.hidden_dim < 1:
             raise UserError(f"jigsaw hidden_dim must be >= 1, got {self.hidden_dim}")
 
     def jitter(self, cell: int) -> int:
         """The jitter in px for a cell of ``cell`` px (the explicit value, or about 15% of the cell, at least 1)."""
         return self.tile_jitter if self.tile_jitter is not None else max(1, round(0.15 * cell))
+
+    def gap(self, cell: int) -> int:
+        """The guaranteed gap in px between neighbouring tiles (the explicit value, or about 10% of the cell)."""
+        return self.tile_gap if self.tile_gap is not None else round(0.1 * cell)
+
+    def tile_size(self, cell: int) -> int:
+        """Tile side in px for a cell of ``cell`` px: what the gap and the jitter leave of it."""
+        return cell - self.gap(cell) - self.jitter(cell)
 
 
 def _max_permutations(grid_cells: int) -> int:
@@ -126,6 +140,24 @@ def shuffle_tiles(tiles: torch.Tensor, perms: torch.Tensor, g: torch.Generator) 
     return tiles[torch.arange(b, device=tiles.device)[:, None], order], label
 
 
+def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each tile and channel to mean 0 and standard deviation 1 over its own pixels (a flat tile only centred).
+
+    The paper normalises every tile on its own so that the puzzle cannot be solved by matching the tiles' brightness
+    and colour statistics (chromatic aberration, vignetting) instead of their content.
+
+    Args:
+        tiles: (N, C, t, t) float tiles.
+
+    Returns:
+        (N, C, t, t) normalised tiles, ``channels_last`` like :meth:`SSLMethod.normalize`'s output.
+    """
+    mean = tiles.mean(dim=(-2, -1), keepdim=True)                             # (N, C, 1, 1)
+    std = tiles.std(dim=(-2, -1), keepdim=True)                               # (N, C, 1, 1)
+    std = torch.where(std > eps, std, torch.ones_like(std))
+    return ((tiles - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
 @METHODS.register("jigsaw")
 class Jigsaw(SSLMethod):
     """Jigsaw puzzles (Noroozi & Favaro, 2016, "Unsupervised Learning of Visual Representations by Solving Jigsaw
@@ -153,10 +185,10 @@ class Jigsaw(SSLMethod):
     def check_input(cls, spec: InputSpec, args: Mapping[str, Any] | None = None) -> None:
         a = args if isinstance(args, JigsawArgs) else resolve(JigsawArgs, args)
         cell = spec.image_size // a.grid
-        if cell - a.jitter(cell) < _MIN_TILE:
-            need = next(a.grid * c for c in itertools.count(_MIN_TILE) if c - a.jitter(c) >= _MIN_TILE)
+        if a.tile_size(cell) < _MIN_TILE:
+            need = next(a.grid * c for c in itertools.count(_MIN_TILE) if a.tile_size(c) >= _MIN_TILE)
             raise UserError(f"jigsaw needs images of at least {need} px for a {a.grid}x{a.grid} grid "
-                            f"(tiles of {_MIN_TILE} px or more); got {spec.image_size} px")
+                            f"(tiles of {_MIN_TILE} px or more after gap and jitter); got {spec.image_size} px")
 
     def __init__(self, backbone: nn.Module, feat_dim: int, spec: InputSpec, args=None):
         super().__init__(backbone, feat_dim, spec, args)
@@ -171,15 +203,20 @@ class Jigsaw(SSLMethod):
         )
 
     def tiles(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Cut (B, C, H, W) into (B, grid², C, t, t) tiles in row-major cell order, t = cell - jitter, each at a
-        random offset inside its cell."""
+        """Cut (B, C, H, W) into (B, grid², C, t, t) tiles in row-major cell order, t = cell - gap - jitter.
+
+        Each tile sits at a random offset in ``[gap // 2, gap // 2 + jitter]`` inside its cell, so two neighbouring
+        tiles are always at least ``tile_gap`` px apart (and at most ``gap + 2 jitter``): no edge or line runs
+        straight from one tile into the next, the shortcut the paper's gaps are there to block.
+        """
         b, _, h, w = x.shape
         grid, dev = self.args.grid, x.device
         cell = min(h, w) // grid
         jitter = self.args.jitter(cell)
-        t = cell - jitter
+        t = self.args.tile_size(cell)
         n = grid * grid
         off = torch.randint(0, jitter + 1, (b, n, 2), generator=g, device=dev)  # off: (B, n, 2) row/col offset
+        off = off + self.args.gap(cell) // 2
         idx = torch.arange(n, device=dev)
         top = (idx // grid) * cell + off[..., 0]                               # top: (B, n)
         left = (idx % grid) * cell + off[..., 1]                               # left: (B, n)
@@ -196,7 +233,8 @@ class Jigsaw(SSLMethod):
         tiles = self.tiles(x, g)                                               # tiles: (B, n, C, t, t)
         n, t = tiles.shape[1], tiles.shape[-1]
         tiles = color(tiles.reshape(b * n, c, t, t), self.spec.augment, g)     # per-tile colour: (B*n, C, t, t)
-        tiles = self.normalize(tiles).reshape(b, n, c, t, t)
+        tiles = normalize_tiles(tiles) if self.args.tile_norm else self.normalize(tiles)
+        tiles = tiles.reshape(b, n, c, t, t)
         shuffled, label = shuffle_tiles(tiles, self.perms, g)                 # (B, n, C, t, t), (B,)
         feats = self.backbone(shuffled.flatten(0, 1))                          # feats: (B*n, F)
         logits = self.head(feats.view(b, n * self.feat_dim))                   # logits: (B, P)
