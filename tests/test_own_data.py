@@ -185,3 +185,17 @@ def test_the_pretrain_command_an_error_suggests_runs_as_printed(own_images, make
     with pytest.raises(UserError) as e:
         inits.image_size("simclr", spec, checkpoints=tmp_path / "ck")
     assert f"ssl-noise pretrain --method simclr --dataset {spec}" in str(e.value)
+
+
+def test_a_manifest_can_name_its_data(own_images, tmp_path) -> None:
+    """`# name: cells` above the header: the CSV view of the folder's files shares the folder's name (and so its
+    registry entries); a name that would make a path is refused."""
+    text = (own_images / "cells.csv").read_text()
+    named = own_images / "named.csv"
+    named.write_text("# name: cells\n# exported from the lab's LIMS\n" + text)
+    assert dataset_name(f"csv:{named}") == load_dataset(f"csv:{named}").name == "cells"
+    assert len(load_dataset(f"csv:{named}").train) == len(load_dataset(f"csv:{own_images / 'cells.csv'}").train)
+    bad = own_images / "bad.csv"
+    bad.write_text("# name: ../escape\n" + text)
+    with pytest.raises(UserError, match="plain name"):
+        load_dataset(f"csv:{bad}")

@@ -42,7 +42,8 @@ def dataset_name(spec: str | os.PathLike) -> str:
     """The name the data of ``spec`` is recorded under (registry entries, run records), known without reading it,
     so that ``--init simclr`` can pick among the entries of *this* data before any image is decoded.
 
-    A MedMNIST flag, or its file (``bloodmnist_64.npz``), is the flag; another ``.npz`` or a CSV manifest its stem;
+    A MedMNIST flag, or its file (``bloodmnist_64.npz``), is the flag; another ``.npz`` its stem; a CSV manifest the
+    name in its ``# name: <name>`` line, else its stem;
     a folder its own name; Chaoyang data ``chaoyang``; generated data ``synthetic``.
 
     >>> dataset_name("bloodmnist"), dataset_name("/d/bloodmnist_64.npz"), dataset_name("csv:/d/cells.csv")
@@ -59,7 +60,9 @@ def dataset_name(spec: str | os.PathLike) -> str:
     if kind == "folder" and rest:
         return Path(os.path.expanduser(rest)).resolve().name
     if kind == "csv" and rest:
-        return Path(rest).stem
+        from ssl_noise.data.files import manifest_name
+
+        return manifest_name(Path(os.path.expanduser(rest))) or Path(rest).stem
     if spec.lower() in catalogue():
         return spec.lower()
     stem = Path(os.path.expanduser(spec)).stem

@@ -215,11 +215,35 @@ def encode_labels(values: Sequence[str], where: str) -> Tuple[List[str], np.ndar
     return names, np.asarray([index[v] for v in values], dtype=np.int64)
 
 
+def manifest_name(path: Path) -> Optional[str]:
+    """The name a manifest gives its data in a ``# name: <name>`` line above the header, else None (the file's
+    stem is the name). Two views of the same files (a folder and a manifest over it) can so share one name, and
+    with it their registry entries. Read from the leading comment lines only, so naming costs nothing.
+
+    Raises:
+        UserError: A name that is not a plain file-name component.
+    """
+    from ssl_noise.io import check_name
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    return None
+                key, sep, value = line[1:].partition(":")
+                if sep and key.strip().lower() == "name":
+                    return check_name(value.strip(), f"manifest {path}: name")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def _read_manifest(path: Path):
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, comment=None,
+                            skiprows=_comment_lines(path))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"cannot parse manifest {path}: {e}") from e
     frame.columns = [str(c).strip().lower() for c in frame.columns]
@@ -230,6 +254,17 @@ def _read_manifest(path: Path):
     if frame.empty:
         raise UserError(f"manifest {path} has no rows")
     return frame
+
+
+def _comment_lines(path: Path) -> int:
+    """How many ``#`` lines open the manifest (its ``# name:`` line and notes), skipped before the header."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        count = 0
+        for line in f:
+            if not line.startswith("#"):
+                break
+            count += 1
+    return count
 
 
 def _split_names(values: Sequence[str], where: str) -> np.ndarray:
@@ -267,8 +302,8 @@ def load_csv(path: str | os.PathLike, size: Optional[int] = None, split_seed: in
         which = _split_names(list(frame["split"]), f"manifest {path}")
         parts = {s: _take((rows, labels), np.flatnonzero(which == s)) for s in SPLITS}
         parts = _complete(parts, path, split_seed)
-    dataset = _build(path.stem, path, class_names, {s: ([files[i] for i in r], y) for s, (r, y) in parts.items()},
-                     size)
+    dataset = _build(manifest_name(path) or path.stem, path, class_names,
+                     {s: ([files[i] for i in r], y) for s, (r, y) in parts.items()}, size)
     if given is None:
         return dataset
     return dataclasses.replace(dataset, **{s: dataclasses.replace(dataset.splits[s], given=given[parts[s][0]])
