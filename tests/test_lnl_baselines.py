@@ -339,7 +339,7 @@ def test_manifest_with_clean_labels_trains_on_given_and_scores_against_clean(tmp
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 0
-    folder = next(p for p in runs.iterdir() if p.is_dir())
+    folder = next(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["noise"]["source"] == "real" and metrics["noise"]["type"] == "real"
     assert metrics["noise"]["realised_rate"] == pytest.approx(n_wrong / len(train)) and n_wrong == 8
