@@ -84,7 +84,7 @@ CASES = [
     ("noise-label-255", ["noise", "--dataset", "{tmp}/mybinary.npz", "--rate", "0.3", "--out", "{tmp}/n.csv"],
      None),
     # --- pretrain (each fails before the first step) ---
-    ("pretrain-method-unknown", ["pretrain", *TINY, "--method", "byol"], "unknown method 'byol'"),
+    ("pretrain-method-unknown", ["pretrain", *TINY, "--method", "swav"], "unknown method 'swav'"),
     ("pretrain-backbone-unknown", ["pretrain", *TINY, "--backbone", "vgg16"], "unknown backbone"),
     ("pretrain-batch-too-large", ["pretrain", *TINY, "--batch-size", "100000"], "larger than"),
     ("pretrain-set-unknown-key", ["pretrain", *TINY, "--set", "epochz=3"], "unknown config key"),

@@ -139,7 +139,7 @@ def registry_export(settings: Settings, ref: str, fmt: str, out: str) -> None:
     """
     from ssl_noise import registry
 
-    check_writable(out, "--out")
+    check_writable(out, "--out", folder=fmt == "hf")
     entry_id = _registry_pick(settings, ref)
     if fmt == "hf":
         click.echo(f"wrote {registry.export_hf(settings.checkpoints, entry_id, out)}")
