@@ -108,6 +108,7 @@ def train_one_epoch(model, loader, optimizer, method: SSLMethod, g: torch.Genera
             loss = model(x, g)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        method.before_step(epoch)
         optimizer.step()
         method.on_step_end((step + 1) / total_steps)
         losses.append(float(loss.detach()))

@@ -172,6 +172,22 @@ def test_dino_teacher_temperature_warms_up_and_the_centre_follows_the_teacher() 
     torch.testing.assert_close(m.criterion.center.flatten(), 0.1 * teacher_mean, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("freeze", [0, 1, 2])
+def test_dino_last_layer_stays_fixed_for_its_first_epochs(freeze: int) -> None:
+    """The step of the loop (backward, ``before_step(epoch)``, optimiser step) leaves the prototype layer alone in the
+    first ``freeze_last_layer`` epochs, with weight decay on, and trains it afterwards; the rest of the head always."""
+    m = _method("dino", args={"freeze_last_layer": freeze})
+    opt = build_optimizer(m, resolve(PretrainConfig, {"lr": 0.1, "weight_decay": 0.1}))
+    for epoch in range(3):
+        last, rest = _flat(m.head.last_layer).clone(), _flat(m.head.layers).clone()
+        opt.zero_grad()
+        m(_batch(seed=epoch), _gen(epoch)).backward()
+        m.before_step(epoch)
+        opt.step()
+        assert torch.equal(_flat(m.head.last_layer), last) == (epoch < freeze)
+        assert not torch.equal(_flat(m.head.layers), rest)
+
+
 def test_dino_multi_crop_adds_small_student_only_views() -> None:
     m = _method("dino", size=28, args={"n_local_views": 3, "local_size": 12})
     seen = []

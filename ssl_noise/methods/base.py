@@ -59,6 +59,8 @@ class SSLMethod(nn.Module):
     * ``forward(x, g)`` is the training step: ``x`` is a float batch (B, C, H, W) in [0, 1] on the training device
       (un-normalised, un-augmented), ``g`` the ``torch.Generator`` every random choice must use (so a run is
       reproducible and resumable). It returns the loss; it is ``forward`` so that DDP's gradient hooks work.
+    * ``before_step(epoch)`` runs between backward and the optimiser step (DINO cancels its last layer's gradients
+      in the first epoch here).
     * ``on_step_end(progress)`` runs after each optimiser step (MoCo's momentum update lives here).
     * ``extra_files()`` returns JSON-able objects stored with the registry entry (jigsaw's permutation set).
     * ``check_input(spec, args)`` rejects impossible set-ups before any work (jigsaw on images too small to tile).
@@ -81,6 +83,9 @@ class SSLMethod(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def before_step(self, epoch: int) -> None:
+        """Hook after ``backward`` and before the optimiser step; ``epoch`` counts from 0."""
 
     def on_step_end(self, progress: float) -> None:
         """Hook after each optimiser step; ``progress`` in [0, 1] is the fraction of all steps done."""

@@ -42,6 +42,7 @@ class DINOArgs:
     local_size: int = 12                # px of a local view (paper: 96 of 224; 12 of 28 keeps the ratio)
     local_min_scale: float = 0.05       # local crop area range (paper: 0.05 to 0.4)
     local_max_scale: float = 0.4
+    freeze_last_layer: int = 1          # epochs the head's last (prototype) layer gets no update (authors' code: 1)
 
     def validate(self) -> None:
         if min(self.hidden_dim, self.bottleneck_dim, self.out_dim) < 1:
@@ -54,6 +55,8 @@ class DINOArgs:
             raise UserError("dino warmup_fraction and center_momentum must be in [0, 1]")
         if self.n_local_views < 0 or self.local_size < 4:
             raise UserError("dino n_local_views must be >= 0 and local_size >= 4")
+        if self.freeze_last_layer < 0:
+            raise UserError(f"dino freeze_last_layer must be >= 0 epochs, got {self.freeze_last_layer}")
         if not 0.0 < self.local_min_scale <= self.local_max_scale <= 1.0:
             raise UserError("dino needs 0 < local_min_scale <= local_max_scale <= 1")
 
@@ -69,7 +72,9 @@ class DINO(SSLMethod):
     the student's ``log_softmax(s / student_temp)`` over all pairs of different views. The centre is an EMA of the
     teacher's batch mean (all-reduced over processes under DDP); the teacher temperature warms up linearly over
     ``warmup_fraction`` of training and the teacher momentum rises from ``momentum`` to 1 on a cosine, both per
-    optimiser step. The paper's freezing of the last layer in the first epoch is not used (it stabilises ViTs).
+    optimiser step. The head's last layer gets no update in the first ``freeze_last_layer`` epochs (``before_step``
+    drops its gradients, as the authors' ``cancel_gradients_last_layer`` does), so the prototypes do not chase a
+    random encoder.
 
     Args:
         backbone: the student encoder (torchvision ResNet with ``fc = Identity``), trained and exported.
@@ -107,7 +112,8 @@ class DINO(SSLMethod):
         a = self.args
         with warnings.catch_warnings():  # lightly 1.6 builds the last layer with the deprecated weight_norm
             warnings.filterwarnings("ignore", message=".*weight_norm.* is deprecated", category=FutureWarning)
-            return DINOProjectionHead(feat_dim, a.hidden_dim, a.bottleneck_dim, a.out_dim, batch_norm=a.batch_norm)
+            return DINOProjectionHead(feat_dim, a.hidden_dim, a.bottleneck_dim, a.out_dim, batch_norm=a.batch_norm,
+                                      freeze_last_layer=a.freeze_last_layer)
 
     def teacher_temperature(self) -> float:
         """The teacher temperature now: linear from ``warmup_teacher_temp`` to ``teacher_temp``, then constant."""
@@ -133,6 +139,11 @@ class DINO(SSLMethod):
         with torch.autocast(glob.device.type, enabled=False):
             return self.criterion([t.float() for t in teacher], [s.float() for s in student],
                                   teacher_temp=self.teacher_temperature())
+
+    def before_step(self, epoch: int) -> None:
+        """No update of the student's last layer in the first ``freeze_last_layer`` epochs (lightly's
+        ``cancel_last_layer_gradients``: the gradients become None, so neither the step nor weight decay moves it)."""
+        self.head.cancel_last_layer_gradients(epoch)
 
     def on_step_end(self, progress: float) -> None:
         """EMA update of the teacher (once per optimiser step) and the schedules' clock."""
