@@ -14,7 +14,6 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import nn
 
-from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
 from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod
 
@@ -72,8 +71,7 @@ class BarlowTwins(SSLMethod):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]
         b = x.shape[0]
-        v = torch.cat([self.normalize(augment(x, self.spec.augment, g)),
-                       self.normalize(augment(x, self.spec.augment, g))])  # v: (2B, C, H, W), views 0 then 1
+        v = self.two_views(x, g)                                            # v: (2B, C, H, W), views 0 then 1
         z = self.projector(self.backbone(v))                                # z: (2B, D)
         # float32: the loss sums D^2 squared correlations, far beyond what bf16's 8 mantissa bits add up exactly.
         with torch.autocast(z.device.type, enabled=False):

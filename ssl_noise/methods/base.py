@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Dict, Mapping, Sequence, Type
 import torch
 from torch import nn
 
-from ssl_noise.augment import AugmentConfig
+from ssl_noise.augment import AugmentConfig, augment
 from ssl_noise._registry import Registry
 from ssl_noise.config import NoArgs, resolve
 
@@ -93,6 +93,12 @@ class SSLMethod(nn.Module):
     def extra_files(self) -> Dict[str, Any]:
         """JSON-able objects saved next to the weights (file name -> content)."""
         return {}
+
+    def two_views(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Two augmented, normalised views of ``x`` stacked as (2B, C, H, W): view 0 of every image, then view 1.
+        One batch through the backbone keeps BatchNorm statistics over both views, as the papers' code does."""
+        return torch.cat([self.normalize(augment(x, self.spec.augment, g)),
+                          self.normalize(augment(x, self.spec.augment, g))])
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the dataset normalisation recorded in the spec (after augmentation); the result is

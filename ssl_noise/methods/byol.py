@@ -17,7 +17,6 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import nn
 
-from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
 from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod, cosine_momentum
 
@@ -77,8 +76,7 @@ class BYOL(SSLMethod):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]
         b = x.shape[0]
-        v = torch.cat([self.normalize(augment(x, self.spec.augment, g)),
-                       self.normalize(augment(x, self.spec.augment, g))])  # v: (2B, C, H, W), views 0 then 1
+        v = self.two_views(x, g)                                            # v: (2B, C, H, W), views 0 then 1
         p = self.predictor(self.projector(self.backbone(v)))                # p: (2B, D) online predictions
         with torch.no_grad():
             z = self.projector_momentum(self.backbone_momentum(v))          # z: (2B, D) targets, no gradient

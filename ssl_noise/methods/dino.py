@@ -126,8 +126,7 @@ class DINO(SSLMethod):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]
         a, b = self.args, x.shape[0]
-        glob = torch.cat([self.normalize(augment(x, self.spec.augment, g)),
-                          self.normalize(augment(x, self.spec.augment, g))])   # glob: (2B, C, H, W)
+        glob = self.two_views(x, g)                                            # glob: (2B, C, H, W)
         student = self.head(self.backbone(glob)).chunk(2)                      # 2 x (B, K)
         if a.n_local_views:
             loc = torch.cat([self.normalize(augment(x, self.local_augment, g, out_size=a.local_size))

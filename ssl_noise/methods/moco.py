@@ -20,7 +20,6 @@ from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requ
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
 from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod, distributed
 
@@ -112,8 +111,7 @@ class MoCo(SSLMethod):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]. Every random draw comes from g, views first, so that runs with and without
         # DDP see the same augmentations.
-        v0 = self.normalize(augment(x, self.spec.augment, g))  # v0: (B, C, H, W)
-        v1 = self.normalize(augment(x, self.spec.augment, g))  # v1: (B, C, H, W)
+        v0, v1 = self.two_views(x, g).chunk(2)                 # v0, v1: (B, C, H, W)
         n_keys = 2 if self.args.symmetric else 1
         seeds = [None] * n_keys
         if distributed():

@@ -14,7 +14,6 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
-from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
 from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod, distributed
 
@@ -68,9 +67,7 @@ class SimCLR(SSLMethod):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]
         b = x.shape[0]
-        v0 = self.normalize(augment(x, self.spec.augment, g))  # v0: (B, C, H, W)
-        v1 = self.normalize(augment(x, self.spec.augment, g))  # v1: (B, C, H, W)
-        h = self.backbone(torch.cat([v0, v1]))                 # h: (2B, F)
+        h = self.backbone(self.two_views(x, g))                # h: (2B, F), views 0 then 1
         z = self.head(h)                                       # z: (2B, D)
         # The loss runs in float32 even under autocast: at temperature 0.07 logits reach ~14, where bf16 keeps
         # only 2-3 significant digits.

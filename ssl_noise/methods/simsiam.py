@@ -14,7 +14,6 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import nn
 
-from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
 from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod
 
@@ -67,8 +66,7 @@ class SimSiam(SSLMethod):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]
         b = x.shape[0]
-        v = torch.cat([self.normalize(augment(x, self.spec.augment, g)),
-                       self.normalize(augment(x, self.spec.augment, g))])  # v: (2B, C, H, W), views 0 then 1
+        v = self.two_views(x, g)                                            # v: (2B, C, H, W), views 0 then 1
         z = self.projector(self.backbone(v))                                # z: (2B, D)
         p = self.predictor(z)                                               # p: (2B, D)
         z = z.detach()                                                      # the stop-gradient

@@ -14,7 +14,6 @@ from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead  # not re-exported by lightly.models.modules in 1.6
 from torch import nn
 
-from ssl_noise.augment import augment
 from ssl_noise.errors import UserError
 from ssl_noise.methods.base import METHODS, InputSpec, SSLMethod
 
@@ -74,8 +73,7 @@ class VICReg(SSLMethod):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]
         b = x.shape[0]
-        v = torch.cat([self.normalize(augment(x, self.spec.augment, g)),
-                       self.normalize(augment(x, self.spec.augment, g))])  # v: (2B, C, H, W), views 0 then 1
+        v = self.two_views(x, g)                                            # v: (2B, C, H, W), views 0 then 1
         z = self.projector(self.backbone(v))                                # z: (2B, D)
         # float32: variances and D^2 covariances are sums bf16 cannot hold to the precision the hinge needs.
         with torch.autocast(z.device.type, enabled=False):
