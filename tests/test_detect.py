@@ -187,6 +187,7 @@ def test_bad_detect_inputs_exit_2_and_write_nothing(make_entry, tmp_path, capsys
 
 
 
+@pytest.mark.slow
 def test_detections_puts_detectors_and_selecting_runs_side_by_side(make_entry, tmp_path, capsys) -> None:
     entry = make_entry(tmp_path / "ck")
     runs, base = tmp_path / "runs", dict(TINY, noise_rate=0.25)

@@ -55,6 +55,7 @@ def test_k_larger_than_bank_is_a_user_error():
     assert vote(np.zeros((1, 2)), np.array([[0, 1]]), 2).sum() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_knn_command_on_random_init_and_a_registry_entry(tmp_path, capsys):
     from ssl_noise.config import PretrainConfig, resolve
     from ssl_noise.pretrain import pretrain

@@ -142,6 +142,7 @@ def test_detect_without_ground_truth_ranks_files(own_images, make_entry, tmp_pat
     assert metrics["detection"]["n_flagged"] == round(0.25 * len(scores))
 
 
+@pytest.mark.slow
 def test_demo_runs_on_your_own_folder(own_images, tmp_path, capsys) -> None:
     """From your data to a report in one command: SimCLR, the paired random-vs-SimCLR sweep, plot and report."""
     small = tmp_path / "small"

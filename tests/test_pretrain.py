@@ -163,6 +163,7 @@ def _ddp_worker(rank: int, port: int, root: str, results: dict) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_gathers_negatives_and_writes_one_entry(tmp_path):
     import torch.multiprocessing as mp
 

@@ -45,6 +45,7 @@ def _folder(root: Path, per_class: int = 100, size: int = 16) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ssl-noise") is None, reason="needs the installed ssl-noise command")
 def test_the_own_data_walk_runs_as_typed(tmp_path) -> None:
     data = _folder(tmp_path / "my_cells")

@@ -122,6 +122,7 @@ def _cli(runs: Path, *args: str) -> list:
     return ["--threads", "1", "--checkpoints", str(runs.parent / "ck"), "--runs", str(runs), "finetune", *CLI, *args]
 
 
+@pytest.mark.slow
 @QUIET
 @pytest.mark.parametrize("method", ["ce", "coteaching"])
 def test_killed_finetune_resumes_to_the_same_run_folder(tmp_path, capsys, method) -> None:

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RESOLVE = """
@@ -64,6 +66,7 @@ def test_recipe_lookup_prefers_the_working_folder(tmp_path, monkeypatch):
     assert recipe_path("pretrain", "bloodmnist", "simclr") == own
 
 
+@pytest.mark.slow
 def test_installed_package_resolves_the_checkouts_recipes(tmp_path):
     target, empty, source = tmp_path / "site", tmp_path / "empty", tmp_path / "source"
     empty.mkdir()

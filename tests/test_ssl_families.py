@@ -350,6 +350,7 @@ def _ddp_worker(rank: int, port: int, results: dict) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gathers_losses_and_keeps_momentum_encoders_in_step() -> None:
     import torch.multiprocessing as mp
 

@@ -35,6 +35,7 @@ def _spec(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_local_executor_runs_a_four_cell_sweep_and_resumes_an_interrupted_cell(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the job processes import this checkout
     spec, runs, ck = _spec(tmp_path), tmp_path / "runs", tmp_path / "ck"

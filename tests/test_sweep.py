@@ -352,6 +352,7 @@ def test_claims_and_stale_claims(tmp_path) -> None:
     assert time.time() - claim.stat().st_mtime < 5
 
 
+@pytest.mark.slow
 def test_concurrent_workers_run_each_cell_once(tmp_path) -> None:
     """Two worker processes (``--jobs 2``: spawned, sharing nothing but the runs folder) on one sweep at once."""
     ck, runs = tmp_path / "ck", tmp_path / "runs"
