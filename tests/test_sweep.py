@@ -433,3 +433,48 @@ def test_a_field_added_later_leaves_earlier_ids_as_they_were() -> None:
     cfg = resolve(FinetuneConfig, BASE)
     assert set(to_dict(cfg)) - set(hashed_dict(cfg)) == set(LATE_FIELDS)
     assert set(hashed_dict(dataclasses.replace(cfg, label_column="majority"))) == set(to_dict(cfg))
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` that are sweep workers (spawned ``spawn_main``, not the resource tracker)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "spawn_main" in cmd and "resource_tracker" not in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_sigterm_to_a_sweep_stops_its_workers_too(tmp_path) -> None:
+    """``kill PID`` of a ``--jobs 2`` sweep (or a scheduler's SIGTERM) must not leave its workers training on as
+    orphans: it ends like Ctrl-C, exit 130, and a re-run takes the cells over."""
+    path = _spec(tmp_path, {"noise_rate": [0.0, 0.3]}, base={"epochs": 10_000})
+    cmd = ["ssl-noise", "--checkpoints", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"), "--threads", "2",
+           "sweep", str(path), "--jobs", "2", "--quiet"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(workers := _children(parent.pid)) < 2 or not list((tmp_path / "runs").glob(".claims/*-s0-*")):
+            assert parent.poll() is None and time.time() < deadline, parent.communicate()
+            time.sleep(0.2)
+        parent.terminate()
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode == 130 and "Traceback" not in err, err
+        deadline = time.time() + 30
+        while alive := [w for w in workers if Path(f"/proc/{w}").exists()
+                        and "Z" not in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[:1]]:
+            assert time.time() < deadline, f"workers {alive} still running after the sweep ended"
+            time.sleep(0.2)
+    finally:
+        for pid in [parent.pid, *_children(parent.pid), *locals().get("workers", [])]:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        parent.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
 import queue as queue_mod
 import shutil
 import socket
@@ -154,15 +155,15 @@ def _worker_main(index: int, gpu: int | None, threads: int | None, cells: list[C
     """Entry point of a spawned worker: pin its GPU / thread count, then :func:`work`."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA initialises in this process
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
 
     def log(message: str) -> None:
         log_stderr(f"worker {index}: {message}")
 
-    try:
+    try:  # an interrupt may come while torch is still importing
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
         queue.put((index, dataclasses.asdict(work(cells, log=log, **kwargs))))
     except KeyboardInterrupt:
         queue.put((index, None))
@@ -203,15 +204,44 @@ def _run_workers(cells: Sequence[Cell], *, jobs: int, threads: int | None, kwarg
     for proc in procs:
         proc.start()
     log(f"sweep: {jobs} workers, {per_worker} torch thread(s) each" + (f", on {gpus} GPU(s)" if gpus else ""))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = _gather(results, procs, jobs)
+    except KeyboardInterrupt as stop:
+        _stop_workers(procs, forward=isinstance(stop, _Terminated))
+        raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for proc in procs:
             proc.join()
     crashed = [w for w, proc in enumerate(procs) if proc.exitcode]
     if crashed:
         log(f"sweep: worker(s) {crashed} exited abnormally; their claims go stale and a re-run takes them over")
     return report
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM in the parent: unlike Ctrl-C in a terminal, it reached no worker."""
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (``kill``, a scheduler ending the job) stops the sweep as Ctrl-C does, workers included, instead of
+    leaving them to train on as orphans."""
+    raise _Terminated
+
+
+def _stop_workers(procs: list[Any], *, forward: bool, grace_s: float = 10.0) -> None:
+    """End the workers: pass the interrupt on as SIGINT where it did not reach them (``forward``), so each ends its
+    cell as after Ctrl-C (its last epoch state stays for a re-run to resume); SIGTERM any still alive after
+    ``grace_s``."""
+    for proc in procs:
+        if forward and proc.is_alive():
+            os.kill(proc.pid, signal.SIGINT)
+    deadline = time.time() + grace_s
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.time()))
+        if proc.is_alive():
+            proc.terminate()
 
 
 def _gather(results, procs: list[Any], jobs: int) -> WorkerReport:
