@@ -215,6 +215,17 @@ def encode_labels(values: Sequence[str], where: str) -> Tuple[List[str], np.ndar
     return names, np.asarray([index[v] for v in values], dtype=np.int64)
 
 
+def _leading_comments(path: Path) -> List[str]:
+    """The ``#`` lines that open a manifest (its ``# name:`` line and notes), above the header."""
+    lines = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line)
+    return lines
+
+
 def manifest_name(path: Path) -> Optional[str]:
     """The name a manifest gives its data in a ``# name: <name>`` line above the header, else None (the file's
     stem is the name). Two views of the same files (a folder and a manifest over it) can so share one name, and
@@ -226,15 +237,13 @@ def manifest_name(path: Path) -> Optional[str]:
     from ssl_noise.io import check_name
 
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.startswith("#"):
-                    return None
-                key, sep, value = line[1:].partition(":")
-                if sep and key.strip().lower() == "name":
-                    return check_name(value.strip(), f"manifest {path}: name")
-    except (OSError, UnicodeDecodeError):
+        comments = _leading_comments(path)
+    except OSError:
         return None
+    for line in comments:
+        key, sep, value = line[1:].partition(":")
+        if sep and key.strip().lower() == "name":
+            return check_name(value.strip(), f"manifest {path}: name")
     return None
 
 
@@ -243,7 +252,7 @@ def _read_manifest(path: Path):
 
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, comment=None,
-                            skiprows=_comment_lines(path))
+                            skiprows=len(_leading_comments(path)))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"cannot parse manifest {path}: {e}") from e
     frame.columns = [str(c).strip().lower() for c in frame.columns]
@@ -254,17 +263,6 @@ def _read_manifest(path: Path):
     if frame.empty:
         raise UserError(f"manifest {path} has no rows")
     return frame
-
-
-def _comment_lines(path: Path) -> int:
-    """How many ``#`` lines open the manifest (its ``# name:`` line and notes), skipped before the header."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        count = 0
-        for line in f:
-            if not line.startswith("#"):
-                break
-            count += 1
-    return count
 
 
 def _split_names(values: Sequence[str], where: str) -> np.ndarray:

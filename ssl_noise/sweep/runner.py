@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import signal
 import queue as queue_mod
 import shutil
+import signal
 import socket
 import time
 import uuid
