@@ -192,7 +192,7 @@ def from_recipe(cls: Type[C], kind: str, name: str, flags: Mapping[str, Any], *,
 
 #: Fields added after results were published, left out of hashes while unset, so that the run and cell ids of
 #: every earlier config stay what they were (a sweep resumed after an upgrade finds its finished cells).
-LATE_FIELDS = ("label_column",)
+LATE_FIELDS = ("label_column", "test_eval")
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:
@@ -312,13 +312,17 @@ class FinetuneConfig:
     precision: str = "bf16"              # bf16 | fp32
     channels_last: bool = True
     eval_batch_size: int = 512
+    test_eval: Optional[str] = None      # None or "every": the test split after every epoch; "reported": only at the
+                                         # epochs a result reports (each new validation best, the last 5): same numbers
 
     def validate(self) -> None:
         choices = {"optimizer": ("adam", "lars", "sgd"), "precision": ("bf16", "fp32"),
-                   "noise_mode": ("exact", "sampled"), "select_metric": ("acc", "macro_f1")}
+                   "noise_mode": ("exact", "sampled"), "select_metric": ("acc", "macro_f1"),
+                   "test_eval": (None, "every", "reported")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise UserError(f"unknown {name} {getattr(self, name)!r}; choose from: {', '.join(allowed)}")
+                raise UserError(f"unknown {name} {getattr(self, name)!r}; choose from: "
+                                f"{', '.join(a for a in allowed if a is not None)}")
         if self.stem not in (None, "cifar", "imagenet"):
             raise UserError(f"unknown stem {self.stem!r}; choose from: cifar, imagenet")
         for name in ("epochs", "batch_size", "eval_batch_size"):

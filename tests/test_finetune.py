@@ -376,3 +376,23 @@ def test_methods_plug_in_per_epoch_through_the_hooks(tmp_path) -> None:
     assert result.method.started == [0, 1]
     assert np.isfinite(result.history[:, 0]).all()
     assert np.isfinite(result.history[:, 1]).sum() == 16  # 2 of the 4 batches of 8
+
+
+def test_test_eval_reported_scores_test_only_where_a_result_reads_it(tmp_path) -> None:
+    """``test_eval=reported`` trains identically and reports the same selected-epoch and last-5 numbers; the test
+    split is skipped at the epochs that are neither a new validation best nor among the last 5."""
+    base = dict(epochs=10, noise_rate=0.4, lr=0.2)
+    every = fit(prepare(_cfg(**base), data_root=None, checkpoints=tmp_path), show_progress=False)
+    reported = fit(prepare(_cfg(**base, test_eval="reported"), data_root=None, checkpoints=tmp_path),
+                   show_progress=False)
+    np.testing.assert_array_equal(every.history, reported.history)
+    assert every.best_epoch == reported.best_epoch
+    assert reported.test[reported.best_epoch] == every.test[every.best_epoch]
+    assert reported.test[-5:] == every.test[-5:]
+    np.testing.assert_array_equal(every.test_probs, reported.test_probs)
+    bests = [e for e in range(10) if e == 0 or every.val[e]["acc"] > max(v["acc"] for v in every.val[:e])]
+    skipped = [e for e, t in enumerate(reported.test) if t is None]
+    assert skipped == [e for e in range(5) if e not in bests] and skipped  # some epoch is skipped, none reported
+    assert reported.log[skipped[0]]["test_acc"] is None and every.log[skipped[0]]["test_acc"] is not None
+    with pytest.raises(Exception, match="test_eval"):
+        _cfg(test_eval="sometimes").validate()

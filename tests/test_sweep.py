@@ -427,12 +427,16 @@ def test_collect_and_dry_run_follow_the_last_run_without_repeating_its_flags(tmp
 
 
 def test_a_field_added_later_leaves_earlier_ids_as_they_were() -> None:
-    """``label_column`` (real noise) came after published sweeps: unset, it is not hashed, so their ids hold."""
+    """``label_column`` (real noise) and ``test_eval`` came after published sweeps: unset, they are not hashed, so
+    their ids hold."""
     from ssl_noise.config import LATE_FIELDS, hashed_dict, to_dict
 
     cfg = resolve(FinetuneConfig, BASE)
+    assert set(LATE_FIELDS) == {"label_column", "test_eval"}
     assert set(to_dict(cfg)) - set(hashed_dict(cfg)) == set(LATE_FIELDS)
-    assert set(hashed_dict(dataclasses.replace(cfg, label_column="majority"))) == set(to_dict(cfg))
+    assert set(hashed_dict(dataclasses.replace(cfg, label_column="majority"))) == set(to_dict(cfg)) - {"test_eval"}
+    assert set(hashed_dict(dataclasses.replace(cfg, label_column="majority", test_eval="reported"))) == set(
+        to_dict(cfg))
 
 
 def _children(pid: int) -> list[int]:

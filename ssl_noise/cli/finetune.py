@@ -51,6 +51,10 @@ from ssl_noise.cli.options import (
 @click.option("--seed", type=int, help="Fine-tuning seed: head init, sample order, augmentation (default 0).")
 @click.option("--select-metric", type=click.Choice(["acc", "macro_f1"]),
               help="Validation metric that picks the reported epoch (default acc; macro_f1 for imbalanced data).")
+@click.option("--test-eval", type=click.Choice(["every", "reported"]),
+              help="When the clean test split is scored: every epoch (default), or only at the epochs a result "
+                   "reports (each new validation best and the last 5; the same numbers, without the per-epoch test "
+                   "curve: on a small training subset the test passes cost more than the training).")
 @recipe_options("YAML recipe (default: finetune/<dataset>/default.yaml, or linear_probe.yaml with --freeze).",
                 "Override any config key, e.g. --set weight_decay=1e-4 --set augment.min_scale=0.5.")
 @click.option("--resume", is_flag=True,

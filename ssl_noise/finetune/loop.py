@@ -119,11 +119,16 @@ def evaluate(method, inputs: Inputs, images: np.ndarray, labels: np.ndarray, *, 
     return classification_metrics(labels, probs, task=task), probs
 
 
-def select(method, state: TrainState, epoch: int, metric: str, test_probs: np.ndarray) -> None:
-    """Keep the epoch with the best validation ``metric`` (ties keep the earlier epoch)."""
+def improves(state: TrainState, metric: str) -> bool:
+    """Whether the latest validation ``metric`` beats the best so far (ties keep the earlier epoch)."""
     score = state.val[-1][metric]
-    if state.best_state is None or (score is not None and (state.best_score is None or score > state.best_score)):
-        state.best_epoch, state.best_score, state.test_probs = epoch, score, test_probs
+    return state.best_state is None or (score is not None and (state.best_score is None or score > state.best_score))
+
+
+def select(method, state: TrainState, epoch: int, metric: str, test_probs: Optional[np.ndarray]) -> None:
+    """Keep the epoch with the best validation ``metric``, with its test probabilities."""
+    if improves(state, metric):
+        state.best_epoch, state.best_score, state.test_probs = epoch, state.val[-1][metric], test_probs
         state.best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
 
 
@@ -223,7 +228,9 @@ class _Loop:
 def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None, show_progress: bool = True,
         make_method: Optional[Callable[[FinetuneContext], Any]] = None, state_dir: Optional[Path] = None,
         resume: bool = False, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FitResult:
-    """Train ``prep.cfg.method`` on the prepared (noisy) labels and evaluate every epoch.
+    """Train ``prep.cfg.method`` on the prepared (noisy) labels and evaluate every epoch (the test split only at
+    the epochs a result reports under ``cfg.test_eval == "reported"``: on a small training subset it costs more
+    than the training).
 
     ``make_method(ctx)`` replaces the ROBUST lookup (``ssl_noise.refine`` continues a saved classifier this way).
     ``state_dir``: where the resumable state is written after every epoch (:func:`capture`); with ``resume`` the
@@ -259,11 +266,14 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
                                 lambda step: engine.lr_at(step, total, warmup, cfg.lr), bar)
         stats.update(method.on_epoch_end(epoch))
         state.val.append(evaluate(method, inputs, x_val, val_labels, task=data.task, autocast=ctx.autocast)[0])
-        test, probs = evaluate(method, inputs, x_test, data.test.labels, task=data.task, autocast=ctx.autocast)
+        test, probs = None, None
+        if cfg.test_eval != "reported" or epoch >= cfg.epochs - 5 or improves(state, cfg.select_metric):
+            test, probs = evaluate(method, inputs, x_test, data.test.labels, task=data.task, autocast=ctx.autocast)
         state.test.append(test)
         select(method, state, epoch, cfg.select_metric, probs)
         record = {"epoch": epoch + 1, **stats, **{f"val_{m}": state.val[-1][m] for m in ("acc", "macro_f1")},
-                  **{f"test_{m}": test[m] for m in ("acc", "macro_f1")}, "best_epoch": state.best_epoch + 1}
+                  **{f"test_{m}": test[m] if test else None for m in ("acc", "macro_f1")},
+                  "best_epoch": state.best_epoch + 1}
         state.log.append(record)
         if log_path is not None:
             io.append_jsonl(log_path, record)
@@ -272,7 +282,7 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
         if state_dir is not None:
             engine.save_training_state(state_dir, capture(prep.run_id, method, ctx, state), epoch=epoch + 1,
                                        kind=STATE_KIND)
-        bar.set_postfix(val_acc=f"{state.val[-1]['acc']:.3f}", test_acc=f"{test['acc']:.3f}")
+        bar.set_postfix(val_acc=f"{state.val[-1]['acc']:.3f}", test_acc=f"{test['acc']:.3f}" if test else "-")
     bar.close()
     result = _finish(method, state, inputs, x_train, prep)
     result.noise_rate, result.noise_rate_source = told
