@@ -95,6 +95,26 @@ def build_backbone(name: str, *, stem: str = "cifar", in_channels: int = 3) -> T
     return model, feat_dim
 
 
+def padding_only_convs(backbone: nn.Module, size: int, in_channels: int) -> List[str]:
+    """Names of the backbone's strided convolutions that see a 1x1 map at input side ``size``: all their taps but the
+    centre touch only padding. On CPU the bf16 backward-weights kernel (oneDNN) at times leaves those taps'
+    gradients uninitialised (up to 4e37 or NaN, ``benchmarks/bf16_padding_taps.py``); fp32 gives exactly 0."""
+    found: List[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, inp, name=name: found.append(name)
+                                         if inp[0].shape[-1] == 1 and inp[0].shape[-2] == 1 else None)
+             for name, m in backbone.named_modules()
+             if isinstance(m, nn.Conv2d) and m.stride != (1, 1) and m.kernel_size != (1, 1) and m.padding != (0, 0)]
+    was_training = backbone.training
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, in_channels, size, size))
+    finally:
+        backbone.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found
+
+
 def plain_torchvision_resnet(name: str, stem: str, in_channels: int) -> nn.Module:
     """The same architecture as :func:`build_backbone`, written with torchvision calls only.
 

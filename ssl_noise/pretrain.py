@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ssl_noise import io, progress, registry
 from ssl_noise.augment import AugmentConfig, to_float
-from ssl_noise.backbones import BACKBONES, build_backbone, default_stem
+from ssl_noise.backbones import BACKBONES, build_backbone, default_stem, padding_only_convs
 from ssl_noise.config import PretrainConfig, from_recipe, to_dict
 from ssl_noise.data import channel_stats, load_dataset, spec_label
 from ssl_noise.engine import (STATE_JSON, autocast, build_optimizer, check_finite, load_training_state, lr_at,
@@ -143,6 +143,7 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
                      augment=AugmentConfig.from_mapping(cfg.augment))
     method_cls.check_input(spec, cfg.method_args)
     method, model, stem, feat_dim = _build(cfg, method_cls, spec, device, world)
+    _check_bf16_maps(cfg, method, device)
     optimizer = build_optimizer(method, cfg)
     work = work_dir(runs, cfg)
     start_epoch = _start(work, method, optimizer, cfg, device, resume=resume, rank=rank)
@@ -199,6 +200,19 @@ def _build(cfg: PretrainConfig, method_cls, spec: InputSpec, device: str, world:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()]
                                                           if device.startswith("cuda") else None)
     return method, model, stem, feat_dim
+
+
+def _check_bf16_maps(cfg: PretrainConfig, method, device: str) -> None:
+    """Refuse bf16 on CPU when inputs smaller than the image (jigsaw's tiles, DINO's local views) reach 1x1 maps at
+    a strided conv: the kernel's garbage gradients land in weights that whole images use later (two jigsaw runs
+    with the ImageNet stem had NaN features by epoch 5)."""
+    size = method.smallest_input()
+    if device != "cpu" or cfg.precision != "bf16" or size >= method.spec.image_size:
+        return
+    convs = padding_only_convs(method.backbone, size, method.spec.channels)
+    if convs:
+        raise UserError(f"{cfg.method}'s {size} px inputs reach 1x1 maps at {', '.join(convs)}, where bf16 on CPU "
+                        f"corrupts the gradient of taps that see only padding; add --set precision=fp32")
 
 
 def resumable_hint(pretrain_runs: Path, method: str) -> str:

@@ -134,6 +134,34 @@ def test_jigsaw_on_too_small_images_is_refused(tmp_path, capsys):
     assert e.value.code == 2 and "jigsaw" in capsys.readouterr().err
 
 
+def test_inputs_that_reach_1x1_maps_are_found_per_stem() -> None:
+    """The convs whose taps see only padding on a 7 px jigsaw tile: where bf16's garbage gradients went (the NaN
+    weights of two ImageNet-stem jigsaw runs were exactly these two); the cifar stem keeps 2x2 maps there."""
+    from ssl_noise.backbones import build_backbone, padding_only_convs
+
+    imagenet, _ = build_backbone("resnet18", stem="imagenet", in_channels=3)
+    cifar, _ = build_backbone("resnet18", stem="cifar", in_channels=3)
+    assert padding_only_convs(imagenet, 7, 3) == ["layer3.0.conv1", "layer4.0.conv1"]
+    assert padding_only_convs(imagenet, 12, 3) == ["layer4.0.conv1"]       # DINO's 12 px local views
+    assert padding_only_convs(imagenet, 28, 3) == padding_only_convs(cifar, 7, 3) == []
+
+
+@pytest.mark.parametrize("method,args", [("jigsaw", []), ("dino", ["--set", "method_args.n_local_views=2"])])
+def test_bf16_on_cpu_is_refused_where_small_inputs_reach_1x1_maps(tmp_path, capsys, method, args):
+    base = ["--checkpoints", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"), "pretrain", "--method", method,
+            "--dataset", "synthetic", "--subset", "32", "--image-size", "28", "--stem", "imagenet", "--epochs", "1",
+            "--batch-size", "16", "--quiet", *args]
+    with pytest.raises(SystemExit) as e:
+        main(base)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "precision=fp32" in err and "layer4.0.conv1" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ck").exists()  # nothing half-written
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--set", "precision=fp32", "--set", "knn_every=100"])          # fp32 trains
+    assert e.value.code == 0
+    assert len(list((tmp_path / "ck").glob(f"{method}-*"))) == 1
+
+
 # ---------------------------------------------------------------- DDP on CPU (gloo, two processes)
 
 def _free_port() -> int:

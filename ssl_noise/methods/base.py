@@ -84,6 +84,11 @@ class SSLMethod(nn.Module):
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def smallest_input(self) -> int:
+        """Side in px of the smallest image the backbone is fed in training (jigsaw's tiles, DINO's local views):
+        where it differs from the image size, weights unused in training are used at evaluation."""
+        return self.spec.image_size
+
     def before_step(self, epoch: int) -> None:
         """Hook after ``backward`` and before the optimiser step; ``epoch`` counts from 0."""
 

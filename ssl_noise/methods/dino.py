@@ -123,6 +123,9 @@ class DINO(SSLMethod):
             return a.teacher_temp
         return a.warmup_teacher_temp + (a.teacher_temp - a.warmup_teacher_temp) * p / a.warmup_fraction
 
+    def smallest_input(self) -> int:
+        return self.args.local_size if self.args.n_local_views else self.spec.image_size
+
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # x: (B, C, H, W) in [0, 1]
         a, b = self.args, x.shape[0]

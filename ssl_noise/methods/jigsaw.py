@@ -202,6 +202,9 @@ class Jigsaw(SSLMethod):
             nn.Linear(a.hidden_dim, a.num_permutations),
         )
 
+    def smallest_input(self) -> int:
+        return self.args.tile_size(self.spec.image_size // self.args.grid)
+
     def tiles(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Cut (B, C, H, W) into (B, grid², C, t, t) tiles in row-major cell order, t = cell - gap - jitter.
 

@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import stats
 
 runs, encoders = pd.read_csv(sys.argv[1]), pd.read_csv(sys.argv[2]).set_index("init")
-runs["family"] = runs["init"].str.split("-").str[0]
+label = {entry: name for name, entry in encoders["encoder"].items()}  # a row per entry: two jigsaw variants
+runs["family"] = runs["init"].map(lambda init: "random" if init == "random" else label[init])
 rates = sorted(runs["noise_rate"].unique())
 random = runs[runs["family"] == "random"].set_index(["noise_rate", "noise_seed"])["test_acc"]
 print("| init | k-NN test | logistic probe test | " + " | ".join(f"symmetric {r:g}" for r in rates) + " |")
