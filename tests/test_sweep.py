@@ -482,3 +482,13 @@ def test_sigterm_to_a_sweep_stops_its_workers_too(tmp_path) -> None:
             except OSError:
                 pass
         parent.wait()
+
+
+def test_a_sweep_runs_instance_dependent_noise(tmp_path, capsys) -> None:
+    """Instance noise works wherever noise does: the grid check knew only the matrix types and refused it."""
+    path = _spec(tmp_path, {"noise_type+noise_rate": [["instance", 0.4], ["symmetric", 0.4]], "noise_seed": [1]})
+    code, _, err = _cli(capsys, tmp_path, "sweep", str(path), "--quiet")
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "runs" / "sweeps" / "t.csv")
+    assert sorted(rows["noise_type"]) == ["instance", "symmetric"]
+    assert rows["noise_realised_rate"].between(0.05, 0.8).all()

@@ -101,7 +101,7 @@ def check_names(cfg: FinetuneConfig) -> None:
     from ssl_noise.robust import ROBUST
 
     ROBUST.get_or_fail(cfg.method).parse_args(cfg.method_args)
-    noise.NOISE_TYPES.get_or_fail(cfg.noise_type)
+    noise.check_noise_type(cfg.noise_type)
     BACKBONES.get_or_fail(cfg.backbone)
 
 
