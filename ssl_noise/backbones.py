@@ -100,9 +100,14 @@ def padding_only_convs(backbone: nn.Module, size: int, in_channels: int) -> List
     centre touch only padding. On CPU the bf16 backward-weights kernel (oneDNN) at times leaves those taps'
     gradients uninitialised (up to 4e37 or NaN, ``benchmarks/bf16_padding_taps.py``); fp32 gives exactly 0."""
     found: List[str] = []
-    hooks = [m.register_forward_pre_hook(lambda m, inp, name=name: found.append(name)
-                                         if inp[0].shape[-1] == 1 and inp[0].shape[-2] == 1 else None)
-             for name, m in backbone.named_modules()
+
+    def note_1x1(name: str):
+        def hook(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
+            if inputs[0].shape[-2:] == (1, 1):
+                found.append(name)
+        return hook
+
+    hooks = [m.register_forward_pre_hook(note_1x1(name)) for name, m in backbone.named_modules()
              if isinstance(m, nn.Conv2d) and m.stride != (1, 1) and m.kernel_size != (1, 1) and m.padding != (0, 0)]
     was_training = backbone.training
     try:
