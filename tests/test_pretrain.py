@@ -36,7 +36,9 @@ def _plain_resnet18(meta: dict) -> torch.nn.Module:
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_each_method_writes_a_strictly_loadable_entry(tmp_path, method):
-    entry = pretrain(_cfg(method=method, epochs=1), data_root=None, checkpoints=tmp_path / "ck",
+    # jigsaw's 4 px tiles at 16 px reach 1x1 maps: bf16 on CPU is refused there (the test below), fp32 trains
+    precision = {"precision": "fp32"} if method == "jigsaw" else {}
+    entry = pretrain(_cfg(method=method, epochs=1, **precision), data_root=None, checkpoints=tmp_path / "ck",
                      runs=tmp_path / "runs", show_progress=False)
     folder = tmp_path / "ck" / entry
     meta = json.loads((folder / "meta.json").read_text())

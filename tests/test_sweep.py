@@ -130,7 +130,7 @@ def test_ids_are_stable_and_hash_every_field(tmp_path, monkeypatch) -> None:
                "batch_size": 9, "optimizer": "adam", "lr": 0.3, "momentum": 0.5, "weight_decay": 0.1,
                "warmup_epochs": 1.0, "augmentation": True, "augment": {"hf_prob": 0.0}, "select_metric": "macro_f1",
                "seed": 9, "precision": "bf16", "channels_last": False, "eval_batch_size": 7,
-               "noise_estimate": 0.3, "label_column": "annotator_1"}
+               "noise_estimate": 0.3, "label_column": "annotator_1", "test_eval": "reported"}
     (tmp_path / "m.yaml").write_text("0: 1\n")
     monkeypatch.chdir(tmp_path)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
