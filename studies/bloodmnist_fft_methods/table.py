@@ -1,0 +1,71 @@
+"""The study's table: per init and noise setting, CE's test accuracy at the validation-selected epoch and its
+last-5 mean (mean ± sd over noise seeds), then every other method as its paired gain over CE on the same noisy labels
+(points: mean, pairs won, paired t-test p where n >= 2), the share of flipped labels it memorised (at the selected /
+the last epoch), and for a method that selects samples the detection AUROC and average precision of what it kept.
+Cells that failed (no row) are listed as "not run" with the count of rows found.
+
+    python studies/bloodmnist_fft_methods/table.py runs/sweeps/bloodmnist_fft_methods.csv > table.md
+"""
+
+import sys
+
+import pandas as pd
+from scipy import stats
+
+from ssl_noise.tables import load_results
+
+KEY = ["noise_seed", "seed"]
+
+
+def paired(a: pd.Series, b: pd.Series) -> str:
+    """``a - b`` in points over the shared pairs: mean, pairs won of n, paired t-test p where n >= 2."""
+    d = (a - b).dropna() * 100
+    if d.empty:
+        return "–"
+    text = f"{d.mean():+.1f}, {int((d > 0).sum())}/{len(d)}"
+    if len(d) >= 2 and d.std() > 0:
+        text += f", p = {stats.ttest_1samp(d, 0).pvalue:.2f}"
+    return text
+
+
+def spread(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
+    values = values.dropna() * scale
+    if values.empty:
+        return "–"
+    text = f"{values.mean():.{digits}f}"
+    return text + (f" ± {values.std():.{digits}f}" if len(values) > 1 else "")
+
+
+def table(rows: pd.DataFrame, methods: list) -> None:
+    ce = rows[rows["method"] == "ce"].set_index(KEY)
+    print("| method | n | test acc (selected) | − CE | last-5 mean | − CE | memorised: selected / last (%) "
+          "| detection AUROC / AP |")
+    print("|---" * 8 + "|")
+    for method in methods:
+        mine = rows[rows["method"] == method].set_index(KEY)
+        if mine.empty:
+            print(f"| {method} | 0 | not run | | | | | |")
+            continue
+        detection = "–"
+        if "detect_auroc" in mine and mine["detect_auroc"].notna().any():
+            detection = f"{spread(mine['detect_auroc'])} / {spread(mine.get('detect_ap', pd.Series(dtype=float)))}"
+        first = method == "ce"
+        print(f"| {method} | {len(mine)} | {spread(mine['test_acc'])} | "
+              f"{'' if first else paired(mine['test_acc'], ce['test_acc'])} | {spread(mine['test_acc_last5'])} | "
+              f"{'' if first else paired(mine['test_acc_last5'], ce['test_acc_last5'])} | "
+              f"{spread(mine['train_memorised'], 100, 1)} / {spread(mine['train_memorised_last'], 100, 1)} | "
+              f"{detection} |")
+
+
+def main(path: str) -> None:
+    runs = load_results(path)  # with the detection columns of the run folders beside the table
+    methods = list(dict.fromkeys(["ce", *runs["method"]]))
+    for (noise_type, rate), setting in runs.groupby(["noise_type", "noise_rate"], sort=False):
+        for init, rows in setting.groupby("init", sort=False):
+            name = "random" if init == "random" else init
+            print(f"\n### {noise_type} {rate:g}, init {name}\n")
+            table(rows, methods)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
