@@ -29,6 +29,7 @@ def paired(a: pd.Series, b: pd.Series) -> str:
 
 
 def spread(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
+    """Mean ± sd of the non-missing values (sd only where there are two or more)."""
     values = values.dropna() * scale
     if values.empty:
         return "–"
@@ -49,10 +50,10 @@ def table(rows: pd.DataFrame, methods: list) -> None:
         detection = "–"
         if "detect_auroc" in mine and mine["detect_auroc"].notna().any():
             detection = f"{spread(mine['detect_auroc'])} / {spread(mine.get('detect_ap', pd.Series(dtype=float)))}"
-        first = method == "ce"
+        is_ce = method == "ce"
         print(f"| {method} | {len(mine)} | {spread(mine['test_acc'])} | "
-              f"{'' if first else paired(mine['test_acc'], ce['test_acc'])} | {spread(mine['test_acc_last5'])} | "
-              f"{'' if first else paired(mine['test_acc_last5'], ce['test_acc_last5'])} | "
+              f"{'' if is_ce else paired(mine['test_acc'], ce['test_acc'])} | {spread(mine['test_acc_last5'])} | "
+              f"{'' if is_ce else paired(mine['test_acc_last5'], ce['test_acc_last5'])} | "
               f"{spread(mine['train_memorised'], 100, 1)} / {spread(mine['train_memorised_last'], 100, 1)} | "
               f"{detection} |")
 
