@@ -34,6 +34,7 @@ def paired(a: pd.Series, b: pd.Series) -> str:
 
 
 def spread(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
+    """Mean ± sd of the non-missing values x ``scale`` (sd only where there are two or more)."""
     values = values.dropna() * scale
     text = f"{values.mean():.{digits}f}"
     return text + (f" ± {values.std():.{digits}f}" if len(values) > 1 else "")
