@@ -10,8 +10,8 @@ Cells that failed (no row) are listed as "not run" with the count of rows found.
 import sys
 
 import pandas as pd
-from scipy import stats
 
+from ssl_noise.report import paired_test
 from ssl_noise.tables import load_results
 
 KEY = ["noise_seed", "seed"]
@@ -22,10 +22,8 @@ def paired(a: pd.Series, b: pd.Series) -> str:
     d = (a - b).dropna() * 100
     if d.empty:
         return "–"
-    text = f"{d.mean():+.1f}, {int((d > 0).sum())}/{len(d)}"
-    if len(d) >= 2 and d.std() > 0:
-        text += f", p = {stats.ttest_1samp(d, 0).pvalue:.2f}"
-    return text
+    p, _ = paired_test(d.to_numpy())  # the report's test: None under 2 pairs or with no spread
+    return f"{d.mean():+.1f}, {int((d > 0).sum())}/{len(d)}" + (f", p = {p:.2f}" if p is not None else "")
 
 
 def spread(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
