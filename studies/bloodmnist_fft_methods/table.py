@@ -18,8 +18,11 @@ from ssl_noise.tables import load_results
 
 KEY = ["noise_seed", "seed"]
 SPEC = Path(__file__).resolve().parents[2] / "finetune" / "sweeps" / "bloodmnist_fft_methods.yaml"
-#: the spec's methods in its order, so that a method whose cells all failed (HSA-NRL) shows as "not run"
-SPEC_METHODS = [method for method, _ in yaml.safe_load(SPEC.read_text())["grid"]["method+method_args"]]
+
+
+def spec_methods() -> list:
+    """The spec's methods in its order, so that a method whose cells all failed (HSA-NRL) shows as "not run"."""
+    return [method for method, _ in yaml.safe_load(SPEC.read_text())["grid"]["method+method_args"]]
 
 
 def paired(a: pd.Series, b: pd.Series) -> str:
@@ -63,7 +66,7 @@ def table(rows: pd.DataFrame, methods: list) -> None:
 
 def main(path: str) -> None:
     runs = load_results(path)  # with the detection columns of the run folders beside the table
-    methods = list(dict.fromkeys(["ce", *SPEC_METHODS, *runs["method"]]))
+    methods = list(dict.fromkeys(["ce", *spec_methods(), *runs["method"]]))
     for (noise_type, rate), setting in runs.groupby(["noise_type", "noise_rate"], sort=False):
         for init, rows in setting.groupby("init", sort=False):
             name = "random" if init == "random" else init
