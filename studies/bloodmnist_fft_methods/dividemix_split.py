@@ -2,7 +2,8 @@
 (deterministic: the same epochs as the cell) and, at each division until epoch ``stop``, print per network the
 eval-mode loss quantiles of clean and flipped labels, how well that loss ranks the flips (AUROC), the two mixture
 components DivideMix fits (means, sds, weights on the min-max normalised loss), and the share it labels clean with
-the clean share among those (the mixture refitted with seed 0; the run's own split is the log's labelled_frac).
+the clean share among those (the mixture refitted with seed 0; the run's own split is the log's labelled_frac),
+and, for comparison only, the same split on the loss clipped at its 99th percentile.
 Costs about the cell's first ``stop`` epochs (4-5 min of one core to epoch 11, the first division).
 
     SSL_NOISE_DATA=../shared/data python studies/bloodmnist_fft_methods/dividemix_split.py \
@@ -36,13 +37,17 @@ def describe(loss: np.ndarray, flipped: np.ndarray) -> dict:
     x = ((loss - loss.min()) / (loss.max() - loss.min()))[:, None]
     gmm = GaussianMixture(**dividemix.GMM_KW, random_state=0).fit(x)
     labelled = dividemix.clean_posterior(loss) > 0.5
+    # Not DivideMix: the same split on the loss clipped at its 99th percentile, to see what a few outliers cost.
+    clipped = dividemix.clean_posterior(np.minimum(loss, np.percentile(loss, 99))) > 0.5
     return {"loss_clean_q05_50_95": np.percentile(loss[~flipped], [5, 50, 95]).round(2).tolist(),
             "loss_flipped_q05_50_95": np.percentile(loss[flipped], [5, 50, 95]).round(2).tolist(),
             "loss_max": round(float(loss.max()), 2), "flip_auroc": round(float(roc_auc_score(flipped, loss)), 3),
             "gmm_means": gmm.means_[:, 0].round(3).tolist(),
             "gmm_sds": np.sqrt(gmm.covariances_.ravel()).round(3).tolist(),
             "gmm_weights": gmm.weights_.round(3).tolist(), "labelled": round(float(labelled.mean()), 3),
-            "clean_among_labelled": round(float((~flipped[labelled]).mean()), 3) if labelled.any() else None}
+            "clean_among_labelled": round(float((~flipped[labelled]).mean()), 3) if labelled.any() else None,
+            "clipped99_labelled": round(float(clipped.mean()), 3),
+            "clipped99_clean_among_labelled": round(float((~flipped[clipped]).mean()), 3) if clipped.any() else None}
 
 
 def main(run: str, stop: int) -> None:

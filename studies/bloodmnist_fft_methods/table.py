@@ -2,7 +2,8 @@
 last-5 mean (mean ± sd over noise seeds), then every other method as its paired gain over CE on the same noisy labels
 (points: mean, pairs won, paired t-test p where n >= 2), the share of flipped labels it memorised (at the selected /
 the last epoch), and for a method that selects samples the detection AUROC and average precision of what it kept.
-Cells that failed (no row) are listed as "not run" with the count of rows found.
+Cells that failed (no row) are listed as "not run". Where a setting has both inits, a last table per setting gives
+each method's paired gain from the SSL init (the other init − random, on the same noisy labels).
 
     python studies/bloodmnist_fft_methods/table.py runs/sweeps/bloodmnist_fft_methods.csv > table.md
 """
@@ -64,6 +65,19 @@ def table(rows: pd.DataFrame, methods: list) -> None:
               f"{detection} |")
 
 
+def init_gain(setting: pd.DataFrame, methods: list) -> None:
+    """Per method, each pretrained init's test accuracy minus random init's on the same noisy labels (points)."""
+    random = setting[setting["init"] == "random"]
+    print("| method | init | − random: selected | − random: last-5 mean |")
+    print("|---" * 4 + "|")
+    for method in methods:
+        base = random[random["method"] == method].set_index(KEY)
+        for init, rows in setting[(setting["init"] != "random") & (setting["method"] == method)].groupby("init"):
+            mine = rows.set_index(KEY)
+            print(f"| {method} | {init.split('-')[0]} | {paired(mine['test_acc'], base['test_acc'])} | "
+                  f"{paired(mine['test_acc_last5'], base['test_acc_last5'])} |")
+
+
 def main(path: str) -> None:
     runs = load_results(path)  # with the detection columns of the run folders beside the table
     methods = list(dict.fromkeys(["ce", *spec_methods(), *runs["method"]]))
@@ -72,6 +86,9 @@ def main(path: str) -> None:
             name = "random" if init == "random" else init
             print(f"\n### {noise_type} {rate:g}, init {name}\n")
             table(rows, methods)
+        if setting["init"].nunique() > 1 and (setting["init"] == "random").any():
+            print(f"\n### {noise_type} {rate:g}, pretrained init − random init\n")
+            init_gain(setting, methods)
 
 
 if __name__ == "__main__":
