@@ -67,11 +67,11 @@ def table(rows: pd.DataFrame, methods: list) -> None:
 
 def init_gain(setting: pd.DataFrame, methods: list) -> None:
     """Per method, each pretrained init's test accuracy minus random init's on the same noisy labels (points)."""
-    random = setting[setting["init"] == "random"]
+    from_random = setting[setting["init"] == "random"]
     print("| method | init | − random: selected | − random: last-5 mean |")
     print("|---" * 4 + "|")
     for method in methods:
-        base = random[random["method"] == method].set_index(KEY)
+        base = from_random[from_random["method"] == method].set_index(KEY)
         for init, rows in setting[(setting["init"] != "random") & (setting["method"] == method)].groupby("init"):
             mine = rows.set_index(KEY)
             print(f"| {method} | {init.split('-')[0]} | {paired(mine['test_acc'], base['test_acc'])} | "
