@@ -3,10 +3,16 @@ last-5 mean (mean ± sd over noise seeds), then every other method as its paired
 (points: mean, pairs won, paired t-test p where n >= 2), the share of flipped labels it memorised (at the selected /
 the last epoch), and for a method that selects samples the detection AUROC and average precision of what it kept.
 Cells that failed (no row) are listed as "not run". Where a setting has both inits, a last table per setting gives
-each method's paired gain from the SSL init (the other init − random, on the same noisy labels).
+each method's paired gain from the SSL init (the other init − random, on the same noisy labels). Rows of the oracle
+ablation (bloodmnist_fft_methods_oracle.yaml) given in the same table are their own rows, named by what differs from
+the main spec's cell (the rate told, other method arguments), and paired with the main sweep's CE.
 
     python studies/bloodmnist_fft_methods/table.py runs/sweeps/bloodmnist_fft_methods.csv > table.md
+    python studies/bloodmnist_fft_methods/table.py studies/bloodmnist_fft_methods/results.csv \
+        runs/sweeps/bloodmnist_fft_methods_oracle.csv                  # with the oracle rows
 """
+
+import json
 
 import sys
 from pathlib import Path
@@ -24,6 +30,15 @@ SPEC = Path(__file__).resolve().parents[2] / "finetune" / "sweeps" / "bloodmnist
 def spec_methods() -> list:
     """The spec's methods in its order, so that a method whose cells all failed (HSA-NRL) shows as "not run"."""
     return [method for method, _ in yaml.safe_load(SPEC.read_text())["grid"]["method+method_args"]]
+
+
+def variant(row: pd.Series) -> str:
+    """The row's method, plus what differs from the main spec's cell of it: ``jocor, oracle rate, co_lambda=0.65``."""
+    spec_args = dict(yaml.safe_load(SPEC.read_text())["grid"]["method+method_args"])
+    args = json.loads(row["method_args"]) if isinstance(row["method_args"], str) else {}
+    extra = [f"{k}={v}" for k, v in args.items() if spec_args.get(row["method"], {}).get(k) != v]
+    told = ["oracle rate"] if row.get("noise_rate_source") == "oracle" else []
+    return ", ".join([row["method"], *told, *extra])
 
 
 def paired(a: pd.Series, b: pd.Series) -> str:
@@ -78,8 +93,10 @@ def init_gain(setting: pd.DataFrame, methods: list) -> None:
                   f"{paired(mine['test_acc_last5'], base['test_acc_last5'])} |")
 
 
-def main(path: str) -> None:
-    runs = load_results(path)  # with the detection columns of the run folders beside the table
+def main(paths: list) -> None:
+    # with the detection columns of the run folders beside each table
+    runs = pd.concat([load_results(path) for path in paths], ignore_index=True)
+    runs["method"] = runs.apply(variant, axis=1)
     methods = list(dict.fromkeys(["ce", *spec_methods(), *runs["method"]]))
     for (noise_type, rate), setting in runs.groupby(["noise_type", "noise_rate"], sort=False):
         for init, rows in setting.groupby("init", sort=False):
@@ -92,4 +109,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
