@@ -22,7 +22,7 @@ def describe(path: str) -> None:
         wrong = flipped[flipped["clean_label"] == k]["noisy_label"].value_counts()
         given = labels[labels["noisy_label"] == k]
         top = f"{wrong.index[0]} | {wrong.iloc[0] / wrong.sum():.0%}" if len(wrong) else "– | –"
-        print(f"| {k} | {len(wrong.index) and wrong.sum() / len(mine):.3f} | {top} | {len(given)} | "
+        print(f"| {k} | {wrong.sum() / len(mine):.3f} | {top} | {len(given)} | "
               f"{(given['clean_label'] != k).mean():.0%} |")
 
 

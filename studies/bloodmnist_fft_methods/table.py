@@ -13,7 +13,6 @@ the main spec's cell (the rate told, other method arguments), and paired with th
 """
 
 import json
-
 import sys
 from pathlib import Path
 
@@ -27,14 +26,13 @@ KEY = ["noise_seed", "seed"]
 SPEC = Path(__file__).resolve().parents[2] / "finetune" / "sweeps" / "bloodmnist_fft_methods.yaml"
 
 
-def spec_methods() -> list:
-    """The spec's methods in its order, so that a method whose cells all failed (HSA-NRL) shows as "not run"."""
-    return [method for method, _ in yaml.safe_load(SPEC.read_text())["grid"]["method+method_args"]]
+def spec_cells() -> list:
+    """The spec's ``[method, method_args]`` pairs in its order (HSA-NRL's, whose cells all failed, included)."""
+    return yaml.safe_load(SPEC.read_text())["grid"]["method+method_args"]
 
 
-def variant(row: pd.Series) -> str:
+def variant(row: pd.Series, spec_args: dict) -> str:
     """The row's method, plus what differs from the main spec's cell of it: ``jocor, oracle rate, co_lambda=0.65``."""
-    spec_args = dict(yaml.safe_load(SPEC.read_text())["grid"]["method+method_args"])
     args = json.loads(row["method_args"]) if isinstance(row["method_args"], str) else {}
     extra = [f"{k}={v}" for k, v in args.items() if spec_args.get(row["method"], {}).get(k) != v]
     told = ["oracle rate"] if row.get("noise_rate_source") == "oracle" else []
@@ -96,8 +94,9 @@ def init_gain(setting: pd.DataFrame, methods: list) -> None:
 def main(paths: list) -> None:
     # with the detection columns of the run folders beside each table
     runs = pd.concat([load_results(path) for path in paths], ignore_index=True)
-    runs["method"] = runs.apply(variant, axis=1)
-    methods = list(dict.fromkeys(["ce", *spec_methods(), *runs["method"]]))
+    cells = spec_cells()
+    runs["method"] = runs.apply(variant, axis=1, spec_args=dict(cells))
+    methods = list(dict.fromkeys(["ce", *(method for method, _ in cells), *runs["method"]]))
     for (noise_type, rate), setting in runs.groupby(["noise_type", "noise_rate"], sort=False):
         for init, rows in setting.groupby("init", sort=False):
             name = "random" if init == "random" else init
