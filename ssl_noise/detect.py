@@ -117,9 +117,15 @@ def _flag_top(scores: np.ndarray, source: Source, opts: DetectOptions, auto: Cal
 @_register("knn", "features", ("k", "t"))
 def _knn(source: Source, opts: DetectOptions) -> Detection:
     scores, votes = knn_scores(source.features, source.given, source.num_classes, k=opts.k, t=opts.t)
-    found = _flag_top(scores, source, opts, lambda: estimate.features_rate(
-        source.features, source.given, source.num_classes, folds=opts.folds, seed=opts.seed),
-        vote_disagrees=int(np.sum(votes.argmax(1) != source.given)))
+    interval: Dict[str, Any] = {}
+
+    def auto() -> float:  # the default estimator on the same features; its interval goes into metrics.json
+        rate = estimate.estimate(source.features, source.given, source.num_classes, seed=opts.seed)
+        interval.update({k: v for k, v in rate.record().items() if k != "noise_rate_estimate"})
+        return rate.rate
+
+    found = _flag_top(scores, source, opts, auto, vote_disagrees=int(np.sum(votes.argmax(1) != source.given)))
+    found.info.update(interval)
     found.suggested = votes.argmax(1)
     return found
 

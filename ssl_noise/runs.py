@@ -27,7 +27,8 @@ RESULT_COLUMNS = (
     ["run_id", "dataset", "image_size", "n_train", "init", "encoder_id", "encoder_sha256", "encoder_method",
      "encoder_seed", "backbone", "stem", "protocol", "method", "method_args", "method_active", "noise_source",
      "noise_type", "noise_rate", "noise_realised_rate", "noise_seed", "noise_mode", "clean_val", "val_realised_rate",
-     "noise_rate_estimate", "noise_rate_source", "seed", "epochs", "select_metric", "selected_epoch"]
+     "noise_rate_estimate", "noise_rate_source", "noise_rate_estimate_lo", "noise_rate_estimate_hi", "noise_estimator",
+     "seed", "epochs", "select_metric", "selected_epoch"]
     + [f"test_{m}{s}" for s in ("", "_last", "_last5") for m in SCALARS]
     + ["val_acc", "val_macro_f1", "train_acc_noisy", "train_acc_clean", "train_memorised", "train_memorised_last",
        "wall_time_s", "created_at"])

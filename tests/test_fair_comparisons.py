@@ -76,15 +76,19 @@ def test_runs_record_the_rate_methods_were_told_and_whether_they_were_active(tmp
                              show_progress=False)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["noise_rate_source"] == "auto" and 0 <= metrics["noise_rate_estimate"] < 1
+    assert metrics["noise_estimator"] == estimate.DEFAULT
+    assert metrics["noise_rate_estimate_lo"] <= metrics["noise_rate_estimate"] <= metrics["noise_rate_estimate_hi"]
     assert metrics["method_active"] is False and "10" in metrics["method_inactive_reason"]
     assert metrics["test"]["last5_mean"] is None and metrics["test"]["last5_epochs"] == []  # 2 epochs: no mean
     row = pd.read_csv(tmp_path / "runs" / "results.csv").iloc[-1]
     assert row["noise_rate_source"] == "auto" and not row["method_active"] and pd.isna(row["test_acc_last5"])
+    assert row["noise_rate_estimate_lo"] == pytest.approx(metrics["noise_rate_estimate_lo"])
     assert pd.isna(row["encoder_method"]) and pd.isna(row["encoder_seed"])  # random init: no pretraining
     ce, _ = finetune(_cfg(noise_rate=0.4), data_root=None, checkpoints=tmp_path / "ck", runs=tmp_path / "runs",
                      show_progress=False)
     ce_metrics = json.loads((ce / "metrics.json").read_text())
     assert ce_metrics["method_active"] is True and ce_metrics["noise_rate_source"] is None  # ce is told no rate
+    assert ce_metrics["noise_rate_estimate_lo"] is None and ce_metrics["noise_estimator"] is None
 
 
 def test_registry_inits_record_their_pretraining_method_and_seed(tmp_path, make_entry) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class FitResult:
     outputs: Dict[str, np.ndarray]
     noise_rate: Optional[float] = None          # the rate the method was told (None: it needs none)
     noise_rate_source: Optional[str] = None     # auto | oracle | given
+    noise_estimate: Optional[Any] = None        # the auto estimate (ssl_noise.estimate.Estimate): interval, T̂
     inactive_reason: Optional[str] = None       # why the schedule is too short for the method to work as designed
 
 
@@ -144,6 +146,7 @@ class _Loop:
         self.rows = torch.arange(len(prep.data.train))
         self.labels = torch.from_numpy(prep.train_noise.noisy)
         self.ctx: Optional[FinetuneContext] = None
+        self.rate_estimate: Optional[estimate.Estimate] = None
 
     def build_model(self, k: int) -> Classifier:
         """Classifier ``k`` from the init. Network 0 starts from the run's encoder; a second network of a
@@ -190,16 +193,23 @@ class _Loop:
         return self.ctx
 
     def auto_rate(self) -> float:
-        """The confident-joint estimate (:mod:`ssl_noise.estimate`) on the init's frozen, L2-normalised features
-        of the training images and their noisy labels: what a user without clean labels can compute."""
+        """``--noise-estimate auto``: the default estimator (:data:`ssl_noise.estimate.DEFAULT`) on the init's
+        frozen, L2-normalised features of the training images and their noisy labels (what a user without clean
+        labels can compute); the whole :class:`~ssl_noise.estimate.Estimate` is kept for metrics.json."""
         model = self.build_model(0).eval()
 
         def embed(x: torch.Tensor) -> torch.Tensor:
             with self.autocast():
                 return F.normalize(model.encode(x).float(), dim=1)
 
-        return estimate.features_rate(self.predict_train(embed), self.prep.train_noise.noisy,
-                                      self.prep.data.num_classes, seed=self.prep.cfg.seed)
+        if self.show_progress:
+            print(f"noise rate: estimating it from the {self.prep.init['id']} features of "
+                  f"{len(self.x_train)} training images ...", file=sys.stderr, flush=True)
+        self.rate_estimate = estimate.estimate(self.predict_train(embed), self.prep.train_noise.noisy,
+                                          self.prep.data.num_classes, seed=self.prep.cfg.seed)
+        if self.show_progress:
+            print(f"noise rate: {self.rate_estimate.describe()}", file=sys.stderr, flush=True)
+        return self.rate_estimate.rate
 
     def tell_rate(self, method) -> Tuple[Optional[float], Optional[str]]:
         """Set ``ctx.noise_rate`` for a method that needs one: its own ``method_args.noise_estimate`` (given), else
@@ -286,6 +296,7 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     bar.close()
     result = _finish(method, state, inputs, x_train, prep)
     result.noise_rate, result.noise_rate_source = told
+    result.noise_estimate = loop.rate_estimate if told[1] == "auto" else None
     result.inactive_reason = inactive
     return result
 

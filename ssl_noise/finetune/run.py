@@ -26,6 +26,15 @@ from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
 from ssl_noise.tracking import Tracker
 
 
+ESTIMATE_FIELDS = ("noise_rate_estimate_lo", "noise_rate_estimate_hi", "noise_estimator")
+
+
+def _interval(found) -> Dict[str, Any]:
+    """The auto estimate's 90 % interval and estimator (None for a given or oracle rate, or no rate)."""
+    return dict.fromkeys(ESTIMATE_FIELDS) if found is None else \
+        {k: v for k, v in found.record().items() if k in ESTIMATE_FIELDS}
+
+
 def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
     """``metrics.json``: deterministic (no times), epochs 1-based."""
     b, epochs = result.best_epoch, prep.cfg.epochs
@@ -34,6 +43,7 @@ def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
             "selected_epoch": b + 1, "epochs": epochs, "class_names": prep.data.class_names,
             "method_active": result.inactive_reason is None, "method_inactive_reason": result.inactive_reason,
             "noise_rate_estimate": result.noise_rate, "noise_rate_source": result.noise_rate_source,
+            **_interval(result.noise_estimate),
             "test": {"best": result.test[b], "last": result.test[-1],
                      "last5_mean": mean_metrics(last5) if last5 else None,
                      "last5_epochs": list(range(epochs - len(last5) + 1, epochs + 1)) if last5 else []},
@@ -57,7 +67,7 @@ def result_row(prep: Prepared, metrics: Dict[str, Any], wall: float, created: st
            "noise_realised_rate": nz["realised_rate"], "noise_seed": nz["seed"], "noise_mode": nz["mode"],
            "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"],
            "noise_rate_estimate": metrics["noise_rate_estimate"], "noise_rate_source": metrics["noise_rate_source"],
-           "seed": cfg.seed,
+           **{k: metrics.get(k) for k in ESTIMATE_FIELDS}, "seed": cfg.seed,
            "epochs": cfg.epochs, "select_metric": cfg.select_metric, "selected_epoch": metrics["selected_epoch"],
            "val_acc": best["acc"], "val_macro_f1": best["macro_f1"],
            "train_acc_noisy": train["best"]["acc_noisy"], "train_acc_clean": train["best"]["acc_clean"],

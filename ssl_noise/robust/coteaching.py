@@ -21,7 +21,7 @@ from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label
 
 @dataclass
 class CoteachingArgs:
-    noise_estimate: Optional[float] = None  # tau_max; None: the configured noise's expected rate (ctx.noise_rate)
+    noise_estimate: Optional[float] = None  # tau_max; None: ctx.noise_rate (--noise-estimate, auto by default)
     num_gradual: Optional[int] = None       # T_k epochs of linear ramp; None: min(10, max(1, epochs // 3))
 
     def validate(self) -> None:

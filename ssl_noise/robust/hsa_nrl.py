@@ -30,7 +30,7 @@ EASY, HARD, NOISY, ABSENT = 0, 1, 2, -1  # values of ``split``
 
 @dataclass
 class HSANRLArgs(NSHEArgs):
-    noise_estimate: Optional[float] = None  # ε̂ in (0, 0.5]; None: the configured noise's expected rate
+    noise_estimate: Optional[float] = None  # ε̂ in (0, 0.5]; None: ctx.noise_rate (--noise-estimate, auto by default)
     dirty_factor: float = 1.5               # dirty share = dirty_factor x ε̂ (the authors' rule, issue #4)
     skip_epochs: int = 10                   # epochs left out of the easy score (capped at epochs - 1)
     rounds: int = 1                         # correction rounds (the public code: 1)
@@ -189,7 +189,8 @@ def label_correction(labels: np.ndarray, num_classes: int, run_stage: Callable, 
 
 
 def resolve_estimate(estimate: Optional[float], configured: Optional[float], factor: float = 1.5) -> float:
-    """ε̂: the explicit ``estimate``, else the configured noise's expected rate; UserError when neither fits."""
+    """ε̂: the explicit ``estimate``, else ``ctx.noise_rate`` (``--noise-estimate``: auto by default); UserError
+    when neither fits."""
     if estimate is None and configured is None:
         raise UserError("hsa_nrl needs a noise-rate estimate for labels from a noise file: "
                         "--set method_args.noise_estimate=RATE")

@@ -25,7 +25,7 @@ class KNNFilterArgs:
     k: int = 20                             # neighbours (excluding the sample itself)
     t: float = 0.1                          # vote temperature: weight exp(cosine / t)
     mode: str = "drop"                      # drop | relabel (to the neighbours' weighted vote)
-    noise_estimate: Optional[float] = None  # share flagged; None: the configured noise's expected rate
+    noise_estimate: Optional[float] = None  # share flagged; None: ctx.noise_rate (--noise-estimate, auto by default)
     threshold: Optional[float] = None       # flag score > threshold instead of a share
 
     def validate(self) -> None:
