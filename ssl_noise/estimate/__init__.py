@@ -7,10 +7,10 @@ and returns an :class:`Estimate`: the rate, the transition matrix T̂ and an int
 study (studies/noise_estimates) measured best: :data:`DEFAULT`. Papers and measured biases: docs/methods.md.
 """
 
-from ssl_noise.estimate.base import DEFAULT, ESTIMATORS, Estimate, Setting, estimate, resolve
+from ssl_noise.estimate.base import DEFAULT, ESTIMATORS, Estimate, Setting, estimate, pixel_features, resolve
 from ssl_noise.estimate.confident_joint import confident_joint_rate, features_rate, out_of_fold_probs
 from ssl_noise.estimate.mixture import mixture_rate
 from ssl_noise.estimate import knn_agreement, knn_anchors  # noqa: F401  (register the k-NN estimators)
 
 __all__ = ["DEFAULT", "ESTIMATORS", "Estimate", "Setting", "confident_joint_rate", "estimate", "features_rate",
-           "mixture_rate", "out_of_fold_probs", "resolve"]
+           "mixture_rate", "out_of_fold_probs", "pixel_features", "resolve"]

@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ssl_noise import engine, estimate, inits, io, noise, progress
 from ssl_noise.data.dataset import Split
@@ -193,20 +192,17 @@ class _Loop:
         return self.ctx
 
     def auto_rate(self) -> float:
-        """``--noise-estimate auto``: the default estimator (:data:`ssl_noise.estimate.DEFAULT`) on the init's
-        frozen, L2-normalised features of the training images and their noisy labels (what a user without clean
-        labels can compute); the whole :class:`~ssl_noise.estimate.Estimate` is kept for metrics.json."""
-        model = self.build_model(0).eval()
-
-        def embed(x: torch.Tensor) -> torch.Tensor:
-            with self.autocast():
-                return F.normalize(model.encode(x).float(), dim=1)
-
+        """``--noise-estimate auto``: the default estimator (:data:`ssl_noise.estimate.DEFAULT`) on the principal
+        components of the training images' pixels and their noisy labels (what a user without clean labels can
+        compute; the same for every init, so a paired comparison tells each the same rate). The whole
+        :class:`~ssl_noise.estimate.Estimate` is kept for metrics.json."""
+        train = self.prep.data.train
         if self.show_progress:
-            print(f"noise rate: estimating it from the {self.prep.init['id']} features of "
-                  f"{len(self.x_train)} training images ...", file=sys.stderr, flush=True)
-        self.rate_estimate = estimate.estimate(self.predict_train(embed), self.prep.train_noise.noisy,
-                                          self.prep.data.num_classes, seed=self.prep.cfg.seed)
+            print(f"noise rate: estimating it from the pixels of {len(train)} training images ...",
+                  file=sys.stderr, flush=True)
+        self.rate_estimate = estimate.estimate(estimate.pixel_features(train.images, seed=self.prep.cfg.seed),
+                                               self.prep.train_noise.noisy, self.prep.data.num_classes,
+                                               seed=self.prep.cfg.seed)
         if self.show_progress:
             print(f"noise rate: {self.rate_estimate.describe()}", file=sys.stderr, flush=True)
         return self.rate_estimate.rate

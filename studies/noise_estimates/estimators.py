@@ -82,6 +82,13 @@ def measure(entries: dict, cache: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table (pandas' to_markdown needs tabulate, which the project does not install)."""
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+                     + ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def table(frame: pd.DataFrame) -> str:
     frame = frame.assign(error=frame.estimate - frame.realised,
                          covered=(frame.lo <= frame.realised) & (frame.realised <= frame.hi),
@@ -92,12 +99,12 @@ def table(frame: pd.DataFrame) -> str:
     wide["cell"] = wide.apply(lambda r: f"{r['mean']:+.3f} ± {0 if np.isnan(r['std']) else r['std']:.3f} "
                               f"(n={r['count']})", axis=1)
     pivot = wide.pivot_table(index=["setting", "features"], columns="estimator", values="cell", aggfunc="first")
-    out += [pivot.fillna("-").to_markdown(), "", "## Summary over cells", ""]
+    out += [markdown(pivot.fillna("-").reset_index()), "", "## Summary over cells", ""]
     summary = frame.groupby(["estimator", "features"]).agg(
         cells=("error", "size"), mean_abs_error=("error", lambda e: np.abs(e).mean()),
         worst_abs_error=("error", lambda e: np.abs(e).max()), coverage=("covered", "mean"),
         median_wall_s=("wall_s", "median")).reset_index()
-    out += [summary.to_markdown(index=False, floatfmt=".3f")]
+    out += [markdown(summary)]
     return "\n".join(out)
 
 
