@@ -110,7 +110,7 @@ def _register(name: str, needs: str, options: Tuple[str, ...]) -> Callable:
 def _flag_top(scores: np.ndarray, source: Source, opts: DetectOptions, auto: Callable[[], float], **info) -> Detection:
     """Flag the top ε̂ share by score; ε̂ from ``--noise-estimate`` (auto: ``auto()``, oracle: the injected rate)."""
     rate, how = estimate.resolve(opts.noise_estimate, oracle=source.noise_rate, auto=auto)
-    return Detection(scores, top_fraction(scores, rate), f"top {rate:g} share by score ({how} estimate)", info,
+    return Detection(scores, top_fraction(scores, rate), f"top {rate:.3f} share by score ({how} estimate)", info,
                      rate=rate, rate_source=how)
 
 

@@ -83,6 +83,11 @@ def _umask() -> int:
     return mask
 
 
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (0644 under the usual 022)."""
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``, on failure delete it.
@@ -102,7 +107,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # not mkstemp's 0600 (nor a writer's own): files as open() makes them
+        os.chmod(tmp_path, file_mode())  # not mkstemp's 0600 (nor a writer's own): files as open() makes them
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -31,11 +31,21 @@ def bar(iterable: Optional[Iterable] = None, *, enabled: bool = True, **kwargs: 
     return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
 
 
+def plain_lines() -> bool:
+    """True when long steps should print one plain line per epoch: not quiet and stderr is no terminal (a log
+    file, nohup, a scheduler's or a notebook's captured stream), where no bar is drawn."""
+    import sys
+
+    return not _quiet and not sys.stderr.isatty()
+
+
 def epoch_line(record: dict) -> str:
     """One readable line for an epoch's log record (the JSON goes to the log file only).
 
     >>> epoch_line({"epoch": 3, "epochs": 20, "loss": 4.1234, "lr": 0.06, "samples_per_s": 812.4, "knn_acc": 0.71})
     'epoch 3/20  loss 4.1234  lr 0.06  812 samples/s  knn acc 0.7100'
+    >>> epoch_line({"epoch": 2, "epochs": 40, "loss": 1.5, "val_acc": 0.61, "eta_s": 754})
+    'epoch 2/40  loss 1.5000  val acc 0.6100  ETA 12 min 34 s'
     """
     parts = [f"epoch {record['epoch']}" + (f"/{record['epochs']}" if record.get("epochs") else "")]
     if record.get("loss") is not None:
@@ -46,4 +56,9 @@ def epoch_line(record: dict) -> str:
         parts.append(f"{record['samples_per_s']:.0f} samples/s")
     if record.get("knn_acc") is not None:
         parts.append(f"knn acc {record['knn_acc']:.4f}")
+    if record.get("val_acc") is not None:
+        parts.append(f"val acc {record['val_acc']:.4f}")
+    if record.get("eta_s") is not None:
+        minutes, seconds = divmod(int(round(record["eta_s"])), 60)
+        parts.append(f"ETA {minutes} min {seconds:02d} s" if minutes else f"ETA {seconds} s")
     return "  ".join(parts)

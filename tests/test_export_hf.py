@@ -41,6 +41,8 @@ def test_export_loads_into_torchvision_and_timm_with_the_same_features(tmp_path,
     entry = make_entry(ck, channels=1) if stem == "cifar" else _imagenet_entry(ck)
     out = _export(tmp_path, capsys, entry)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == modes["README.md"]  # not safetensors' own 0600
     config = json.loads((out / "config.json").read_text())
     ours, meta = registry.load_encoder(ck, entry)
     c, size = meta["channels"], meta["image_size"]
@@ -72,6 +74,8 @@ def test_export_loads_into_torchvision_and_timm_with_the_same_features(tmp_path,
                                                         "file": str(out / "model.safetensors")})
         with torch.no_grad():
             assert torch.allclose(hub.eval()(x), expected, atol=1e-5)
+        card = (out / "README.md").read_text()  # the card says what the hub snippet needs, and why
+        assert "pretrained=True, num_classes=0)" in card and "random weights" in card
 
 
 def test_model_card_records_method_data_schedule_knn_seed_and_licence(tmp_path, capsys) -> None:

@@ -333,6 +333,11 @@ def test_manifest_with_clean_labels_trains_on_given_and_scores_against_clean(tmp
     assert np.array_equal(majority.train.given, expected)
 
     n_wrong = sum(r["label"] != r["clean_label"] for r in train)
+    described = data.describe()  # `data info`: the clean counts, the given ones training uses, the real rate
+    assert "train clean" in described and "train given" in described
+    assert f"train: {n_wrong} of 32 given labels differ from the clean ones (noise rate {n_wrong / 32:.3f})" \
+        in described
+    assert "test: 0 of 8 given labels differ" in described
     runs = tmp_path / "runs"
     args = ["--runs", str(runs), "finetune", "--dataset", f"csv:{path}", "--image-size", "8", "--epochs", "1",
             "--batch-size", "16", "--method", "coteaching", "--quiet", "--set", "precision=fp32"]

@@ -132,6 +132,7 @@ def test_killed_finetune_resumes_to_the_same_run_folder(tmp_path, capsys, method
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     works = list((tmp_path / "b" / ".work").iterdir())
     assert len(works) == 1 and json.loads((works[0] / engine.STATE_JSON).read_text())["epoch"] == 2
+    assert len(list((tmp_path / "b").glob(".*.tmp"))) == 1  # the killed run's half-built folder
     for runs, extra in ((tmp_path / "b", ["--resume"]), (tmp_path / "a", [])):
         with pytest.raises(SystemExit) as exit_info:
             main(_cli(runs, "--method", method, *extra))
@@ -139,6 +140,7 @@ def test_killed_finetune_resumes_to_the_same_run_folder(tmp_path, capsys, method
     folder = Path(capsys.readouterr().out.strip().splitlines()[0])
     a, b = tmp_path / "a" / folder.name, tmp_path / "b" / folder.name
     assert not works[0].exists()  # the state goes once the run folder is written
+    assert not list((tmp_path / "b").glob(".*.tmp"))  # and the killed run's temporary folder with it
     assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
     for name in ("history.npy", "test_probs.npy") + (("model.safetensors",) if method == "coteaching" else ()):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name

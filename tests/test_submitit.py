@@ -60,11 +60,14 @@ def test_local_executor_runs_a_four_cell_sweep_and_resumes_an_interrupted_cell(t
               "--cpus-per-task", "1", "--time-limit", "10", "--quiet"])
     out = capsys.readouterr()
     assert exit_info.value.code == 0, out.err
-    assert "4 trained" in out.err and "submitted 4 cell(s) to local" in out.err
+    assert "4 trained" in out.err and "submitted 4 cell(s) as local process(es) " in out.err
+    ids = out.err.split("local process(es) ")[1].split(";")[0].split(", ")
+    assert len(ids) == 4 and all(i.isdigit() for i in ids)  # one process id per cell
     table = pd.read_csv(out.out.strip().splitlines()[-1])
     assert sorted(table["run_id"]) == sorted(json.loads(cell_paths(runs, c.cell_id)["done"].read_text())["run_id"]
                                              for c in cells)
-    assert len(list((runs / ".submitit" / "four").iterdir())) >= 4  # one submitit job folder per cell
+    assert len(list((runs / ".submitit" / "four").iterdir())) >= 4  # submitit's files for each cell
+    assert not (runs / ".submitit" / "four" / "%j").exists()  # no literal %j folder (only slurm fills it)
     # the interrupted cell continued from its state: its first epoch's log line is the one written before
     done = json.loads(cell_paths(runs, cells[0].cell_id)["done"].read_text())
     log = [json.loads(line) for line in (runs / done["run_id"] / "train_log.jsonl").read_text().splitlines()]
@@ -100,7 +103,7 @@ def test_slurm_executor_submits_one_array_with_the_options(tmp_path, monkeypatch
               "--array-parallelism", "2"])
     err = capsys.readouterr().err
     assert exit_info.value.code in (0, None), err
-    assert "submitted 4 cell(s) to slurm as job(s) 4242_[0-3]" in err and "--dry-run" in err  # returns, no wait
+    assert "submitted 4 cell(s) to slurm as job array 4242_[0-3]" in err and "--dry-run" in err  # returns, no wait
     script = (tmp_path / "job.sh").read_text()
     for line in ("--array=0-3%2", "--partition=gpu", "--gpus-per-node=1", "--time=90", "--cpus-per-task=4",
                  "--signal=USR2@"):  # the signal is submitit's cue to checkpoint and requeue

@@ -35,9 +35,9 @@ from ssl_noise.cli.options import (
 @like_option
 @click.option("--subset", type=click.IntRange(min=1), metavar="N", help="Stratified training subset, as finetune.")
 @noise_options
-@noise_estimate_option("knn/loss flag the top share by score: auto (default; knn: cleanlab's confident joint "
-                       "on the frozen features, loss: a two-component mixture on the losses), oracle (the injected "
-                       "rate: ablations only) or a rate in [0, 1).")
+@noise_estimate_option("knn/loss flag the top share by score: auto (default; knn: the default estimator, "
+                       "knn_agreement, on the frozen features, loss: a two-component mixture on the losses), oracle "
+                       "(the injected rate: ablations only) or a rate in [0, 1).")
 @click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True,
               help="knn: neighbours (self excluded); small k keeps a neighbourhood within one class.")
 @click.option("--t", "t", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,

@@ -109,8 +109,7 @@ def knn(settings, ref, dataset, seed, k, t, as_json, like):
 
     result = evaluate_encoder(ref, dataset=dataset, seed=seed, k=k, t=t, data_root=settings.data_root,
                               checkpoints=settings.checkpoints, device=settings.torch_device(), like=like)
-    click.echo(f"encoder: {result['encoder']}", err=True)
-    if as_json:
+    if as_json:  # the JSON on stdout stays parseable; the encoder is one of its keys
         click.echo(json.dumps(result, indent=2))
     else:
         for key, value in result.items():

@@ -93,6 +93,8 @@ def load_dataset(spec: str | os.PathLike, *, data_root: Optional[str] = None, si
         UserError: Unknown spec, missing or corrupt files, bad labels (the message says what to fix).
     """
     spec = str(spec).strip()
+    if size is not None and size <= 0:
+        raise UserError(f"--image-size must be a positive number of pixels, got {size}")
     if label_column is None:
         dataset = _load(spec, data_root=data_root, size=size, download=download)
     else:

@@ -120,10 +120,22 @@ class ImageDataset:
         if self.multilabel:
             lines.append("(multi-label: counts are positive labels per class)")
         counts = {s: split.class_counts(self.num_classes) for s, split in self.splits.items()}
-        lines.append(f"{'label':>5}  {'class':<{name_width}}" + "".join(f"{s:>8}" for s in counts))
+        given = {f"{s} given": np.bincount(split.given, minlength=self.num_classes)
+                 for s, split in self.splits.items() if split.given is not None}
+        if given:  # real label noise: the clean labels, and the given ones training uses
+            counts = {f"{s} clean": c for s, c in counts.items()} | given
+        width = max(8, *(len(s) + 2 for s in counts))
+        lines.append(f"{'label':>5}  {'class':<{name_width}}" + "".join(f"{s:>{width}}" for s in counts))
         for k, name in enumerate(self.class_names):
             short = name if len(name) <= name_width else name[:name_width - 3] + "..."
-            lines.append(f"{k:>5}  {short:<{name_width}}" + "".join(f"{c[k]:>8}" for c in counts.values()))
+            lines.append(f"{k:>5}  {short:<{name_width}}" + "".join(f"{c[k]:>{width}}" for c in counts.values()))
+        for s, split in self.splits.items():
+            if split.given is not None:
+                wrong = int(np.sum(split.given != split.labels))
+                lines.append(f"{s}: {wrong} of {len(split)} given labels differ from the clean ones "
+                             f"(noise rate {wrong / max(len(split), 1):.3f})")
+        if given:
+            lines.append("training uses the given labels; the test split is scored against the clean ones")
         return "\n".join(lines)
 
     def validate(self) -> None:

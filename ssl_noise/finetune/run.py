@@ -141,6 +141,7 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
     if resume is False and (work / engine.STATE_JSON).is_file():  # kept until this run's first epoch replaces it
         warnings.warn(f"run {prep.run_id} has the state of an interrupted run in {work}; starting over (--resume "
                       f"continues it)", SslNoiseWarning, stacklevel=2)
+    io.remove_stale_temps(runs)  # a killed run's half-built folder (its state for --resume is in `work`)
     with io.atomic_dir(folder) as tmp:
         run = RunFolder(tmp)
         tracker = Tracker(log, tmp)

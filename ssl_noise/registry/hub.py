@@ -11,13 +11,14 @@ the CIFAR kind (3x3 stride-1 conv, no max-pool): a ``cifar``-stem export records
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
 import safetensors.torch
 
 from ssl_noise.errors import UserError
-from ssl_noise.io import atomic_dir
+from ssl_noise.io import atomic_dir, file_mode
 from ssl_noise.registry.load import load_encoder
 
 #: Version of the ``ssl_noise`` block of an export's config.json.
@@ -99,6 +100,10 @@ def model_card(meta: Mapping[str, Any]) -> str:
                      f"| weights | `model.safetensors`, sha256 {meta['sha256']} (registry entry {meta['id']}) |",
                      f"| made | {meta.get('created_at')}, ssl-noise git {(meta.get('git') or {}).get('sha')} |",
                      "", "## Loading", "", _loading_code(meta), ""]
+    if meta["stem"] == "imagenet":
+        lines += ["From the Hub after uploading this folder: `timm.create_model(\"hf-hub:<user>/<repo>\", "
+                  "pretrained=True, num_classes=0)`. Without `pretrained=True` timm builds the architecture with "
+                  "random weights and loads nothing.", ""]
     if meta["stem"] == "cifar":
         lines += ["timm has no ResNet stem of this kind (3x3 stride-1 `conv1`, no max-pool, for small images): "
                   "apply the two lines above (recorded in `config.json` as `ssl_noise.stem_surgery`) before loading.",
@@ -118,6 +123,7 @@ def export_hf(root, ref: str, out_dir) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(out) as tmp:
         safetensors.torch.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(tmp / "model.safetensors", file_mode())  # safetensors writes 0600; the other files 0644
         (tmp / "config.json").write_text(json.dumps(hf_config(meta), indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(meta))
     return out

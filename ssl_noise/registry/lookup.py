@@ -51,12 +51,24 @@ def resolve(root: PathLike, ref: str, *, dataset: Optional[str] = None, channels
     if by_method:
         compatible = [m for m in by_method if _compatible(m, dataset, channels)]
         if not compatible:
-            raise UserError(f"no {ref} encoder in {root} matches dataset={dataset} channels={channels}; "
-                            f"{ref} entries: {_listing(m['id'] for m in by_method)}; create one with: "
-                            f"ssl-noise pretrain --method {ref}" + (f" --dataset {spec or dataset}" if dataset else ""))
+            wanted = ", ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("channels", channels)) if v is not None)
+            raise UserError(f"no {ref} encoder in {root} matches {wanted}; {ref} entries are of "
+                            f"{_listing(sorted({str(m.get('dataset')) for m in by_method}))}"
+                            f"{_name_hint(spec, dataset)}; create one with: ssl-noise pretrain --method {ref}"
+                            + (f" --dataset {spec or dataset}" if dataset else ""))
         log.info("resolved %r to %s (newest compatible %s entry)", ref, compatible[0]["id"], ref)
         return compatible[0]["id"]
     return _by_prefix(root, ref, ids)
+
+
+def _name_hint(spec: Optional[str], dataset: Optional[str]) -> str:
+    """For image-file data, how its name (which entries are matched by) is made."""
+    if not spec or not str(spec).startswith(("csv:", "folder:")):
+        return ""
+    if str(spec).startswith("csv:"):
+        return (f" (this manifest's data is named {dataset!r}: the `# name: <name>` line above its header names it, "
+                f"else the file's name; give it the name its entry was pretrained under, or pretrain on it)")
+    return f" (this folder's data is named {dataset!r}, after the folder)"
 
 
 def _by_prefix(root: PathLike, ref: str, ids: List[str]) -> str:

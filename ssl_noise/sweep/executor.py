@@ -90,15 +90,18 @@ def submit(cells: Sequence[Cell], *, cluster: str, name: str, runs: Path, checkp
         raise UserError(f"unknown executor {cluster!r}; choose from: {', '.join(EXECUTORS)}")
     options = options or ClusterOptions()
     folder = Path(runs) / ".submitit" / name
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    # slurm fills %j with the job id; the local executor does not (it would leave a literal "%j" folder)
+    executor = submitit.AutoExecutor(folder=folder if cluster == "local" else folder / "%j", cluster=cluster)
     executor.update_parameters(**options.parameters(f"ssl-noise-{name}"))
     job = CellJob(runs=runs, checkpoints=checkpoints, data_root=data_root, device=device, started_at=started_at,
                   retry_failed=retry_failed, stale_after=stale_after, threads=options.cpus_per_task,
                   command=command)
     jobs = executor.map_array(job, list(cells))
-    if jobs:
-        log(f"submitted {len(jobs)} cell(s) to {cluster} as job(s) {jobs[0].job_id.split('_')[0]}"
-            f"{'' if cluster == 'local' else '_[0-' + str(len(jobs) - 1) + ']'}; logs in {folder}")
+    if jobs and cluster == "local":  # one process, so one id, per cell
+        log(f"submitted {len(jobs)} cell(s) as local process(es) {', '.join(j.job_id for j in jobs)}; logs in {folder}")
+    elif jobs:
+        log(f"submitted {len(jobs)} cell(s) to {cluster} as job array {jobs[0].job_id.split('_')[0]}"
+            f"_[0-{len(jobs) - 1}]; logs in {folder}")
     return jobs
 
 
