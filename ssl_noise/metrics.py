@@ -7,6 +7,7 @@ with its benchmark table), memorisation of the flipped labels, and detection of 
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -106,6 +107,25 @@ def mean_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         else:
             out[key] = mean([r[key] for r in rows])
     return out
+
+
+def training_health(losses: Sequence[float], test_probs: np.ndarray, num_classes: int) -> List[str]:
+    """What makes a finished run meaningless although every number is finite: ``loss_exploded`` (an epoch's mean
+    loss above 100 x max(1, ln K), far above a cross-entropy's start at ln K, or 100 x the first epoch's) and
+    ``one_class`` (every test prediction at the selected epoch is the same class). Empty when neither.
+
+    >>> training_health([1.4e8, 3.0e8], np.eye(3)[[0, 0, 0]], 3)
+    ['loss_exploded', 'one_class']
+    >>> training_health([1.9, 0.7, 0.4], np.eye(3)[[0, 1, 2]], 3)
+    []
+    """
+    found = []
+    losses = [float(v) for v in losses if v is not None]
+    if losses and (max(losses) > 100 * max(1.0, math.log(num_classes)) or max(losses) > 100 * max(losses[0], 1e-12)):
+        found.append("loss_exploded")
+    if num_classes > 1 and len(test_probs) > 1 and len(np.unique(np.asarray(test_probs).argmax(axis=1))) == 1:
+        found.append("one_class")
+    return found
 
 
 def memorisation(pred: np.ndarray, clean: np.ndarray, noisy: np.ndarray) -> Dict[str, Optional[float]]:

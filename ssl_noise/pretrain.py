@@ -25,7 +25,7 @@ from ssl_noise.config import PretrainConfig, from_recipe, to_dict
 from ssl_noise.data import channel_stats, load_dataset, spec_label
 from ssl_noise.engine import (STATE_JSON, autocast, build_optimizer, check_finite, load_training_state, lr_at,
                               memory_format, rng_state, save_training_state, set_lr, set_rng_state)
-from ssl_noise.errors import UserError
+from ssl_noise.errors import NonFiniteLoss, UserError
 from ssl_noise.knn import extract_features, knn_accuracy
 from ssl_noise.methods import METHODS, InputSpec, SSLMethod
 from ssl_noise.tracking import Tracker
@@ -276,12 +276,21 @@ def _entry_meta(cfg: PretrainConfig, method, data, spec: InputSpec, *, stem: str
 
 
 def _register(checkpoints: Path, work: Path, method, meta: Dict[str, Any], cfg: PretrainConfig) -> str:
-    """Save the backbone as a registry entry, then drop the resumable state (the entry is the artefact now)."""
-    entry = registry.save_entry(checkpoints, cpu_copy(method.backbone), meta, config=to_dict(cfg),
-                                train_log_path=work / LOG_FILE, extra_files=method.extra_files())
+    """Save the backbone as a registry entry, then drop the resumable state (the entry is the artefact now; a
+    diverged encoder that the registry refuses leaves no state either: resuming it would diverge again)."""
+    try:
+        entry = registry.save_entry(checkpoints, cpu_copy(method.backbone), meta, config=to_dict(cfg),
+                                    train_log_path=work / LOG_FILE, extra_files=method.extra_files())
+    except NonFiniteLoss:
+        _drop_state(work)
+        raise
+    _drop_state(work)
+    return entry
+
+
+def _drop_state(work: Path) -> None:
     for state_file in [work / STATE_JSON, *work.glob("state-e*.safetensors")]:
         state_file.unlink(missing_ok=True)
-    return entry
 
 
 def _resolved_args(method: SSLMethod) -> Dict[str, Any]:

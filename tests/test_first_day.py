@@ -95,3 +95,36 @@ def test_detect_says_its_cut_in_three_decimals(tmp_path, capsys) -> None:
                       "--image-size", "16", "--noise", "0.25", "--noise-estimate", "oracle", "--k", "5"], capsys)
     assert code == 0, out.err
     assert "top 0.250 share by score (oracle estimate)" in out.out + out.err
+
+
+def test_a_diverged_run_is_flagged_on_the_terminal_and_in_its_records(tmp_path, capsys) -> None:
+    """The battery's case: --lr 1e6 with --freeze stays finite but predicts one class; it must not pass as a run."""
+    code, out = _run(["--runs", str(tmp_path / "runs"), "--quiet", "finetune", *TINY, "--epochs", "2", "--noise", "0.2",
+                      "--freeze", "--lr", "1e6"], capsys)
+    assert code == 0, out.err
+    assert "finished but means little (loss_exploded" in out.err
+    folder = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "loss_exploded" in metrics["health"]
+    import pandas as pd
+
+    row = pd.read_csv(tmp_path / "runs" / "results.csv").iloc[-1]
+    assert "loss_exploded" in row["health"]
+    code, out = _run(["--runs", str(tmp_path / "runs"), "--quiet", "finetune", *TINY, "--epochs", "2", "--noise", "0.2",
+                      "--freeze"], capsys)
+    assert code == 0 and "loss_exploded" not in out.err   # the default lr: no explosion (2 epochs may still
+    assert pd.read_csv(tmp_path / "runs" / "results.csv").iloc[-1]["health"] in ("ok", "one_class")  # be 1 class)
+
+
+def test_pretraining_that_diverges_is_refused_once_by_verify_s_rule_and_leaves_no_state(tmp_path, capsys) -> None:
+    """The battery's temperature 1e-6: BatchNorm variances of 1e16, finite; the registry used to save what `registry
+    verify` then failed, and a re-run trained again before refusing."""
+    argv = ["--checkpoints", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"), "--quiet", "pretrain",
+            "--dataset", "synthetic:n_train=64,n_val=16,n_test=16", "--image-size", "16", "--epochs", "1",
+            "--batch-size", "32", "--set", "method_args.temperature=1e-6"]
+    code, out = _run(argv, capsys)
+    errors = [line for line in out.err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "refusing to register diverged weights" in errors[0]
+    assert "beyond 1e+10" in errors[0] and "--lr" in errors[0]
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+    assert not list(tmp_path.rglob("state*"))  # nothing to resume: a resumed run would diverge again

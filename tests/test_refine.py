@@ -154,8 +154,9 @@ def test_export_import_round_trip(run, tmp_path, capsys) -> None:
     answers = sheet.iloc[::-1].copy()
     answers["label"] = ["class_1", "2", "0", "class_3"]
     answers.to_csv(tmp_path / "answers.csv", index=False)
-    code, out, err = _cli(capsys, "import", str(run), str(tmp_path / "answers.csv"), "--quiet")
+    code, out, err = _cli(capsys, "import", str(run), str(tmp_path / "answers.csv"))
     assert code == 0, err
+    assert "merging 4 answer(s), then round 1 of session expert-entropy-b4-s0: fine-tuning" in err  # it says it trains
     session = Path(out.strip().splitlines()[-1])
     assert session == run / "refine" / "expert-entropy-b4-s0" and "round 1:" in err
     labels = pd.read_csv(session / "labels_r1.csv").set_index("index")

@@ -7,7 +7,7 @@ import math
 import click
 
 from ssl_noise.cli.app import cli
-from ssl_noise.cli.options import out_option, pass_settings, quiet_option, stack
+from ssl_noise.cli.options import echo_err, out_option, pass_settings, quiet_option, stack
 from ssl_noise.io import check_name, check_writable
 from ssl_noise.settings import Settings
 
@@ -129,7 +129,8 @@ def refine_export_cmd(settings: Settings, run, out, budget, acquisition, epochs,
 @pass_settings
 def refine_import_cmd(settings: Settings, run, answers, name, quiet) -> None:
     """Merge an expert's labels (CSV with columns index,label: answers.csv of the review page, or to_review.csv
-    filled in) and run that round.
+    filled in) and run that round: a fine-tuning of the session's --epochs (10 by default; set on `refine export`,
+    fixed for the session so its rounds compare), which it says before it starts.
 
     A label is a class index or name; "unsure" or a blank (or a sample left out) leaves the sample in the pool, to
     be acquired again later. At least one answer is needed. An unknown index or class exits 2 and changes nothing.
@@ -138,7 +139,8 @@ def refine_import_cmd(settings: Settings, run, answers, name, quiet) -> None:
 
     _check_session(run, name)
     folder, row, unsure, blank = import_review(run, answers, name=name, data_root=settings.data_root,
-                                               device=settings.torch_device(), show_progress=not quiet)
+                                               device=settings.torch_device(), show_progress=not quiet,
+                                               announce=(lambda message: None) if quiet else echo_err)
     if unsure or blank:
         click.echo(f"{row['acquired']} answers merged; {unsure} unsure and {blank} unanswered stay in the pool",
                    err=True)

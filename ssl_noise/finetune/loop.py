@@ -25,7 +25,7 @@ from ssl_noise.data.dataset import Split
 from ssl_noise.finetune.inputs import Inputs, chunks, encoded_splits
 from ssl_noise.finetune.prepare import Prepared, oracle_rate
 from ssl_noise.io import derive_seed
-from ssl_noise.metrics import classification_metrics, memorisation
+from ssl_noise.metrics import classification_metrics, memorisation, training_health
 from ssl_noise.robust import ROBUST, Classifier, FinetuneContext
 from ssl_noise.robust.base import MethodWarning
 
@@ -65,6 +65,7 @@ class FitResult:
     noise_rate_source: Optional[str] = None     # auto | oracle | given
     noise_estimate: Optional[Any] = None        # the auto estimate (ssl_noise.estimate.Estimate): interval, T̂
     inactive_reason: Optional[str] = None       # why the schedule is too short for the method to work as designed
+    health: List[str] = field(default_factory=list)  # metrics.training_health: loss_exploded, one_class
 
 
 def train_one_epoch(method, ctx: FinetuneContext, batches, state: TrainState, clean: torch.Tensor, epoch: int,
@@ -299,6 +300,8 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     result.noise_rate, result.noise_rate_source = told
     result.noise_estimate = loop.rate_estimate if told[1] == "auto" else None
     result.inactive_reason = inactive
+    if not data.multilabel:
+        result.health = training_health([r["loss"] for r in state.log], result.test_probs, data.num_classes)
     return result
 
 

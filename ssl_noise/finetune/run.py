@@ -42,6 +42,7 @@ def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "run_id": prep.run_id, "select_metric": prep.cfg.select_metric,
             "selected_epoch": b + 1, "epochs": epochs, "class_names": prep.data.class_names,
             "method_active": result.inactive_reason is None, "method_inactive_reason": result.inactive_reason,
+            "health": result.health,
             "noise_rate_estimate": result.noise_rate, "noise_rate_source": result.noise_rate_source,
             **_interval(result.noise_estimate),
             "test": {"best": result.test[b], "last": result.test[-1],
@@ -63,6 +64,7 @@ def result_row(prep: Prepared, metrics: Dict[str, Any], wall: float, created: st
            "encoder_seed": init.get("seed"), "backbone": init["backbone"], "stem": init["stem"],
            "protocol": "linear_probe" if cfg.freeze else "finetune", "method": cfg.method,
            "method_args": method_args_text(cfg.method_args), "method_active": metrics["method_active"],
+           "health": ";".join(metrics["health"]) or "ok",
            "noise_source": nz["source"], "noise_type": nz["type"], "noise_rate": nz["rate"],
            "noise_realised_rate": nz["realised_rate"], "noise_seed": nz["seed"], "noise_mode": nz["mode"],
            "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"],
@@ -160,4 +162,11 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
         run.write_provenance(provenance(prep, row, created, device, command))
     shutil.rmtree(work, ignore_errors=True)
     append_result(runs, row)
+    if result.health:
+        losses = [r["loss"] for r in result.log]
+        warnings.warn(f"run {prep.run_id} finished but means little ({', '.join(result.health)}): epoch losses "
+                      f"{losses[0]:.3g} -> {max(losses):.3g}, test predictions in "
+                      f"{len(np.unique(result.test_probs.argmax(axis=1)))} of {data.num_classes} classes; a lower "
+                      f"--lr usually fixes a loss that grows. Flagged as health in metrics.json and results.csv",
+                      SslNoiseWarning, stacklevel=2)
     return folder, True

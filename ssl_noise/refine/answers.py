@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -71,8 +71,10 @@ def _label(raw: str, class_names: List[str], num_classes: int, where: str, index
 
 
 def import_review(run_folder: str | Path, answers: str | Path, *, name: Optional[str] = None,
-                  data_root: Optional[str] = None, device: str = "cpu", show_progress: bool = True) -> tuple:
-    """Merge an expert's answers into the session awaiting them and run that round.
+                  data_root: Optional[str] = None, device: str = "cpu", show_progress: bool = True,
+                  announce: Callable[[str], None] = lambda message: None) -> tuple:
+    """Merge an expert's answers into the session awaiting them and run that round (a fine-tuning of the
+    session's ``epochs``, said through ``announce`` before it starts).
 
     Returns ``(session folder, the round's rounds.csv row, samples left in the pool as unsure, left
     unanswered)``; raises UserError (nothing changed) on a bad file.
@@ -89,6 +91,9 @@ def import_review(run_folder: str | Path, answers: str | Path, *, name: Optional
     session = open_session(run, waiting[0], {}, device=device)
     labels = read_answers(answers, session)
     pending, answered = session.state["pending"], labels >= 0
+    announce(f"merging {int(answered.sum())} answer(s), then round {session.round + 1} of session {session.name}: "
+             f"fine-tuning {session.config.epochs} epoch(s) on the refined labels (the session's --epochs, set by "
+             f"`refine export`/`refine run`)")
     row = session.complete_round(np.asarray(pending["rows"], np.int64)[answered],
                                  np.asarray(pending["score"])[answered], labels[answered],
                                  show_progress=show_progress)

@@ -23,7 +23,7 @@ from ssl_noise.io import atomic_dir, file_digest, write_json, write_yaml
 from ssl_noise.provenance import git_state, versions
 from ssl_noise.registry.layout import (CONFIG_FILE, FILLED_META, LOG_FILE, META_FILE, REQUIRED_META, SCHEMA_VERSION,
                                        STRIP_PREFIXES, WEIGHTS_FILE, PathLike, _plain, make_id,
-                                       non_finite)
+                                       DIVERGED_ABS, non_finite)
 from ssl_noise.registry.load import _verify_dir
 from ssl_noise.registry.lookup import resolve_id
 
@@ -67,7 +67,7 @@ def save_entry(root: PathLike, encoder: nn.Module, meta: Mapping[str, Any], *, c
     meta = _checked_meta(meta)
     state = encoder_state_dict(encoder)
     _check_architecture(state, meta)
-    bad = non_finite(state)
+    bad = non_finite(state, DIVERGED_ABS)  # the rule `registry verify` applies
     if bad:
         raise NonFiniteLoss(f"refusing to register diverged weights, {bad}; lower the learning rate (--lr) "
                             f"and run again")

@@ -64,8 +64,8 @@ def _plain(obj: Any) -> Any:
 
 #: Beyond this magnitude a weight is the trace of a diverged run, not a learned value (a trained ResNet's are O(1);
 #: a learning rate of 1e6 left 3e29): BatchNorm's variance then overflows for some inputs though the weights are
-#: finite. ``registry verify`` fails such entries; saving and loading refuse only non-finite values, since the
-#: features of such an encoder can still be finite (the pretraining monitor refuses it when they are not).
+#: finite. Saving refuses such weights and ``registry verify`` fails such entries (one rule); loading refuses only
+#: non-finite values, so an entry saved before this rule still loads.
 DIVERGED_ABS = 1e10
 
 
