@@ -171,7 +171,7 @@ def pretrain(cfg: PretrainConfig, *, data_root: Optional[str], checkpoints: Path
             knn_acc = knn_monitor(method.backbone, data, spec, cfg, device)
         if rank == 0:
             record = {"epoch": epoch + 1, "epochs": cfg.epochs, **stats, "knn_acc": knn_acc}
-            _end_epoch(work, record, method, optimizer)
+            _end_epoch(work, record, method, optimizer, show=show_progress)
             tracker.epoch(record)
         if stop_after is not None and epoch + 1 >= stop_after and not last:
             tracker.close()
@@ -247,11 +247,11 @@ def _start(work: Path, method, optimizer, cfg: PretrainConfig, device: str, *, r
     return start_epoch
 
 
-def _end_epoch(work: Path, record: Dict[str, Any], method, optimizer) -> None:
+def _end_epoch(work: Path, record: Dict[str, Any], method, optimizer, *, show: bool = True) -> None:
     """Log the epoch (JSON line + one line on stderr) and save the resumable state atomically (rank 0): the
     model (method heads, momentum encoders, queues), optimiser and global RNGs as safetensors + JSON."""
     io.append_jsonl(work / LOG_FILE, record)
-    if not progress.is_quiet():
+    if show and not progress.is_quiet():
         print(progress.epoch_line(record), file=sys.stderr)
     save_training_state(work, {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": rng_state()}, epoch=record["epoch"], kind=STATE_KIND)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import click
 
@@ -76,25 +75,21 @@ def finetune(settings, recipe, overrides, resume, trackers, quiet, like, **optio
     Writes runs/<run_id>/ (config, noisy labels, history.npy, train_log.jsonl, metrics.json) and a row of
     runs/results.csv. An identical finished run is not repeated. The last line on stdout is the run folder.
     """
-    from ssl_noise import inits
+    from ssl_noise import api
     from ssl_noise.config import FinetuneConfig
-    from ssl_noise.finetune import finetune as run_finetune
-    from ssl_noise.finetune import resolve_config
 
-    cfg, recipe_file = resolve_config(config_flags(FinetuneConfig, options), recipe=recipe, overrides=overrides)
-    contract = inits.like(cfg.init, like, dataset=cfg.dataset, checkpoints=settings.checkpoints, given=options)
-    cfg = dataclasses.replace(cfg, **contract)
     check_writable(settings.runs, "--runs", folder=True)
-    folder, trained = run_finetune(cfg, data_root=settings.data_root, checkpoints=settings.checkpoints,
-                                   runs=settings.runs, device=settings.torch_device(), command=command_line(),
-                                   show_progress=not quiet, resume=resume, log=trackers)
-    if recipe_file:  # said after the run: a bad input must leave exactly one line on stderr
-        click.echo(f"recipe: {recipe_file}", err=True)
-    if not trained:
-        click.echo(f"an identical run has already finished: {folder} (nothing to do)", err=True)
+    run = api.finetune(**config_flags(FinetuneConfig, options), recipe=recipe, sets=overrides, like=like,
+                       runs=settings.runs, checkpoints=settings.checkpoints, data_root=settings.data_root,
+                       device=settings.device, command=command_line(), show_progress=not quiet, resume=resume,
+                       trackers=trackers)
+    if run.recipe:  # said after the run: a bad input must leave exactly one line on stderr
+        click.echo(f"recipe: {run.recipe}", err=True)
+    if not run.trained:
+        click.echo(f"an identical run has already finished: {run.folder} (nothing to do)", err=True)
     else:
-        click.echo(_summary(folder), err=True)
-    click.echo(str(folder))
+        click.echo(_summary(run.folder), err=True)
+    click.echo(str(run.folder))
 
 
 def _summary(folder) -> str:

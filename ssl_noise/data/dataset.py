@@ -98,6 +98,13 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def from_arrays(cls, images, labels, **options) -> "ImageDataset":
+        """A dataset from arrays in memory: :func:`ssl_noise.data.arrays.from_arrays`."""
+        from ssl_noise.data.arrays import from_arrays
+
+        return from_arrays(images, labels, **options)
+
     @property
     def multilabel(self) -> bool:
         """True when labels are ``(N, K)`` 0/1 vectors; training code refuses such sets."""

@@ -184,7 +184,7 @@ def read_npz(path: Path) -> Dict[str, np.ndarray]:
     """The six MedMNIST arrays of ``path``; a truncated or corrupt archive raises :class:`UserError`."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in KEYS if k in archive.files}
+            arrays = {k: archive[k] for k in (*KEYS, "class_names") if k in archive.files}  # names: to_npz's
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         flag = flag_for_stem(path.stem)
         hint = f"; if it is a MedMNIST download, fetch it again: ssl-noise data get {flag}" if flag else ""
@@ -245,7 +245,8 @@ def load_npz(path: str | os.PathLike, *, entry: Optional[CatalogueEntry] = None,
     if entry is None:
         flag = flag_for_stem(path.stem)
         entry = get_entry(flag) if flag else None
-    splits = _splits(read_npz(path), path)
+    arrays = read_npz(path)
+    splits = _splits(arrays, path)
     if len(splits["train"]) == 0:
         raise UserError(f"{path}: the training split is empty (train_images has no rows)")
     size = splits["train"].images.shape[1]
@@ -254,7 +255,8 @@ def load_npz(path: str | os.PathLike, *, entry: Optional[CatalogueEntry] = None,
         status = MD5_OK
     return ImageDataset(
         name=entry.flag if status == MD5_OK or official_md5 else flag_of_file(path.stem) or path.stem,
-        class_names=list(entry.class_names) if entry else _default_class_names(splits, path),
+        class_names=list(entry.class_names) if entry else [str(n) for n in arrays["class_names"]]
+        if "class_names" in arrays else _default_class_names(splits, path),
         channels=splits["train"].images.shape[-1], image_size=size, **splits,
         task=entry.task if entry else ("multi-label" if splits["train"].labels.ndim == 2 else "multi-class"),
         source=path, md5=md5, md5_status=status, licence=entry.licence if entry else None)

@@ -166,7 +166,9 @@ def finetune(cfg: FinetuneConfig, *, data_root: Optional[str], checkpoints: Path
         losses = [r["loss"] for r in result.log]
         warnings.warn(f"run {prep.run_id} finished but means little ({', '.join(result.health)}): epoch losses "
                       f"{losses[0]:.3g} -> {max(losses):.3g}, test predictions in "
-                      f"{len(np.unique(result.test_probs.argmax(axis=1)))} of {data.num_classes} classes; a lower "
-                      f"--lr usually fixes a loss that grows. Flagged as health in metrics.json and results.csv",
+                      f"{len(np.unique(result.test_probs.argmax(axis=1)))} of {data.num_classes} classes"
+                      + ("; a lower --lr usually fixes a loss that grows" if "loss_exploded" in result.health else
+                         "; more epochs or data, or a lower noise rate, may give a classifier")
+                      + ". Flagged as health in metrics.json and results.csv",
                       SslNoiseWarning, stacklevel=2)
     return folder, True

@@ -6,6 +6,7 @@ Run from the repository root (writes estimators.csv beside this file; features a
     SSL_NOISE_DATA=../shared/data python studies/noise_estimates/estimators.py \
         --entry bloodmnist=<simclr id> --entry pneumoniamnist_balanced=<id> --entry breastmnist_resaved=<id>
     python studies/noise_estimates/estimators.py --table > studies/noise_estimates/estimators.md
+    SSL_NOISE_DATA=../shared/data python studies/noise_estimates/estimators.py --subsets   # estimators_subsets.csv
 
 Features: ``pca`` (128 principal components of the pixels), ``random`` (ResNet-18 with random weights, the
 resolution's default stem) and ``simclr`` (the registry entry given with --entry). The labels are corrupted as
@@ -89,6 +90,29 @@ def markdown(frame: pd.DataFrame) -> str:
                      + ["| " + " | ".join(row) + " |" for row in cells])
 
 
+def measure_subsets(sizes=(1000, 2000), rates=(0.2, 0.4, 0.6)) -> pd.DataFrame:
+    """Small training sets, as the CPU studies fine-tune on (BloodMNIST subsets drawn with the noise seed, as
+    ``finetune --subset N`` draws them), pixel PCA features (what finetune's auto uses), symmetric noise."""
+    from ssl_noise import estimate, noise
+    from ssl_noise.data import load_dataset
+
+    rows = []
+    for size in sizes:
+        for seed in SEEDS:
+            data = load_dataset("bloodmnist", subset=size, seed=seed)
+            f = estimate.pixel_features(data.train.images, seed=0)
+            for rate in rates:
+                noisy = noise.corrupt(data.train.labels, noise.symmetric(data.num_classes, rate),
+                                      rng=np.random.default_rng(seed))
+                for est in estimate.ESTIMATORS.names():
+                    found = estimate.estimate(f, noisy.noisy, data.num_classes, estimator=est, seed=seed)
+                    rows.append({"dataset": f"bloodmnist[{size}]", "features": "pca", "noise_type": "symmetric",
+                                 "noise_rate": rate, "noise_seed": seed, "realised": noisy.realised_rate,
+                                 "estimator": est, "estimate": found.rate, "lo": found.lo, "hi": found.hi,
+                                 "wall_s": round(found.seconds, 2)})
+    return pd.DataFrame(rows)
+
+
 def table(frame: pd.DataFrame) -> str:
     frame = frame.assign(error=frame.estimate - frame.realised,
                          covered=(frame.lo <= frame.realised) & (frame.realised <= frame.hi),
@@ -113,9 +137,16 @@ def main() -> None:
     parser.add_argument("--entry", action="append", default=[], help="DATASET=REGISTRY_ID for the simclr features")
     parser.add_argument("--cache", type=Path, default=Path("runs/noise_estimates/features"))
     parser.add_argument("--table", action="store_true", help="print the markdown tables of estimators.csv")
+    parser.add_argument("--subsets", action="store_true", help="measure 1,000- and 2,000-image subsets instead")
     args = parser.parse_args()
     if args.table:
         print(table(pd.read_csv(HERE / "estimators.csv")))
+        if (HERE / "estimators_subsets.csv").is_file():
+            print("\n# Subsets of BloodMNIST (pixel PCA features)\n")
+            print(table(pd.read_csv(HERE / "estimators_subsets.csv")))
+        return
+    if args.subsets:
+        measure_subsets().to_csv(HERE / "estimators_subsets.csv", index=False)
         return
     frame = measure(dict(e.split("=", 1) for e in args.entry), args.cache)
     frame.to_csv(HERE / "estimators.csv", index=False)
