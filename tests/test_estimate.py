@@ -98,3 +98,11 @@ def test_solve_diagonal_inverts_the_agreement() -> None:
         agreement = tau ** 2 + (1 - tau) ** 2 * np.sum(shape ** 2)
         assert solve_diagonal(agreement, shape) == pytest.approx(tau)
     assert solve_diagonal(1.0, np.array([0.0, 1.0])) == 1.0
+
+
+def test_small_training_sets_are_warned_about() -> None:
+    from ssl_noise.estimate.base import EstimateWarning
+
+    x, _, noisy = blobs(4, 100, impurity=0.0, rate=0.2, seed=0)   # 100 a class, below the 500 measured
+    with pytest.warns(EstimateWarning, match="below 500 a class the noise-rate estimate overshoots"):
+        estimate.estimate(x, noisy, 4)

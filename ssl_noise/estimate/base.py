@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -22,6 +23,12 @@ ESTIMATORS: Registry[Callable] = Registry("noise-rate estimator")
 #: What ``auto`` runs: the best estimator of studies/noise_estimates (mean |error| and worst case over its cells).
 DEFAULT = "knn_agreement"
 Z90 = 1.645  # two-sided 90 % normal quantile
+#: Below this many labels a class the measured bias is several times the systematic term: warn.
+SMALL_PER_CLASS = 500
+
+
+class EstimateWarning(UserWarning):
+    """An estimate outside the regime its bias was measured in."""
 
 
 def register(name: str, *, systematic: float, paper: str) -> Callable:
@@ -83,6 +90,11 @@ def estimate(features: np.ndarray, labels: np.ndarray, num_classes: int, *, esti
     name = DEFAULT if estimator == "auto" else estimator
     fn = ESTIMATORS.get_or_fail(name)
     features, labels = _check_inputs(features, labels, num_classes)
+    if len(labels) < SMALL_PER_CLASS * num_classes:
+        warnings.warn(f"{len(labels)} labels for {num_classes} classes: below {SMALL_PER_CLASS} a class the noise-rate "
+                      f"estimate overshoots (by +0.08 to +0.16 on 1,000-2,000 BloodMNIST images, "
+                      f"studies/noise_estimates) and its interval is too narrow; read it as an upper bound",
+                      EstimateWarning, stacklevel=2)
     start = time.perf_counter()
     rate, T, boots = fn(features, labels, num_classes, seed=seed, boot=boot)
     spread = float(np.std(boots)) if len(boots) > 1 else 0.0
