@@ -200,9 +200,16 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+#: Fields added after results were published whose value then is what every earlier run did: left out of hashes
+#: at that value (``protocol: shared`` is the one recipe every method trained with before the field existed).
+LEGACY_VALUES = {"protocol": "shared"}
+
+
 def hashed_dict(cfg: Any) -> Dict[str, Any]:
-    """:func:`to_dict` as ids hash it: a :data:`LATE_FIELDS` field only once it is set."""
-    return {k: v for k, v in to_dict(cfg).items() if not (k in LATE_FIELDS and v is None)}
+    """:func:`to_dict` as ids hash it: a :data:`LATE_FIELDS` field only once it is set, a :data:`LEGACY_VALUES`
+    field only at another value."""
+    return {k: v for k, v in to_dict(cfg).items()
+            if not (k in LATE_FIELDS and v is None) and not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])}
 
 
 def method_args_text(args: Dict[str, Any]) -> str:
@@ -314,11 +321,14 @@ class FinetuneConfig:
     eval_batch_size: int = 512
     test_eval: Optional[str] = None      # None or "every": the test split after every epoch; "reported": only at the
                                          # epochs a result reports (each new validation best, the last 5): same numbers
+    protocol: str = "paper"              # paper: a method with a published recipe trains with it (its optimiser,
+                                         # schedule and phase starts, scaled to `epochs`: docs/methods.md); shared:
+                                         # every method under this config's optimiser and cosine schedule
 
     def validate(self) -> None:
         choices = {"optimizer": ("adam", "lars", "sgd"), "precision": ("bf16", "fp32"),
                    "noise_mode": ("exact", "sampled"), "select_metric": ("acc", "macro_f1"),
-                   "test_eval": (None, "every", "reported")}
+                   "test_eval": (None, "every", "reported"), "protocol": ("paper", "shared")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}; choose from: "

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import torch
 
@@ -28,16 +29,18 @@ def check_finite(loss: float, *, epoch: int, step: int, what: str) -> None:
                             f"lower the learning rate (--lr) and run again (nothing was registered or recorded)")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: Any, recipe: Optional["Recipe"] = None) -> torch.optim.Optimizer:
     """SGD, AdamW or LARS (``cfg.optimizer``) with weight decay on weights only (BatchNorm and biases are excluded,
-    as in SimCLR). ``cfg`` is a PretrainConfig or FinetuneConfig (lr, momentum, weight_decay, optimizer)."""
+    as in SimCLR). ``cfg`` is a PretrainConfig or FinetuneConfig (lr, momentum, weight_decay, optimizer); a
+    method's ``recipe`` (``protocol: paper``) replaces those four."""
     from lightly.models.utils import get_weight_decay_parameters
 
+    cfg = recipe or cfg
     decay, no_decay = get_weight_decay_parameters([model])
     groups = [{"params": [p for p in decay if p.requires_grad], "weight_decay": cfg.weight_decay},
               {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=getattr(cfg, "nesterov", False))
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     from lightly.utils.lars import LARS
@@ -236,3 +239,74 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A method's published training recipe (its authors' code), applied under ``protocol: paper``: optimiser,
+    learning-rate schedule, Adam's beta1 switch, gradient clipping. Schedule points are fractions of the run
+    (``decay_start=0.4``: the authors' epoch 80 of 200), so they scale with ``epochs``; ``source`` cites the
+    code. docs/methods.md, "Training protocols", lists every method's."""
+
+    optimizer: str                      # sgd | adam
+    lr: float
+    momentum: float = 0.9               # SGD momentum; Adam beta1 (before ``beta1_after``)
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "constant"          # constant | step | linear_decay | cosine_restarts
+    milestones: Tuple[float, ...] = ()  # step: fractions of the run where lr *= gamma
+    gamma: float = 0.1
+    decay_start: float = 0.0            # linear_decay: lr falls linearly to 0 from this fraction on
+    beta1_after: Optional[float] = None  # linear_decay with adam: beta1 from decay_start on (Co-teaching's code)
+    period: float = 1.0                 # cosine_restarts: one cycle's length as a fraction of the run
+    eta_min: float = 0.0                # cosine_restarts: the lr each cycle ends at
+    grad_clip: Optional[float] = None   # max gradient norm
+    source: str = ""
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate at optimiser step ``step`` of ``total``.
+
+        >>> r = Recipe("adam", 1e-3, schedule="linear_decay", decay_start=0.4)
+        >>> [round(r.lr_at(s, 100), 6) for s in (0, 40, 70, 99)]
+        [0.001, 0.001, 0.0005, 1.7e-05]
+        >>> [Recipe("sgd", 0.1, schedule="step", milestones=(0.5,)).lr_at(s, 10) for s in (4, 5)]
+        [0.1, 0.010000000000000002]
+        """
+        t = step / max(total, 1)
+        if self.schedule == "step":
+            return self.lr * self.gamma ** sum(t >= m for m in self.milestones)
+        if self.schedule == "linear_decay":
+            return self.lr if t < self.decay_start else self.lr * (1 - t) / (1 - self.decay_start)
+        if self.schedule == "cosine_restarts":
+            phase = (t % self.period) / self.period
+            return self.eta_min + (self.lr - self.eta_min) * (1 + math.cos(math.pi * phase)) / 2
+        return self.lr
+
+    def beta1_at(self, step: int, total: int) -> Optional[float]:
+        """Adam's beta1 at ``step`` (None: leave it)."""
+        if self.beta1_after is None or self.optimizer != "adam":
+            return None
+        return self.beta1_after if step / max(total, 1) >= self.decay_start else self.momentum
+
+    def describe(self) -> str:
+        extra = ", nesterov" if self.nesterov else ""
+        return f"{self.optimizer} lr {self.lr:g}, momentum {self.momentum:g}{extra}, wd {self.weight_decay:g}, " \
+               f"{self.schedule}"
+
+
+def scaled_epochs(paper: int, paper_total: int, epochs: int) -> int:
+    """A phase start of the authors' schedule (``paper`` of their ``paper_total`` epochs) at this run's length,
+    at least 1: Co-teaching's 10-epoch ramp of 200 is 2 epochs of a 40-epoch run.
+
+    >>> scaled_epochs(10, 200, 40), scaled_epochs(20, 200, 200), scaled_epochs(10, 300, 3)
+    (2, 20, 1)
+    """
+    return max(1, int(round(paper * epochs / paper_total)))
+
+
+def set_beta1(optimizers: List[torch.optim.Optimizer], beta1: float) -> None:
+    """Adam's first-moment decay on every Adam optimiser (Co-teaching's code switches it when its lr decays)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if "betas" in group:
+                group["betas"] = (beta1, group["betas"][1])

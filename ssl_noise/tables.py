@@ -147,6 +147,9 @@ def tidy(frame, metric: str = DEFAULT_METRIC):
     frame["init_label"] = frame["encoder_id"].map(init_labels(frame["encoder_id"]))
     args = frame["method_args"] if "method_args" in frame.columns else [""] * len(frame)
     frame["method_label"] = [method_label(*r) for r in zip(frame["method"], args, frame["protocol"])]
+    if "method_protocol" in frame.columns:  # a method under its authors' recipe: its own line, never pooled with
+        paper = frame["method_protocol"].astype(str).eq("paper")  # the shared recipe's
+        frame.loc[paper, "method_label"] = frame.loc[paper, "method_label"] + " [paper recipe]"
     if "method_active" in frame.columns:  # a schedule too short for the method: its own line, never pooled
         inactive = frame["method_active"].astype(str).str.lower().isin(["false", "0", "0.0"])
         frame.loc[inactive, "method_label"] = frame.loc[inactive, "method_label"] + " [schedule too short]"

@@ -33,7 +33,7 @@ def _encoders_equal(method) -> bool:
 def test_two_networks_start_from_independent_encoders_under_random_init(tmp_path, make_entry) -> None:
     """Han et al. initialise Co-teaching's networks independently; a registry entry is one start for both."""
     cfg = _cfg(method="coteaching", noise_rate=0.4, epochs=1, noise_estimate="oracle", lr=1e-12, momentum=0.0,
-               weight_decay=0.0)
+               weight_decay=0.0, protocol="shared")   # the config's lr (~0) applies: the weights stay at step 0
     prep = prepare(cfg, data_root=None, checkpoints=tmp_path / "ck")
     method = fit(prep, show_progress=False).method   # lr ~ 0: the weights are still their step-0 values
     assert not _encoders_equal(method)
@@ -46,7 +46,7 @@ def test_two_networks_start_from_independent_encoders_under_random_init(tmp_path
     make_entry(tmp_path / "ck")
     shared = fit(prepare(resolve(FinetuneConfig, TINY, {"init": "simclr", "method": "coteaching", "epochs": 1,
                                                         "noise_rate": 0.4, "noise_estimate": "oracle", "lr": 1e-12,
-                                                        "momentum": 0.0, "weight_decay": 0.0}),
+                                                        "momentum": 0.0, "weight_decay": 0.0, "protocol": "shared"}),
                          data_root=None, checkpoints=tmp_path / "ck"), show_progress=False).method
     assert _encoders_equal(shared)
 
@@ -70,7 +70,7 @@ def test_auto_noise_estimate_lands_near_the_realised_rate_on_separable_data() ->
 
 
 def test_runs_record_the_rate_methods_were_told_and_whether_they_were_active(tmp_path) -> None:
-    cfg = _cfg(method="coteaching", noise_rate=0.4)
+    cfg = _cfg(method="coteaching", noise_rate=0.4, protocol="shared")  # paper scales the ramp: active by design
     with pytest.warns(MethodWarning, match="forget rate reaches its maximum after 1 epoch"):
         folder, _ = finetune(cfg, data_root=None, checkpoints=tmp_path / "ck", runs=tmp_path / "runs",
                              show_progress=False)

@@ -193,6 +193,32 @@ def test_dividemix_co_divide_each_network_trains_on_the_others_split() -> None:
     assert np.array_equal(restored.prob, method.prob) and restored.divisions == 1
 
 
+def test_dividemix_skips_a_network_whose_peer_trusts_fewer_than_two_samples() -> None:
+    from ssl_noise.robust.base import MethodWarning
+
+    ctx, _ = _ctx(n=12, epochs=4, batch_size=4)
+    method = ROBUST["dividemix"](ctx, {"warmup": 1, "lambda_u": 25})
+    method.setup()
+    # network 2 marks one sample clean (network 1 has no labelled set), network 1 marks rows 0-7
+    method.prob = np.stack([(np.arange(12) < 8), (np.arange(12) == 3)]).astype(np.float32) * 0.8 + 0.1
+    with pytest.warns(MethodWarning, match="network 2's split marks fewer than 2 samples clean, so network 1 skips"):
+        batches = list(method._semi_batches(epoch=1))
+    assert method.skip_now == [True, False] and len(batches) == 2   # network 2's 8 labelled rows / 4
+    assert all("x0_1" not in b.extra and set(b.index.tolist()) <= set(range(8)) for b in batches)
+    method.train()
+    out = method.train_step(batches[0], epoch=1)
+    out["loss"].backward()
+    assert method.net1.head.weight.grad is None and method.net2.head.weight.grad.abs().sum() > 0
+    # both peers trust nothing: no step at all this epoch, both counted; the count survives a resume
+    method.prob[:] = 0.1
+    assert list(method._semi_batches(epoch=2)) == [] and method.skipped.tolist() == [2, 1]
+    assert method.summary() == {"dividemix_skipped_epochs": [2, 1]}
+    restored = ROBUST["dividemix"](ctx, {"warmup": 1, "lambda_u": 25})
+    restored.setup()
+    restored.load_epoch_state(method.epoch_state())
+    assert restored.skipped.tolist() == [2, 1]
+
+
 def test_mixmatch_shapes_mixing_and_the_loss_terms() -> None:
     torch.manual_seed(0)
     net = Classifier(nn.Flatten(), 12, 3).eval()

@@ -130,16 +130,22 @@ def test_ids_are_stable_and_hash_every_field(tmp_path, monkeypatch) -> None:
                "batch_size": 9, "optimizer": "adam", "lr": 0.3, "momentum": 0.5, "weight_decay": 0.1,
                "warmup_epochs": 1.0, "augmentation": True, "augment": {"hf_prob": 0.0}, "select_metric": "macro_f1",
                "seed": 9, "precision": "bf16", "channels_last": False, "eval_batch_size": 7,
-               "noise_estimate": 0.3, "label_column": "annotator_1", "test_eval": "reported"}
+               "noise_estimate": 0.3, "label_column": "annotator_1", "test_eval": "reported", "protocol": "shared"}
     (tmp_path / "m.yaml").write_text("0: 1\n")
     monkeypatch.chdir(tmp_path)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     assert fields <= set(changed), f"add the new field(s) {fields - set(changed)} to this test"
     changed["noise_matrix"] = "m.yaml"
     base_id = sweep.cell_id(cfg, init_label="random", encoder_sha256=None)
-    for name in sorted(fields):
+    for name in sorted(fields - {"protocol"}):
         moved = dataclasses.replace(cfg, **{name: changed[name]})
         assert sweep.cell_id(moved, init_label="random", encoder_sha256=None) != base_id, name
+    # protocol: hashed for a method with a published recipe; CE trains the same under both (its cells stay shared)
+    assert cfg.method == "ce" and sweep.cell_id(dataclasses.replace(cfg, protocol="shared"), init_label="random",
+                                                encoder_sha256=None) == base_id
+    paper = dataclasses.replace(cfg, method="coteaching")
+    assert sweep.cell_id(paper, init_label="random", encoder_sha256=None) != sweep.cell_id(
+        dataclasses.replace(paper, protocol="shared"), init_label="random", encoder_sha256=None)
     assert sweep.cell_id(cfg, init_label="random", encoder_sha256="ab") != base_id
 
 

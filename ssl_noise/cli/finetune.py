@@ -38,9 +38,13 @@ from ssl_noise.cli.options import (
 @click.option("--freeze", is_flag=True, default=None,
               help="Linear probe: freeze the encoder (weights and BN statistics); recipe linear_probe.yaml.")
 @click.option("--method", help="Noisy-label method from the ROBUST registry (default ce).")
+@click.option("--protocol", type=click.Choice(["paper", "shared"]),
+              help="paper (default): a method with a published recipe (coteaching, coteaching_plus, jocor, "
+                   "dividemix, elr, sce, gce) trains with its authors' optimiser, schedule and phase starts, scaled "
+                   "to --epochs; shared: every method under this config's optimiser and cosine schedule.")
 @noise_options
 @noise_estimate_option("What methods that need a noise rate are told (coteaching, vog, hsa_nrl, knn_filter): auto "
-                       "(default; estimated from the noisy labels on the init's frozen features), oracle (the "
+                       "(default; estimated from the noisy labels, knn_agreement on the pixels), oracle (the "
                        "injected rate: ablations only) or a rate.")
 @click.option("--clean-val", is_flag=True, default=None,
               help="Keep validation labels clean (default: noisy like the training labels, as in practice).")

@@ -23,7 +23,7 @@ import torch
 from ssl_noise import engine, estimate, inits, io, noise, progress
 from ssl_noise.data.dataset import Split
 from ssl_noise.finetune.inputs import Inputs, chunks, encoded_splits
-from ssl_noise.finetune.prepare import Prepared, oracle_rate
+from ssl_noise.finetune.prepare import Prepared, oracle_rate, protocol_recipe
 from ssl_noise.io import derive_seed
 from ssl_noise.metrics import classification_metrics, memorisation, training_health
 from ssl_noise.robust import ROBUST, Classifier, FinetuneContext
@@ -66,22 +66,32 @@ class FitResult:
     noise_estimate: Optional[Any] = None        # the auto estimate (ssl_noise.estimate.Estimate): interval, T̂
     inactive_reason: Optional[str] = None       # why the schedule is too short for the method to work as designed
     health: List[str] = field(default_factory=list)  # metrics.training_health: loss_exploded, one_class
+    method_summary: Dict[str, Any] = field(default_factory=dict)  # the method's summary() for metrics.json
 
 
 def train_one_epoch(method, ctx: FinetuneContext, batches, state: TrainState, clean: torch.Tensor, epoch: int,
-                    lr_of_step: Callable[[int], float], bar) -> Dict[str, float]:
-    """One pass: method step, loop-owned backward/step/lr, history filled from the step's own probabilities."""
+                    lr_of_step: Callable[[int], float], bar, recipe: Optional[engine.Recipe] = None,
+                    total: int = 0) -> Dict[str, float]:
+    """One pass: method step, loop-owned backward/step/lr, history filled from the step's own probabilities. A
+    method's ``recipe`` (protocol paper) adds its Adam beta1 switch and gradient clipping."""
     method.train()
     loss_sum = n = hit_given = hit_clean = n_flip = hit_flip = n_sel = 0.0
     lr, start = 0.0, time.perf_counter()
     for i, batch in enumerate(batches):
-        lr = lr_of_step(epoch * ctx.steps_per_epoch + i)
+        step = epoch * ctx.steps_per_epoch + i
+        lr = lr_of_step(step)
         engine.set_lr(ctx.optimizers, lr)
+        beta1 = recipe.beta1_at(step, total) if recipe is not None else None
+        if beta1 is not None:
+            engine.set_beta1(ctx.optimizers, beta1)
         with ctx.autocast():
             out = method.train_step(batch, epoch)
         for opt in ctx.optimizers:
             opt.zero_grad(set_to_none=True)
         out["loss"].backward()
+        if recipe is not None and recipe.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for opt in ctx.optimizers for g in opt.param_groups
+                                            for p in g["params"]], recipe.grad_clip)
         for opt in ctx.optimizers:
             opt.step()
         idx = batch.index.cpu()
@@ -146,6 +156,7 @@ class _Loop:
         self.rows = torch.arange(len(prep.data.train))
         self.labels = torch.from_numpy(prep.train_noise.noisy)
         self.ctx: Optional[FinetuneContext] = None
+        self.recipe = protocol_recipe(prep.cfg)   # the method's published recipe under protocol paper, else None
         self.rate_estimate: Optional[estimate.Estimate] = None
 
     def build_model(self, k: int) -> Classifier:
@@ -163,7 +174,7 @@ class _Loop:
         return model.to(self.device, memory_format=self.inputs.fmt)
 
     def build_optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
-        self.ctx.optimizers.append(engine.build_optimizer(module, self.prep.cfg))
+        self.ctx.optimizers.append(engine.build_optimizer(module, self.prep.cfg, self.recipe))
         return self.ctx.optimizers[-1]
 
     def batches(self, *, rows=None, **kw):
@@ -189,7 +200,8 @@ class _Loop:
             steps_per_epoch=len(chunks(self.rows, cfg.batch_size)), device=self.device, seed=cfg.seed,
             build_model=self.build_model, build_optimizer=self.build_optimizer, batches=self.batches,
             predict_train=self.predict_train, autocast=self.autocast, augment=cfg.augmentation,
-            run_stage=self.run_stage, batch_size=cfg.batch_size)
+            run_stage=self.run_stage, batch_size=cfg.batch_size,
+            protocol="paper" if self.recipe is not None else "shared")
         return self.ctx
 
     def auto_rate(self) -> float:
@@ -261,6 +273,12 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     loop.use_training_set(method)
     total = ctx.steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * ctx.steps_per_epoch))
+    if loop.recipe is not None:   # protocol paper: the method's own schedule
+        def lr_of_step(step: int) -> float:
+            return loop.recipe.lr_at(step, total)
+    else:
+        def lr_of_step(step: int) -> float:
+            return engine.lr_at(step, total, warmup, cfg.lr)
     val_labels = data.val.labels if prep.val_noise is None else prep.val_noise.noisy
     clean = torch.from_numpy(data.train.labels)
     state = TrainState.empty(len(data.train), cfg.epochs)
@@ -270,8 +288,8 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     lines, began = show_progress and progress.plain_lines(), time.perf_counter()  # no bar in a log: a line an epoch
     for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch)
-        stats = train_one_epoch(method, ctx, method.epoch_batches(epoch), state, clean, epoch,
-                                lambda step: engine.lr_at(step, total, warmup, cfg.lr), bar)
+        stats = train_one_epoch(method, ctx, method.epoch_batches(epoch), state, clean, epoch, lr_of_step, bar,
+                                recipe=loop.recipe, total=total)
         stats.update(method.on_epoch_end(epoch))
         state.val.append(evaluate(method, inputs, x_val, val_labels, task=data.task, autocast=ctx.autocast)[0])
         test, probs = None, None
@@ -300,6 +318,7 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     result.noise_rate, result.noise_rate_source = told
     result.noise_estimate = loop.rate_estimate if told[1] == "auto" else None
     result.inactive_reason = inactive
+    result.method_summary = method.summary()
     if not data.multilabel:
         result.health = training_health([r["loss"] for r in state.log], result.test_probs, data.num_classes)
     return result

@@ -203,6 +203,21 @@ def oracle_rate(summary: Dict[str, Any]) -> Optional[float]:
     return summary["rate"]
 
 
+def protocol_recipe(cfg: FinetuneConfig):
+    """The method's published recipe (:class:`ssl_noise.engine.Recipe`) when ``cfg.protocol`` is paper and the
+    method declares one; None: the config's own optimiser and schedule (protocol shared, or no recipe)."""
+    return ROBUST[cfg.method].paper if cfg.protocol == "paper" else None
+
+
+def hashed_config(cfg: FinetuneConfig) -> Dict[str, Any]:
+    """:func:`~ssl_noise.config.hashed_dict` as run and cell ids hash it: ``protocol`` only where it changes the
+    training (a method without a recipe trains the same under both, so CE's cells stay shared)."""
+    hashed = hashed_dict(cfg)
+    if getattr(ROBUST.get(cfg.method), "paper", None) is None:
+        hashed.pop("protocol", None)
+    return hashed
+
+
 def run_id(cfg: FinetuneConfig, data: ImageDataset, init: Dict[str, Any], summary: Dict[str, Any]) -> str:
     """The run folder's name; its hash covers the config (file paths excepted: the label hash has their content),
     the encoder's sha256, the data's identity and the noisy labels."""
@@ -212,7 +227,7 @@ def run_id(cfg: FinetuneConfig, data: ImageDataset, init: Dict[str, Any], summar
         skip.add("noise_estimate")  # a method told no rate trains the same whatever the setting
     if cfg.noise_file:
         skip |= {"noise_rate", "noise_type", "noise_mode", "noise_force"}
-    identity = {"config": {k: v for k, v in hashed_dict(cfg).items() if k not in skip}, "encoder": init["sha256"],
+    identity = {"config": {k: v for k, v in hashed_config(cfg).items() if k not in skip}, "encoder": init["sha256"],
                 "labels": summary["labels_sha256"], "data": [data.name, data.md5, len(data.train), len(data.val),
                                                               len(data.test), data.image_size]}
     return runs.run_id(init_method=init["method"], dataset=data.name, noise_record=summary, method=cfg.method,

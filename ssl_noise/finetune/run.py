@@ -19,7 +19,7 @@ from ssl_noise import engine, io
 from ssl_noise.config import FINETUNE_AUGMENT, FinetuneConfig, method_args_text, to_dict
 from ssl_noise.errors import SslNoiseWarning, UserError
 from ssl_noise.finetune.loop import FitResult, fit
-from ssl_noise.finetune.prepare import Prepared, check_trainable, prepare
+from ssl_noise.finetune.prepare import Prepared, check_trainable, prepare, protocol_recipe
 from ssl_noise.metrics import SCALARS, detection_report, mean_metrics
 from ssl_noise.provenance import git_state, versions
 from ssl_noise.runs import SCHEMA_VERSION, RunFolder, append_result
@@ -35,6 +35,19 @@ def _interval(found) -> Dict[str, Any]:
         {k: v for k, v in found.record().items() if k in ESTIMATE_FIELDS}
 
 
+def training(prep: Prepared, result: FitResult) -> Dict[str, Any]:
+    """How the method was trained: ``protocol`` (paper: its authors' recipe; shared: the config's optimiser and
+    cosine schedule), the optimiser in words, the recipe's source, and whether a two-network method's networks
+    started from one set of weights (a registry init or a frozen encoder) or independent ones."""
+    cfg, recipe = prep.cfg, protocol_recipe(prep.cfg)
+    two = len(getattr(result.method, "nets", [])) > 1
+    return {"protocol": "paper" if recipe is not None else "shared",
+            "optimizer": recipe.describe() if recipe is not None else
+            f"{cfg.optimizer} lr {cfg.lr:g}, momentum {cfg.momentum:g}, wd {cfg.weight_decay:g}, cosine",
+            "source": recipe.source if recipe is not None else None,
+            "starts": None if not two else "shared" if prep.init["kind"] == "registry" or cfg.freeze else "independent"}
+
+
 def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
     """``metrics.json``: deterministic (no times), epochs 1-based."""
     b, epochs = result.best_epoch, prep.cfg.epochs
@@ -42,7 +55,7 @@ def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "run_id": prep.run_id, "select_metric": prep.cfg.select_metric,
             "selected_epoch": b + 1, "epochs": epochs, "class_names": prep.data.class_names,
             "method_active": result.inactive_reason is None, "method_inactive_reason": result.inactive_reason,
-            "health": result.health,
+            "health": result.health, "method": result.method_summary, "training": training(prep, result),
             "noise_rate_estimate": result.noise_rate, "noise_rate_source": result.noise_rate_source,
             **_interval(result.noise_estimate),
             "test": {"best": result.test[b], "last": result.test[-1],
@@ -64,7 +77,8 @@ def result_row(prep: Prepared, metrics: Dict[str, Any], wall: float, created: st
            "encoder_seed": init.get("seed"), "backbone": init["backbone"], "stem": init["stem"],
            "protocol": "linear_probe" if cfg.freeze else "finetune", "method": cfg.method,
            "method_args": method_args_text(cfg.method_args), "method_active": metrics["method_active"],
-           "health": ";".join(metrics["health"]) or "ok",
+           "health": ";".join(metrics["health"]) or "ok", "method_protocol": metrics["training"]["protocol"],
+           "optimizer": metrics["training"]["optimizer"], "starts": metrics["training"]["starts"],
            "noise_source": nz["source"], "noise_type": nz["type"], "noise_rate": nz["rate"],
            "noise_realised_rate": nz["realised_rate"], "noise_seed": nz["seed"], "noise_mode": nz["mode"],
            "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"],

@@ -23,6 +23,7 @@ from torch import nn
 
 from ssl_noise._registry import Registry
 from ssl_noise.config import NoArgs, resolve
+from ssl_noise.engine import Recipe
 from ssl_noise.errors import SslNoiseWarning
 
 #: The registry every robust method file adds itself to with ``@ROBUST.register("<name>")``.
@@ -70,6 +71,8 @@ class FinetuneContext:
     # training images ``predict``.
     run_stage: Optional[Callable[..., Tuple[np.ndarray, Optional[np.ndarray]]]] = None
     batch_size: Optional[int] = None                     # the run's batch size (a method's own batches)
+    protocol: str = "shared"                             # paper: the method trains with its ``paper`` recipe, and
+    #                                                      its phase starts scale with ``epochs`` (engine.scaled_epochs)
 
 
 class MethodWarning(SslNoiseWarning):
@@ -139,6 +142,8 @@ class RobustMethod(nn.Module):
     """
 
     Args: ClassVar[Type] = NoArgs
+    #: The authors' training recipe (``protocol: paper``; docs/methods.md cites their code), None: the shared one.
+    paper: ClassVar[Optional[Recipe]] = None
 
     def __init__(self, ctx: FinetuneContext, args: Mapping[str, Any] | None = None):
         super().__init__()
@@ -195,6 +200,11 @@ class RobustMethod(nn.Module):
 
     def outputs(self) -> Dict[str, np.ndarray]:
         """Once at the end: arrays saved as ``<name>.npy`` in the run folder (kept rows, scores, labels)."""
+        return {}
+
+    def summary(self) -> Dict[str, Any]:
+        """Once at the end: what the method did that a reader of metrics.json needs (its ``method`` block), e.g.
+        DivideMix's epochs without a labelled set."""
         return {}
 
     def epoch_state(self) -> Dict[str, np.ndarray]:

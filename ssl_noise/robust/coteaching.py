@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_noise.engine import Recipe, scaled_epochs
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label_prob
 
@@ -104,7 +105,9 @@ def setup_pair(method: RobustMethod) -> None:
     if not 0 <= tau < 1:
         raise UserError(f"the noise-rate estimate {tau} is not in [0, 1); set method_args.noise_estimate")
     method.tau_max = float(tau)
-    method.num_gradual = args.num_gradual or min(10, max(1, ctx.epochs // 3))
+    shared = min(10, max(1, ctx.epochs // 3))   # the shared protocol's ramp: the paper's 10, a third of a short run
+    method.num_gradual = args.num_gradual or (scaled_epochs(PAPER_RAMP, 200, ctx.epochs) if ctx.protocol == "paper"
+                                              else shared)
     method.selection = Selection(len(ctx.labels), ctx.device)
 
 
@@ -127,11 +130,16 @@ def cross_update(method: RobustMethod, batch: Batch, epoch: int,
 
 #: The forget-rate ramp of the paper and the ALR code (epochs); a shorter ramp is not Co-teaching as designed.
 PAPER_RAMP = 10
+#: The authors' recipe (bhanML/Co-teaching@7c7fbe2): Adam lr 0.001, no weight decay (main.py:263, 268); lr
+#: constant, then linear to 0 from epoch 80 of 200 with beta1 0.9 -> 0.1 (main.py:72-73, 120-131).
+COTEACHING_RECIPE = Recipe("adam", 1e-3, momentum=0.9, schedule="linear_decay", decay_start=80 / 200,
+                           beta1_after=0.1, source="bhanML/Co-teaching@7c7fbe2 main.py:120-131,263,268")
 
 
 def short_ramp(method: RobustMethod) -> Optional[str]:
-    """Why Co-teaching's schedule is too short (a ramp under the paper's 10 epochs), or None."""
-    if method.num_gradual < PAPER_RAMP and method.args.num_gradual is None:
+    """Why Co-teaching's schedule is too short (a ramp under the paper's 10 epochs), or None (also under protocol
+    paper, whose ramp is the paper's share of the run by design)."""
+    if method.num_gradual < PAPER_RAMP and method.args.num_gradual is None and method.ctx.protocol != "paper":
         return (f"the forget rate reaches its maximum after {method.num_gradual} epoch(s) of {method.ctx.epochs} "
                 f"(the paper ramps over {PAPER_RAMP}; at least {3 * PAPER_RAMP} epochs give that ramp)")
     return None
@@ -195,6 +203,7 @@ class CoTeaching(PairMethod, RobustMethod):
     """
 
     Args = CoteachingArgs
+    paper = COTEACHING_RECIPE
 
     def pick(self, k: int, loss: torch.Tensor, batch: Batch, keep: int, epoch: int) -> torch.Tensor:
         """Network ``k``'s clean pick of the batch from its own detached per-sample loss."""

@@ -15,32 +15,42 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ssl_noise.engine import Recipe, scaled_epochs
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
 from ssl_noise.robust.coteaching import (CoteachingArgs, PairMethod, cross_update, forget_rate, keep_count,
                                          setup_pair, short_ramp, small_loss_pick)
 
+#: The disagreement phase's loss: the authors' cross-entropy of the softmax outputs (loss.py:38-39, 64-68: a
+#: double softmax, bounded like MAE), or cross-entropy of the logits (the shared protocol's before this option).
+LOSSES = ("softmax_ce", "ce")
+
 
 @dataclass
 class CoteachingPlusArgs(CoteachingArgs):
-    init_epoch: Optional[int] = None  # epochs of plain Co-teaching first; None: num_gradual (the code: 20 of 200)
+    init_epoch: Optional[int] = None  # epochs of plain Co-teaching first; None: the code's 20 of 200 scaled to the
+    #                                   run (protocol paper), num_gradual (shared)
+    loss: Optional[str] = None        # disagreement loss (LOSSES); None: softmax_ce (paper), ce (shared)
 
     def validate(self) -> None:
         super().validate()
         if self.init_epoch is not None and self.init_epoch < 0:
             raise UserError(f"init_epoch must be non-negative, got {self.init_epoch}")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise UserError(f"unknown loss {self.loss!r}; choose from: {', '.join(LOSSES)}")
 
 
 def disagreement_update(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Tensor,
-                        tau: float) -> tuple:
+                        tau: float, loss: str = "ce") -> tuple:
     """Co-teaching+'s step on one batch: ``(loss, disagree, pick1, pick2)``.
 
     ``disagree`` (B,) bool: argmax of the two networks differ. Within it, each network keeps its
     ``keep_count(|D|, tau)`` smallest losses (``pick1``/``pick2``, (B,) bool); network 1 learns from 2's pick
     and vice versa (mean CE over the pick each). No disagreement: nothing is learned (loss 0)."""
     disagree = logits1.detach().argmax(dim=1) != logits2.detach().argmax(dim=1)
-    l1 = F.cross_entropy(logits1.float(), y, reduction="none")
-    l2 = F.cross_entropy(logits2.float(), y, reduction="none")
+    soft = loss == "softmax_ce"   # the authors' code ranks and trains on CE of the softmax outputs
+    l1 = F.cross_entropy(logits1.float().softmax(dim=1) if soft else logits1.float(), y, reduction="none")
+    l2 = F.cross_entropy(logits2.float().softmax(dim=1) if soft else logits2.float(), y, reduction="none")
     pick1, pick2 = torch.zeros_like(disagree), torch.zeros_like(disagree)
     rows = torch.nonzero(disagree).squeeze(1)
     if len(rows) == 0:
@@ -61,10 +71,17 @@ class CoTeachingPlus(PairMethod, RobustMethod):
     """
 
     Args = CoteachingPlusArgs
+    paper = Recipe("adam", 1e-3, momentum=0.9, schedule="linear_decay", decay_start=80 / 200, beta1_after=0.1,
+                   source="xingruiyu/coteaching_plus@a68ed61 main.py:35,166-177,335,350")
 
     def setup(self) -> None:
         setup_pair(self)
-        self.init_epoch = self.num_gradual if self.args.init_epoch is None else self.args.init_epoch
+        paper = self.ctx.protocol == "paper"
+        if self.args.init_epoch is not None:
+            self.init_epoch = self.args.init_epoch
+        else:  # main.py:73: 20 of the code's 200 CIFAR-10 epochs
+            self.init_epoch = scaled_epochs(20, 200, self.ctx.epochs) if paper else self.num_gradual
+        self.loss = self.args.loss or ("softmax_ce" if paper else "ce")
         self.disagree_sum = self.seen_sum = 0
 
     def inactive_reason(self) -> Optional[str]:
@@ -81,7 +98,7 @@ class CoTeachingPlus(PairMethod, RobustMethod):
             return cross_update(self, batch, epoch)
         logits1, logits2 = self.net1(batch.x), self.net2(batch.x)
         tau = forget_rate(epoch, self.tau_max, self.num_gradual)
-        loss, disagree, pick1, _ = disagreement_update(logits1, logits2, batch.y, tau)
+        loss, disagree, pick1, _ = disagreement_update(logits1, logits2, batch.y, tau, self.loss)
         self.selection.record(batch.index, pick1, epoch)
         self.disagree_sum += int(disagree.sum())
         self.seen_sum += len(batch.y)

@@ -11,16 +11,18 @@ Defaults, source, cost and deviations: docs/methods.md#dividemix-dividemixpy
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_noise.engine import Recipe, scaled_epochs
 from ssl_noise.errors import UserError
 from ssl_noise.io import derive_seed
-from ssl_noise.robust.base import ROBUST, Batch, Classifier, RobustMethod, label_prob
+from ssl_noise.robust.base import ROBUST, Batch, Classifier, MethodWarning, RobustMethod, label_prob
 
 #: The code's mixture settings (``eval_train``): few EM steps on a 1-D loss, a covariance floor.
 GMM_KW = dict(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)
@@ -113,13 +115,19 @@ class DivideMix(RobustMethod):
     """
 
     Args = DivideMixArgs
+    paper = Recipe("sgd", 0.02, momentum=0.9, weight_decay=5e-4, schedule="step", milestones=(150 / 300,),
+                   source="LiJunnan1992/DivideMix@d9d3058 Train_cifar.py:232-233,243-249")
 
     def setup(self) -> None:
         ctx, args = self.ctx, self.args
         self.net1, self.net2 = ctx.build_model(0), ctx.build_model(1)
         ctx.build_optimizer(self.net1)
         ctx.build_optimizer(self.net2)
-        self.warmup = min(10, max(1, ctx.epochs // 3)) if args.warmup is None else args.warmup
+        if args.warmup is not None:
+            self.warmup = args.warmup
+        else:  # the code's 10 of 300 epochs for CIFAR-10 (Train_cifar.py:218-221), scaled under protocol paper
+            shared = min(10, max(1, ctx.epochs // 3))
+            self.warmup = scaled_epochs(10, 300, ctx.epochs) if ctx.protocol == "paper" else shared
         if args.lambda_u is not None:
             self.lambda_u = float(args.lambda_u)
         else:
@@ -133,6 +141,8 @@ class DivideMix(RobustMethod):
         self.split_count = np.zeros(n, dtype=np.int32)          # epochs network 1 called a sample clean
         self.divisions = 0
         self.step_in_epoch, self.steps = 0, 1
+        self.skipped = np.zeros(2, dtype=np.int64)   # epochs each network's semi-supervised step was skipped
+        self.skip_now = [False, False]                # this epoch's: its peer marked fewer than 2 samples clean
 
     @classmethod
     def needs_noise_rate(cls, args) -> bool:
@@ -193,17 +203,21 @@ class DivideMix(RobustMethod):
         parts, streams = [], {}
         for k in range(2):
             clean = self.prob[1 - k] > self.args.p_threshold
-            lab, unl = np.flatnonzero(clean), np.flatnonzero(~clean)
-            if len(lab) < 2:  # the peer trusts (almost) nothing: train on every sample weighted by its posterior
-                lab = np.arange(n)
-            parts.append((lab, unl))
-        self.steps = min(ctx.steps_per_epoch, max(math.ceil(len(lab) / b) for lab, _ in parts))
+            parts.append((np.flatnonzero(clean), np.flatnonzero(~clean)))
+        # A peer that marks fewer than 2 samples clean leaves nothing to learn labels from (the authors' code fails
+        # on the empty loader): that network skips its semi-supervised step this epoch.
+        self.skip_now = [len(lab) < 2 for lab, _ in parts]
+        self._count_skips(epoch)
+        active = [k for k in range(2) if not self.skip_now[k]]
+        self.steps = min(ctx.steps_per_epoch, max([math.ceil(len(parts[k][0]) / b) for k in active], default=0))
         length = self.steps * b
 
         def tiled(rows: np.ndarray) -> np.ndarray:
             return np.resize(order.permutation(rows), length)
 
         for k, (lab, unl) in enumerate(parts):
+            if self.skip_now[k]:
+                continue
             lab_rows = tiled(lab)
             streams[f"x{k}"] = (lab_rows, self._views(lab_rows, epoch, 4 * k), self._views(lab_rows, epoch, 4 * k + 1))
             if len(unl):
@@ -221,8 +235,18 @@ class DivideMix(RobustMethod):
                     extra[f"y{k}"], extra[f"index{k}"] = v1.y, v1.index
                     w = torch.from_numpy(self.prob[1 - k][v1.index.cpu().numpy()]).to(v1.x.device)
                     extra[f"w{k}"] = torch.nan_to_num(w, nan=1.0)
-                    main = v1 if k == 0 else main
+                    main = v1 if main is None else main   # network 1's labelled rows, else network 2's
             yield Batch(main.x, main.y, main.index, extra)
+
+    def _count_skips(self, epoch: int) -> None:
+        """Count and (once per run) say the networks whose semi-supervised step this epoch skips."""
+        for k in np.flatnonzero(self.skip_now):
+            if not self.skipped.any():
+                warnings.warn(f"dividemix: at epoch {epoch + 1} network {2 - k}'s split marks fewer than 2 samples "
+                              f"clean, so network {k + 1} skips its semi-supervised step (no labelled batch); every "
+                              f"such epoch is counted in metrics.json (method.dividemix_skipped_epochs)",
+                              MethodWarning, stacklevel=2)
+            self.skipped[k] += 1
 
     # -------------------------------------------------------------------------------------------------- steps
 
@@ -249,6 +273,8 @@ class DivideMix(RobustMethod):
         rng = np.random.default_rng(derive_seed(self.ctx.seed, epoch, self.step_in_epoch, 17))
         lambda_u, loss, out = self.ramp(epoch), 0.0, {}
         for k, (net, peer) in enumerate([(self.net1, self.net2), (self.net2, self.net1)]):
+            if self.skip_now[k]:
+                continue
             parts = {"x1": e[f"x{k}_1"], "x2": e[f"x{k}_2"]}
             y, w = e[f"y{k}"], e[f"w{k}"].float()[:, None]
             with torch.no_grad():
@@ -268,7 +294,7 @@ class DivideMix(RobustMethod):
             perm = torch.from_numpy(rng.permutation(size)).to(y.device)
             loss_k, _ = mixmatch_loss(net, parts, targets_x, targets_u, lam, perm, lambda_u)
             loss = loss + loss_k
-            if k == 0:
+            if not out:  # the batch's rows are the first trained network's labelled rows
                 out = {"prob": label_prob(logits_x, y), "pred": logits_x.argmax(dim=1)}
         self.step_in_epoch += 1
         return {"loss": loss, **out}
@@ -295,9 +321,12 @@ class DivideMix(RobustMethod):
         return {"kept": kept.astype(np.int64), "selection_freq": freq, "noise_score": (1 - final).astype(np.float32),
                 "clean_prob": self.prob.copy()}
 
+    def summary(self) -> Dict[str, Any]:
+        return {"dividemix_skipped_epochs": [int(v) for v in self.skipped]}
+
     def epoch_state(self) -> Dict[str, np.ndarray]:
         return {"prob": self.prob.copy(), "split_count": self.split_count.copy(),
-                "divisions": np.asarray(self.divisions, dtype=np.int64)}
+                "divisions": np.asarray(self.divisions, dtype=np.int64), "skipped": self.skipped.copy()}
 
     def load_epoch_state(self, state: Mapping[str, np.ndarray]) -> None:
         prob = np.asarray(state["prob"], dtype=np.float32)
@@ -305,3 +334,4 @@ class DivideMix(RobustMethod):
             raise ValueError(f"DivideMix state of shape {prob.shape} does not fit this run's {self.prob.shape}")
         self.prob, self.split_count = prob.copy(), np.asarray(state["split_count"], dtype=np.int32).copy()
         self.divisions = int(state["divisions"])
+        self.skipped = np.asarray(state.get("skipped", np.zeros(2)), dtype=np.int64).copy()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_noise.engine import Recipe
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
 
@@ -71,6 +72,8 @@ class ELR(RobustMethod):
     """
 
     Args = ELRArgs
+    paper = Recipe("sgd", 0.02, momentum=0.9, weight_decay=1e-3, schedule="cosine_restarts", period=10 / 150,
+                   eta_min=0.001, source="shengliu66/ELR@934af53 ELR/config_cifar10.json:27-34,49-58")
 
     def setup(self) -> None:
         self.model = self.ctx.build_model(0)

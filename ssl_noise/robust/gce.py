@@ -13,6 +13,7 @@ from typing import Dict
 
 import torch
 
+from ssl_noise.engine import Recipe
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
 
@@ -42,6 +43,9 @@ class GCE(RobustMethod):
     """
 
     Args = GCEArgs
+    # No official code: the widely used reimplementation, which says it follows the paper (README.md:9).
+    paper = Recipe("sgd", 0.01, momentum=0.9, weight_decay=1e-4, schedule="step", milestones=(40 / 120, 80 / 120),
+                   source="AlanChou/Truncated-Loss@fef5908 main.py:30-33,42-43,148-150; README.md:19")
 
     def setup(self) -> None:
         self.model = self.ctx.build_model(0)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
+from ssl_noise.engine import Recipe
 from ssl_noise.robust.coteaching import CoteachingArgs, PairMethod, forget_rate, keep_count, small_loss_pick
 
 
@@ -50,6 +51,10 @@ class JoCoR(PairMethod, RobustMethod):
     """
 
     Args = JoCoRArgs
+    # One Adam over both networks (jocor.py:64-65): Adam's step is per parameter, so the two per-network Adams here
+    # take the same steps. Under SGD the joint loss scales the label-fitting step by (1 - co_lambda).
+    paper = Recipe("adam", 1e-3, momentum=0.9, schedule="linear_decay", decay_start=80 / 200, beta1_after=0.1,
+                   source="hongxin001/JoCoR@86db359 algorithm/jocor.py:31-38,64-65; main.py:85")
 
     def train_step(self, batch: Batch, epoch: int) -> Dict[str, torch.Tensor]:
         logits1, logits2 = self.net1(batch.x), self.net2(batch.x)

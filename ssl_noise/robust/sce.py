@@ -15,6 +15,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
+from ssl_noise.engine import Recipe
 from ssl_noise.errors import UserError
 from ssl_noise.robust.base import ROBUST, Batch, RobustMethod, label_prob
 
@@ -54,6 +55,9 @@ class SCE(RobustMethod):
     """
 
     Args = SCEArgs
+    paper = Recipe("sgd", 0.01, momentum=0.9, weight_decay=1e-2, nesterov=True, schedule="step",
+                   milestones=(40 / 120, 80 / 120), grad_clip=5.0,
+                   source="HanxunH/SCELoss-Reproduce@c81fb33 train.py:52-63,155,234-239; README.md:26")
 
     def setup(self) -> None:
         self.model = self.ctx.build_model(0)

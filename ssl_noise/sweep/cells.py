@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from ssl_noise import noise
-from ssl_noise.config import BUILTIN_INITS, FinetuneConfig, hashed_dict, load_recipe, resolve, to_dict
+from ssl_noise.config import BUILTIN_INITS, FinetuneConfig, load_recipe, resolve, to_dict
+from ssl_noise.finetune.prepare import hashed_config
 from ssl_noise.data import dataset_name, spec_label
 from ssl_noise.errors import UserError
 from ssl_noise.io import file_digest, short_hash, write_json
@@ -78,7 +79,7 @@ def cell_id(cfg: FinetuneConfig, *, init_label: str, encoder_sha256: str | None)
     and the content of the class-map / noise-matrix files, so two cells share an id only if they would train the
     same thing.
     """
-    identity = {"schema": SCHEMA_VERSION, "config": hashed_dict(cfg), "encoder_sha256": encoder_sha256,
+    identity = {"schema": SCHEMA_VERSION, "config": hashed_config(cfg), "encoder_sha256": encoder_sha256,
                 "files": {k: _sha256_file(getattr(cfg, k)) for k in ("class_map", "noise_matrix")}}
     digest = short_hash(identity)
     return "-".join([init_label, spec_label(cfg.dataset), f"{noise_label(cfg)}n{cfg.noise_seed}",
