@@ -22,7 +22,8 @@ from ssl_noise.config import PretrainConfig, load_recipe, resolve, to_dict
 from ssl_noise.data import get_entry, load_dataset
 from ssl_noise.data.medmnist import fetch, md5_status
 from ssl_noise.errors import UserError
-from ssl_noise.pretrain import pretrain
+from ssl_noise.engine import STATE_JSON
+from ssl_noise.pretrain import pretrain, work_dir
 
 PRETRAIN_RECIPE = "pretrain/bloodmnist/demo_simclr.yaml"
 SWEEP_SPEC = "finetune/sweeps/demo.yaml"
@@ -67,17 +68,25 @@ def _check_data(data_root: Optional[str], log: sweep.Log) -> None:
 
 
 def summary_table(table: Path, metric: str = "test_acc") -> str:
-    """Mean ``metric`` per init and rate and the paired gain over random: the lines the demo prints."""
+    """The table the demo prints, in the README's form: mean ``metric`` per init and rate, and each SSL init's
+    gain over random in points, with every pair's own gain (same noisy labels, only the encoder differs).
+
+    A Markdown table, so it can be pasted next to the README's and compared."""
     frame = tables.load_results(table)
     rows, _ = tables.tidy(frame, metric)
     means = rows.groupby(["noise_rate", "init_label"])[metric].mean().unstack("init_label")
-    gains = report.paired_gains(frame, metric)
+    pairs = rows.pivot_table(index=["noise_rate", "noise_seed", "seed"], columns="init_label", values=metric)
     inits = sorted(means.columns, key=lambda s: (s != "random", s))
-    lines = [f"{'rate':>6}  " + "  ".join(f"{i:>10}" for i in inits) + "  gain over random (paired)"]
+    others = [i for i in inits if i != "random"]
+    head = ["symmetric noise", *(f"{i} init" for i in inits), *(f"{i} gain (each pair)" for i in others)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for rate, row in means.iterrows():
-        gain = gains[gains["noise_rate"] == rate] if not gains.empty else gains
-        text = "; ".join(f"{g.init_label} {g.mean_diff:+.3f} (wins {g.wins}/{g.n})" for g in gain.itertuples())
-        lines.append(f"{rate:>6g}  " + "  ".join(f"{row[i]:>10.3f}" for i in inits) + f"  {text}")
+        cells = [f"{rate:g}", *(f"{row[i]:.3f}" for i in inits)]
+        for other in others:
+            diffs = 100 * (pairs.loc[rate, other] - pairs.loc[rate, "random"]).dropna() if "random" in pairs else []
+            cells.append(f"{diffs.mean():+.1f} points ({', '.join(f'{d:+.1f}' for d in diffs)})" if len(diffs)
+                         else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -138,11 +147,15 @@ def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, devic
     pre = load_recipe(sweep.find_file(PRETRAIN_RECIPE))
     cfg = resolve(PretrainConfig, {**pre, **(QUICK_PRETRAIN if quick else _stage(own, pre["batch_size"]))})
     encoder = _existing_entry(checkpoints, cfg)
+    state = work_dir(runs, cfg) / STATE_JSON   # a killed demo's pretraining: continued, not restarted
     if encoder:
         log(f"demo: reusing the SimCLR encoder {encoder} (same config)")
     else:
-        log(f"demo: SimCLR pretraining, {cfg.epochs} epoch(s) on {cfg.subset or 'all'} {cfg.dataset} images")
-        encoder = pretrain(cfg, data_root=data_root, checkpoints=checkpoints, runs=runs, device=device,
+        resume = state.is_file()
+        done = json.loads(state.read_text()).get("epoch") if resume else None
+        log(f"demo: SimCLR pretraining, {cfg.epochs} epoch(s) on {cfg.subset or 'all'} {cfg.dataset} images"
+            + (f", resumed after epoch {done} of an interrupted demo" if resume else ""))
+        encoder = pretrain(cfg, data_root=data_root, checkpoints=checkpoints, runs=runs, device=device, resume=resume,
                            command=["ssl-noise", "demo"] + (["--quick"] if quick else []), show_progress=show_progress)
     knn = (json.loads((checkpoints / encoder / "meta.json").read_text())["metrics"] or {}).get("knn_acc")
     log(f"demo: encoder {encoder}" + (f" (k-NN accuracy on validation {knn:.3f})" if knn is not None else ""))

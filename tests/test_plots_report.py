@@ -285,11 +285,28 @@ def test_demo_quick_runs_the_whole_path_and_reruns_reuse_everything(tmp_path, ca
     assert code == 0, err
     for name in ("robustness.png", "report.md", "runs/sweeps/demo.csv"):
         assert (out_dir / name).exists() and str(out_dir / name) in out, name
-    assert "gain over random" in out and "simclr" in out
+    assert "| symmetric noise | random init | simclr" in out and "gain (each pair) |" in out  # the README's form
+    assert " points (" in out and "simclr" in out
     frame = pd.read_csv(out_dir / "runs" / "sweeps" / "demo.csv")
     assert len(frame) == 4 and set(frame["init"].str.split("-").str[0]) == {"random", "simclr"}
     code, out, err = _cli(capsys, "demo", "--quick", "--quiet", "--out", str(out_dir))
     assert code == 0 and "reusing the SimCLR encoder" in err and "trained in" not in err
+
+
+def test_a_killed_demo_resumes_its_pretraining(tmp_path, capsys, monkeypatch) -> None:
+    """An interrupted demo continues SimCLR from its last finished epoch instead of starting over."""
+    from ssl_noise import demo
+    from ssl_noise.config import PretrainConfig, load_recipe, resolve
+    from ssl_noise.pretrain import pretrain
+
+    monkeypatch.setattr(demo, "QUICK_PRETRAIN", {**demo.QUICK_PRETRAIN, "epochs": 2})
+    out_dir = tmp_path / "demo"
+    cfg = resolve(PretrainConfig, {**load_recipe(demo.sweep.find_file(demo.PRETRAIN_RECIPE)), **demo.QUICK_PRETRAIN})
+    pretrain(cfg, data_root=None, checkpoints=out_dir / "checkpoints", runs=out_dir / "runs", stop_after=1,
+             show_progress=False)   # what a demo killed after its first epoch leaves
+    code, out, err = _cli(capsys, "demo", "--quick", "--quiet", "--out", str(out_dir))
+    assert code == 0, err
+    assert "resumed after epoch 1 of an interrupted demo" in err
 
 
 def test_detection_is_read_from_the_run_folders_next_to_the_table(tmp_path) -> None:

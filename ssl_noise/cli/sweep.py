@@ -254,7 +254,7 @@ def report_cmd(settings, results, out, metric, pool):
 @quiet_option("No progress bars.")
 @pass_settings
 def demo(settings, out, quick, dataset, jobs, quiet):
-    """SimCLR vs random init under label noise on real BloodMNIST, in about ten minutes on 2 CPU cores.
+    """SimCLR vs random init under label noise on real BloodMNIST, in about 3 minutes on 2 CPU cores.
 
     Checks (or downloads) BloodMNIST, pretrains SimCLR briefly, runs a paired sweep (random vs SimCLR, linear
     probe, symmetric noise at a few rates, two noise seeds), then writes the robustness plot and the report
