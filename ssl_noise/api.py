@@ -89,7 +89,11 @@ def _train_images_and_labels(data, labels) -> tuple:
         raise UserError("give the labels with the images (or an ImageDataset)")
     from ssl_noise.data.arrays import images_array
 
-    return images_array(data), np.asarray(labels, dtype=np.int64).reshape(-1), None
+    images, labels = images_array(data), np.asarray(labels).reshape(-1)
+    if len(images) != len(labels) or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+        raise UserError(f"give one integer label 0..K-1 per image: {len(images)} images, {len(labels)} labels "
+                        f"of type {labels.dtype}")
+    return images, labels.astype(np.int64), None
 
 
 def _features(images: np.ndarray, labels: np.ndarray, encoder: Optional[str], data: Optional[ImageDataset], *,

@@ -114,6 +114,8 @@ def test_estimate_noise_rate_from_arrays_a_dataset_or_an_encoder(make_entry, tmp
     assert 0 <= with_encoder.rate < 1 and with_encoder.estimator == "knn_agreement"
     with pytest.raises(sn.UserError, match="give the labels"):
         sn.estimate_noise_rate(images)
+    with pytest.raises(sn.UserError, match="300 images, 299 labels"):
+        sn.find_label_issues(images, noisy.noisy[:-1])
 
 
 def test_find_label_issues_in_three_lines_and_from_a_run(tmp_path) -> None:
