@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 _quiet = False
+#: Without a bar (stderr not a terminal), the most often a long step prints a plain progress line.
+LINE_EVERY_S = 10.0
 
 
 def set_quiet(quiet: bool) -> None:

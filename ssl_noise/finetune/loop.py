@@ -285,7 +285,9 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
     start = restore(state_dir, prep.run_id, method, ctx, state, log_path, on_epoch) if resume and state_dir else 0
     bar = progress.bar(total=total, initial=start * ctx.steps_per_epoch, desc=f"finetune {prep.run_id}",
                        enabled=show_progress)
-    lines, began = show_progress and progress.plain_lines(), time.perf_counter()  # no bar in a log: a line an epoch
+    # No bar in a log file: a plain line for the first and the last epoch, and between them at most one every
+    # progress.LINE_EVERY_S seconds (a 5-epoch probe of a sweep cell gives two lines, a long run one an epoch).
+    lines, began, said = show_progress and progress.plain_lines(), time.perf_counter(), -float("inf")
     for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch)
         stats = train_one_epoch(method, ctx, method.epoch_batches(epoch), state, clean, epoch, lr_of_step, bar,
@@ -309,10 +311,12 @@ def fit(prep: Prepared, *, device: str = "cpu", log_path: Optional[Path] = None,
             engine.save_training_state(state_dir, capture(prep.run_id, method, ctx, state), epoch=epoch + 1,
                                        kind=STATE_KIND)
         bar.set_postfix(val_acc=f"{state.val[-1]['acc']:.3f}", test_acc=f"{test['acc']:.3f}" if test else "-")
-        if lines:
-            eta = (time.perf_counter() - began) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
+        now = time.perf_counter()
+        if lines and (epoch in (start, cfg.epochs - 1) or now - said >= progress.LINE_EVERY_S):
+            eta = (now - began) / (epoch + 1 - start) * (cfg.epochs - epoch - 1)
             print(f"finetune {prep.run_id}: " + progress.epoch_line({**record, "epochs": cfg.epochs, "eta_s": eta}),
                   file=sys.stderr, flush=True)
+            said = now
     bar.close()
     result = _finish(method, state, inputs, x_train, prep)
     result.noise_rate, result.noise_rate_source = told
