@@ -153,7 +153,7 @@ def test_demo_runs_on_your_own_folder(own_images, tmp_path, capsys) -> None:
     out_dir = tmp_path / "demo"
     code, out, err = _cli(capsys, "demo", "--dataset", f"folder:{small}", "--out", str(out_dir), "--quiet")
     assert code == 0, err
-    assert "16 px" in err and "gain over random" in out
+    assert "16 px" in err and "gain (each pair) |" in out
     frame = pd.read_csv(out_dir / "runs" / "sweeps" / "demo.csv")
     assert set(frame["dataset"]) == {"small"} and set(frame["image_size"]) == {16}
     assert set(frame["init"].str.split("-").str[0]) == {"random", "simclr"} and (out_dir / "report.md").is_file()

@@ -20,7 +20,6 @@ import yaml
 
 from ssl_noise import noise
 from ssl_noise.config import BUILTIN_INITS, FinetuneConfig, load_recipe, resolve, to_dict
-from ssl_noise.finetune.prepare import hashed_config
 from ssl_noise.data import dataset_name, spec_label
 from ssl_noise.errors import UserError
 from ssl_noise.io import file_digest, short_hash, write_json
@@ -79,6 +78,8 @@ def cell_id(cfg: FinetuneConfig, *, init_label: str, encoder_sha256: str | None)
     and the content of the class-map / noise-matrix files, so two cells share an id only if they would train the
     same thing.
     """
+    from ssl_noise.finetune.prepare import hashed_config  # here: a sweep worker imports this module first, light
+
     identity = {"schema": SCHEMA_VERSION, "config": hashed_config(cfg), "encoder_sha256": encoder_sha256,
                 "files": {k: _sha256_file(getattr(cfg, k)) for k in ("class_map", "noise_matrix")}}
     digest = short_hash(identity)
