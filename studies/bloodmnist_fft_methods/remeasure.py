@@ -40,7 +40,8 @@ def diff(a: pd.Series, b: pd.Series) -> str:
         return "-"
     d = 100 * (both["a"] - both["b"]).to_numpy()
     p, _ = paired_test(d) if len(d) > 1 else (None, "")
-    return f"{d.mean():+.1f}, {int((d > 0).sum())}/{len(d)}" + (f", p = {p:.2f}" if p is not None else "")
+    shown = "" if p is None else ", p < 0.01" if p < 0.01 else f", p = {p:.2f}"
+    return f"{d.mean():+.1f}, {int((d > 0).sum())}/{len(d)}{shown}"
 
 
 def main(paths: list) -> None:
@@ -52,7 +53,7 @@ def main(paths: list) -> None:
     print("| method | told | n | rate told | test acc (selected) | − CE | last-5 mean | − CE |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| ce | – | {len(ce)} | – | {fmt(ce['test_acc'])} | | {fmt(ce['test_acc_last5'])} | |")
-    gaps = []
+    gaps, recipes = [], []
     for method in METHODS:
         rows = frame[frame["method"] == method]
         by_kind = {k: part.set_index("noise_seed") for k, part in rows.groupby("kind")}
@@ -61,12 +62,20 @@ def main(paths: list) -> None:
             print(f"| {method} | {k} | {len(part)} | {fmt(part['noise_rate_estimate'])} | {fmt(part['test_acc'])} | "
                   f"{diff(part['test_acc'], ce['test_acc'])} | {fmt(part['test_acc_last5'])} | "
                   f"{diff(part['test_acc_last5'], ce['test_acc_last5'])} |")
+        if "new auto, paper" in by_kind and "new auto, shared" in by_kind:
+            paper, shared = by_kind["new auto, paper"], by_kind["new auto, shared"]
+            recipes.append(f"- {method}: paper − shared recipe, same estimate: selected epoch "
+                           f"{diff(paper['test_acc'], shared['test_acc'])}; last-5 mean "
+                           f"{diff(paper['test_acc_last5'], shared['test_acc_last5'])}")
         old, new, oracle = (by_kind.get(f"{k}, shared") for k in ("old auto", "new auto", "oracle"))
         if old is not None and new is not None and oracle is not None:
             seeds = old.index.intersection(new.index).intersection(oracle.index)
             for s in seeds:
                 span = oracle.loc[s, "test_acc"] - old.loc[s, "test_acc"]
                 gaps.append((method, s, (new.loc[s, "test_acc"] - old.loc[s, "test_acc"]) / span if span else np.nan))
+    if recipes:
+        print("\nThe recipe alone (points, pairs above, paired t-test p):")
+        print("\n".join(recipes))
     if gaps:
         print("\nShare of the oracle gap closed by the new estimate ((new − old) / (oracle − old), test acc at the "
               "selected epoch, per noise seed):")
