@@ -16,12 +16,14 @@ import pandas as pd
 
 from ssl_noise.report import paired_test
 
-METHODS = ["coteaching", "coteaching_plus", "knn_filter", "jocor"]
+METHODS = ["coteaching", "coteaching_plus", "knn_filter", "jocor", "gce", "sce"]
 
 
 def kind(row: pd.Series) -> str:
     """old auto | new auto | oracle, and the recipe (shared | paper)."""
     recipe = row.get("method_protocol") if isinstance(row.get("method_protocol"), str) else "shared"
+    if not isinstance(row["noise_rate_source"], str):
+        return f"no rate, {recipe}"   # GCE, SCE: told no rate
     if row["noise_rate_source"] == "oracle":
         return f"oracle, {recipe}"
     new = isinstance(row.get("noise_estimator"), str)  # written since issue #51
@@ -62,8 +64,10 @@ def main(paths: list) -> None:
             print(f"| {method} | {k} | {len(part)} | {fmt(part['noise_rate_estimate'])} | {fmt(part['test_acc'])} | "
                   f"{diff(part['test_acc'], ce['test_acc'])} | {fmt(part['test_acc_last5'])} | "
                   f"{diff(part['test_acc_last5'], ce['test_acc_last5'])} |")
-        if "new auto, paper" in by_kind and "new auto, shared" in by_kind:
-            paper, shared = by_kind["new auto, paper"], by_kind["new auto, shared"]
+        pair = next(((f"{k}, paper", f"{k}, shared") for k in ("new auto", "no rate")
+                     if f"{k}, paper" in by_kind and f"{k}, shared" in by_kind), None)
+        if pair:
+            paper, shared = by_kind[pair[0]], by_kind[pair[1]]
             recipes.append(f"- {method}: paper − shared recipe, same estimate: selected epoch "
                            f"{diff(paper['test_acc'], shared['test_acc'])}; last-5 mean "
                            f"{diff(paper['test_acc_last5'], shared['test_acc_last5'])}")
