@@ -68,7 +68,7 @@ def main(paths: list) -> None:
                      if f"{k}, paper" in by_kind and f"{k}, shared" in by_kind), None)
         if pair:
             paper, shared = by_kind[pair[0]], by_kind[pair[1]]
-            recipes.append(f"- {method}: paper − shared recipe, same estimate: selected epoch "
+            recipes.append(f"- {method}: paper − shared recipe, same labels and rate: selected epoch "
                            f"{diff(paper['test_acc'], shared['test_acc'])}; last-5 mean "
                            f"{diff(paper['test_acc_last5'], shared['test_acc_last5'])}")
         old, new, oracle = (by_kind.get(f"{k}, shared") for k in ("old auto", "new auto", "oracle"))
