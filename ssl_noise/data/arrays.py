@@ -16,10 +16,10 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ssl_noise.data.dataset import SPLITS, ImageDataset, Split, stratified_split
+from ssl_noise.data.files import SPLIT_FRACTIONS, VAL_FRACTION  # as a manifest without a split column
 from ssl_noise.errors import UserError
 from ssl_noise.io import atomic_path
 
-SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # as a manifest without a split column
 Splits = Union[None, Sequence[str], Mapping[str, Sequence[int]]]
 
 
@@ -56,7 +56,7 @@ def _split_rows(labels: np.ndarray, splits: Splits, seed: int) -> Dict[str, np.n
             raise UserError(f"splits must name train, val or test for each of the {len(labels)} images")
         rows = {s: np.flatnonzero(names == s) for s in SPLITS if np.any(names == s)}
     if "val" not in rows:  # carved from train, as a manifest without a val split
-        keep, val = stratified_split(labels[rows["train"]], (0.9, 0.1), seed)
+        keep, val = stratified_split(labels[rows["train"]], (1 - VAL_FRACTION, VAL_FRACTION), seed)
         rows["val"], rows["train"] = rows["train"][val], rows["train"][keep]
     every = np.concatenate([rows[s] for s in SPLITS])
     if every.min(initial=0) < 0 or every.max(initial=0) >= len(labels) or len(np.unique(every)) != len(every):
