@@ -326,3 +326,38 @@ def budget_figure(curves, out: str | Path, *, metric: str = DEFAULT_METRIC, refe
     fig.text(0.5, 0.0, "0 labels: the LNL run's network 1; lines with n > 1: mean over sessions, bands: ± std",
              ha="center", va="top", fontsize=7)
     return _save(fig, out)
+
+
+def transition_figure(T: np.ndarray, class_names: Sequence[str], out: str | Path, *, title: str = "") -> Path:
+    """The estimated transition matrix as a heat map: row = clean class, column = given label, each cell's value."""
+    out = _check_out(out)
+    K = len(T)
+    fig, axes = _grid(1, 1, sharey=False, extra_width=max(0.0, 0.45 * K - 2.5))
+    ax = axes[0, 0]
+    ax.imshow(T, cmap="Blues", vmin=0, vmax=1)
+    for i in range(K):
+        for j in range(K):
+            ax.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if T[i, j] > 0.5 else "black")
+    ax.set_xticks(range(K), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(K), class_names, fontsize=8)
+    ax.set_xlabel("given label")
+    ax.set_ylabel("clean class (estimated)")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, out)
+
+
+def intervals_figure(names: Sequence[str], value: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: str | Path, *,
+                     xlabel: str, highlight: Optional[int] = None) -> Path:
+    """One row per candidate: its value and interval (horizontal), the ``highlight`` row in colour."""
+    out = _check_out(out)
+    fig, axes = _grid(1, 1, sharey=False, extra_width=1.5)
+    ax = axes[0, 0]
+    y = np.arange(len(names))[::-1]
+    for row, (v, a, b) in enumerate(zip(value, lo, hi)):
+        colour = "tab:blue" if row == highlight else "black"
+        ax.errorbar([v], [y[row]], xerr=[[v - a], [b - v]], fmt="o", color=colour, capsize=3)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out)

@@ -7,6 +7,7 @@ stays fast.
 """
 
 from ssl_noise.cli import (  # noqa: F401  (register)
+    advise,
     data,
     detect,
     finetune,

@@ -120,10 +120,23 @@ def _shown_path(path: str, source: Optional[Path]) -> str:
 
 
 def review_page(session: Session, frame: pd.DataFrame, images: List[np.ndarray]) -> str:
-    """The self-contained review page: instructions, one card per row of ``frame``, the samples as JSON for the
-    script (which keeps the answers in the page and saves them as ``answers.csv``)."""
-    run, names = session.run, session.run.class_names
-    title = html.escape(f"{run.folder.name} · {session.name} · round {session.round + 1}")
+    """The refinement round's review page: :func:`page` with the command that imports its answers."""
+    run = session.run
+    title = f"{run.folder.name} · {session.name} · round {session.round + 1}"
+    how = (f"{html.escape(title)}, acquisition {html.escape(session.config.acquisition)}. Unanswered and unsure "
+           f"images stay in the pool. Then save <code>answers.csv</code> (into this page's folder) and run "
+           f"<code>ssl-noise refine import {html.escape(_quote(str(run.folder.resolve())))} answers.csv --name "
+           f"{html.escape(_quote(session.name))}</code> from there.")
+    return page(title, how, run.class_names, frame, images,
+                storage=f"ssl-noise/{run.folder.name}/{session.name}/r{session.round + 1}")
+
+
+def page(title: str, how: str, names: List[str], frame: pd.DataFrame, images: List[np.ndarray], *,
+         storage: str) -> str:
+    """A self-contained review page: instructions (``how``, HTML), one card per row of ``frame`` (``index``,
+    ``current_name``, ``predicted_name``, ``p_predicted``, optionally ``path``; ``predicted_name`` may be blank),
+    the samples as JSON for the script, which keeps the answers in the browser under ``storage`` and saves them
+    as ``answers.csv`` (``index,label``)."""
     keys = "".join(f'<button type="button" data-label="{html.escape(n)}" title="key {k + 1}">'
                    f'{f"<kbd>{k + 1}</kbd> " if k < 9 else ""}{html.escape(n)}</button>' for k, n in enumerate(names))
     keys += (f'<button type="button" data-label="{UNSURE}" class="unsure" title="key 0 or u"><kbd>0</kbd> '
@@ -131,24 +144,22 @@ def review_page(session: Session, frame: pd.DataFrame, images: List[np.ndarray])
     cards, samples = [], []
     for i, (image, row) in enumerate(zip(images, frame.to_dict("records"))):
         where = row.get("path") or f"index {row['index']}"
+        predicted = (f'<span>predicted: <b>{html.escape(row["predicted_name"])}</b> (p={row["p_predicted"]:.2f})'
+                     f'</span>' if row.get("predicted_name") else "")
+        current = (f'<span>current: <b>{html.escape(row["current_name"])}</b></span>' if row.get("current_name")
+                   else "")
         cards.append(f'<figure class="card" id="s{i}" data-i="{i}"><img src="data:image/png;base64,{_png(image)}" '
                      f'alt="{html.escape(where)}"><figcaption><b class="where">{html.escape(where)}</b>'
-                     f'<span>index {row["index"]}</span><span>current: <b>{html.escape(row["current_name"])}</b></span>'
-                     f'<span>predicted: <b>{html.escape(row["predicted_name"])}</b> (p={row["p_predicted"]:.2f})'
-                     f'</span></figcaption><div class="keys">{keys}</div><div class="answer"></div></figure>')
+                     f'<span>index {row["index"]}</span>{current}{predicted}</figcaption>'
+                     f'<div class="keys">{keys}</div><div class="answer"></div></figure>')
         samples.append({"index": int(row["index"]), "where": where})
-    data = {"classes": names, "unsure": UNSURE, "samples": samples,
-            "storage": f"ssl-noise/{run.folder.name}/{session.name}/r{session.round + 1}"}
+    data = {"classes": list(names), "unsure": UNSURE, "samples": samples, "storage": storage}
     payload = json.dumps(data).replace("</", "<\\/")
-    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>review: {title}</title>"
-            f"<style>{_asset('review.css')}</style></head><body>\n<header><h1>{len(frame)} images to review</h1>"
-            f"<p>{title}, acquisition {html.escape(session.config.acquisition)}. Click a class under each image, or "
-            f"press its key (1-9; 0 or u: unsure) for the highlighted one (arrows move). Unanswered and unsure "
-            f"images stay in the pool. Then save <code>answers.csv</code> (into this page's folder) and run "
-            f"<code>ssl-noise refine import {html.escape(_quote(str(run.folder.resolve())))} answers.csv --name "
-            f"{html.escape(_quote(session.name))}</code> from there."
-            f"</p><p><span id=\"progress\"></span> <button type=\"button\" id=\"save\">save answers.csv</button>"
-            f"</p></header>\n<main class=\"grid\">\n" + "\n".join(cards) + "\n</main>\n"
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>review: {html.escape(title)}"
+            f"</title><style>{_asset('review.css')}</style></head><body>\n<header><h1>{len(frame)} images to review"
+            f"</h1><p>Click a class under each image, or press its key (1-9; 0 or u: unsure) for the highlighted one "
+            f"(arrows move). {how}</p><p><span id=\"progress\"></span> <button type=\"button\" id=\"save\">save "
+            f"answers.csv</button></p></header>\n<main class=\"grid\">\n" + "\n".join(cards) + "\n</main>\n"
             f"<script type=\"application/json\" id=\"review-data\">{payload}</script>\n"
             f"<script>{_asset('review.js')}</script>\n</body></html>\n")
 
