@@ -27,7 +27,7 @@ from ssl_noise.noise import NoisyLabels
 DataLike = Union[str, os.PathLike, ImageDataset]
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["Encoder", "Estimate", "ImageDataset", "NoisyLabels", "Run", "UserError", "corrupt_labels",
+__all__ = ["Encoder", "Estimate", "ImageDataset", "NoisyLabels", "Run", "UserError", "advise", "corrupt_labels",
            "estimate_noise_rate", "find_label_issues", "finetune", "load_dataset", "load_encoder", "pretrain",
            "report", "sweep"]
 
@@ -336,3 +336,26 @@ def report(table, out: PathLike = "report.md", *, metric: str = "test_acc") -> s
 
     written = write_report(table, out, metric=metric)
     return Path(written[0]).read_text()
+
+
+def advise(dataset: DataLike, out: PathLike = "advice", *, time_budget: Union[str, float] = "2h",
+           test_answers: Optional[PathLike] = None, checkpoints: PathLike = "checkpoints",
+           data_root: Optional[PathLike] = None, device: str = "auto", show_progress: bool = False, **options: Any):
+    """``ssl-noise advise``: how noisy the labels are, which files to check, and which init and method to train
+    with, from a pilot sized to ``time_budget`` ("45m", "2h", or seconds); ``options`` are the command's other flags
+    (``methods=["gce"]``, ``seeds=3``, ``epochs=10``, ``pretrain_epochs=5``, ``subset=2000``, ``encoder=ENTRY``,
+    ``jobs=2``). Returns the :class:`~ssl_noise.advise.Advice` (``.page`` is advice.md); a rerun continues."""
+    from ssl_noise.advise import run_advise
+    from ssl_noise.advise.plan import parse_duration
+
+    budget = float(time_budget) if isinstance(time_budget, (int, float)) else parse_duration(time_budget)
+    return run_advise(_spec(dataset), out, time_budget_s=budget, test_answers=test_answers,
+                      checkpoints=checkpoints, data_root=None if data_root is None else str(data_root),
+                      device=_device(device), show_progress=show_progress,
+                      log=(lambda message: None) if not show_progress else _stderr, **options)
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

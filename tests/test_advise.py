@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,6 @@ from ssl_noise.advise import plan as planning
 from ssl_noise.advise.run import confused_pairs, recommend
 from ssl_noise.advise.score import TestLabels, corrected_accuracy, sample_size, score, stratified_sample
 from ssl_noise.cli import main
-from ssl_noise.cli.advise import parse_duration
 from ssl_noise.data import load_dataset
 from ssl_noise.errors import UserError
 
@@ -108,9 +108,9 @@ def test_confused_pairs_name_the_largest_expected_flows():
 
 
 def test_parse_duration():
-    assert parse_duration("1.5h") == 5400
+    assert planning.parse_duration("1.5h") == 5400
     with pytest.raises(UserError):
-        parse_duration("90")
+        planning.parse_duration("90")
 
 
 # ============ end to end on a folder ============
@@ -129,18 +129,22 @@ def write_folder(root, rate=RATE, seed=0):
             path = root / split / data.class_names[g] / f"{i:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(path)
-            rows.append({"path": str(path), "split": split, "given": int(g), "clean": int(c)})
+            rows.append({"path": str(path.relative_to(root)), "split": split, "given": int(g), "clean": int(c)})
     for i, shift in ((0, 0), (1, 1)):                      # leaks: a training image also in the test split
         src = next(r for r in rows if r["split"] == "train" and r["path"].endswith(f"{i:04d}.png"))
         g = (src["given"] + shift) % 4
         dst = root / "test" / data.class_names[g] / f"leak{i}.png"
-        dst.write_bytes(open(src["path"], "rb").read())
-        rows.append({"path": str(dst), "split": "test", "given": g, "clean": src["clean"]})
+        dst.write_bytes((root / src["path"]).read_bytes())
+        rows.append({"path": str(dst.relative_to(root)), "split": "test", "given": g, "clean": src["clean"]})
     with open(root.parent / "truth.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "split", "given", "clean"])
         writer.writeheader()
         writer.writerows(rows)
     return pd.read_csv(root.parent / "truth.csv").set_index("path")
+
+
+def relative_test_paths(data, root):
+    return [str(Path(p).relative_to(root)) for p in data.test.paths]
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +205,7 @@ def test_advise_recommendation_is_not_worse_than_ce_on_the_clean_labels(advised)
 
     advice, truth, root, out = advised
     data = load_dataset(f"folder:{root}")
-    clean = truth.loc[data.test.paths, "clean"].to_numpy()
+    clean = truth.loc[relative_test_paths(data, root), "clean"].to_numpy()
     results = pd.read_csv(out / "runs" / "results.csv")
     acc = {}
     for row in results.itertuples():
@@ -219,7 +223,7 @@ def test_advise_rerun_trains_nothing_and_scores_expert_answers(advised, capsys):
     advice, truth, root, out = advised
     data = load_dataset(f"folder:{root}")
     page = pd.read_csv(out / "test_review" / "to_review.csv")
-    clean_names = [data.class_names[c] for c in truth.loc[data.test.paths, "clean"]]
+    clean_names = [data.class_names[c] for c in truth.loc[relative_test_paths(data, root), "clean"]]
     answers = out / "test_review" / "answers.csv"
     pd.DataFrame({"index": page["index"], "label": [clean_names[i] for i in page["index"]]}).to_csv(answers,
                                                                                                   index=False)

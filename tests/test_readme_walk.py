@@ -23,10 +23,10 @@ EXPERT = ("# ... answer some images",
           ".to_csv('review/answers.csv', index=False)\"")
 
 
-def walk_block() -> str:
-    """The commands of the README block after the ``own-data-walk`` marker."""
+def walk_block(marker: str = "own-data-walk") -> str:
+    """The commands of the README block after the ``marker`` comment."""
     text = README.read_text()
-    start = text.index("<!-- own-data-walk")
+    start = text.index(f"<!-- {marker}")
     match = re.search(r"```bash\n(.*?)```", text[start:], re.S)
     assert match, "the own-data walk block is missing from the README"
     return match.group(1)
@@ -60,3 +60,29 @@ def test_the_own_data_walk_runs_as_typed(tmp_path) -> None:
     assert "16x16 px" in done.stdout and "no ground truth: scores only" in done.stdout
     assert "answers merged" in done.stdout + done.stderr
     assert (tmp_path / "review" / "review.html").is_file() and (tmp_path / "my_demo" / "report.md").is_file()
+
+
+TEST_EXPERT = ("# ... label the test sample",
+               f"{sys.executable} -c \"import pandas as pd; t = pd.read_csv('advice/test_review/to_review.csv'); "
+               "pd.DataFrame({'index': t['index'], 'label': t['path'].str.split('/').str[0]})"
+               ".to_csv('advice/test_review/answers.csv', index=False)\"")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ssl-noise") is None, reason="needs the installed ssl-noise command")
+def test_the_advise_walk_runs_as_typed(tmp_path) -> None:
+    """The expert labels each test image by its folder (these PNGs' labels are right): the rescored page then
+    says the pilot was scored on the expert's answers."""
+    data = _folder(tmp_path / "my_cells")
+    script = walk_block("advise-walk").replace("DATA=folder:/data/my_cells", f"DATA=folder:{data}")
+    lines = [TEST_EXPERT[1] if line.startswith(TEST_EXPERT[0]) else line for line in script.splitlines()]
+    assert any(line == TEST_EXPERT[1] for line in lines), "the expert step of the advise walk moved"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSL_NOISE_")}
+    env.update(SSL_NOISE_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("advise finished in") == 2
+    assert "test labels answers" in done.stdout
+    page = (tmp_path / "advice" / "advice.md").read_text()
+    assert "## Recommendation" in page and "relabelled by an expert" in page

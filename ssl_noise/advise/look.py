@@ -17,6 +17,7 @@ import numpy as np
 from ssl_noise.data import ImageDataset
 from ssl_noise.estimate import pixel_features
 from ssl_noise.knn import search
+from ssl_noise.refine.review import shown_path
 
 NEAR_MAD = 4.0        # mean absolute difference (of 255) under which two images count as near duplicates
 NEIGHBOURS = 5        # candidates per image
@@ -57,7 +58,8 @@ def look(data: ImageDataset, *, seed: int = 0) -> Look:
     where = [(s, i) for s, split in splits.items() for i in range(len(split))]
     images = np.concatenate([split.images for split in splits.values()])
     labels = np.concatenate([given_labels(split) for split in splits.values()])
-    paths = [p for split in splits.values() for p in (split.paths if split.paths is not None else [None] * len(split))]
+    paths = [None if p is None else shown_path(p, data.source) for split in splits.values()
+             for p in (split.paths if split.paths is not None else [None] * len(split))]
     counts = {s: np.bincount(given_labels(split), minlength=data.num_classes).tolist() for s, split in splits.items()}
     train = np.array(counts["train"])
     found = Look({s: len(split) for s, split in splits.items()}, list(data.class_names), counts, data.image_size,

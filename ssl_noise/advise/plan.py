@@ -1,12 +1,13 @@
 """Advise's pilot plan: which methods the estimated noise calls for (and why), and a grid that fits the time budget.
 
-The methods are picked by rules written from the project's measurements (docs/methods.md#advise), the size of the
-grid from a timed probe: a few ResNet-18 training steps at the data's size on this machine, scaled by each
-method's measured cost relative to CE.
+The methods are picked by rules written from the project's measurements, the size of the grid from a timed probe:
+a few ResNet-18 training steps at the data's size on this machine, scaled by each method's measured cost relative
+to CE. Rules and costs: docs/methods.md#advise-ssl_noiseadvise-ssl-noise-advise
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -14,6 +15,21 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ssl_noise.errors import UserError
+
+UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90m``, ``2h``, ``1.5h``, ``45min`` or ``600s`` (a unit is required: minutes or hours?).
+
+    >>> parse_duration("2h"), parse_duration("90m"), parse_duration("30 min")
+    (7200.0, 5400.0, 1800.0)
+    """
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)\s*", str(text).lower())
+    if not found or float(found.group(1)) <= 0:
+        raise UserError(f"--time-budget {text!r}: give a positive duration with its unit, e.g. 45m, 2h, 600s")
+    return float(found.group(1)) * UNITS[found.group(2)]
+
 
 #: A cell's training time relative to CE's (CPU sweeps of studies/bloodmnist_fft_methods: two-network methods
 #: about twice CE, DivideMix about ten times).

@@ -25,7 +25,7 @@ from ssl_noise.errors import UserError
 from ssl_noise.io import read_csv_strict
 from ssl_noise.knn import knn_scores
 from ssl_noise.pretrain import pretrain, work_dir
-from ssl_noise.refine.review import UNSURE, page
+from ssl_noise.refine.review import UNSURE, page, shown_path
 from ssl_noise.runs import RunFolder
 
 FINETUNE_RECIPE = "finetune/bloodmnist/default.yaml"
@@ -76,7 +76,7 @@ def rank_files(data: ImageDataset, features: np.ndarray, rate: float, *, seed: i
     names = np.asarray(data.class_names, dtype=object)
     frame = pd.DataFrame({"index": np.arange(len(given))})
     if data.train.paths is not None:
-        frame["path"] = data.train.paths
+        frame["path"] = [shown_path(path, data.source) for path in data.train.paths]
     frame = frame.assign(given_label=names[given], suggested_label=names[votes.argmax(1)],
                          p_suggested=np.round(votes.max(1), 4), knn_score=np.round(knn, 4),
                          cleanlab_score=np.round(clab.scores, 4), score=np.round(combined, 4))
@@ -155,7 +155,7 @@ def write_test_page(out: Path, data: ImageDataset, rows: np.ndarray) -> Path:
     """The review page of the test sample (given labels hidden: the expert labels from the image alone)."""
     frame = pd.DataFrame({"index": rows, "current_name": "", "predicted_name": "", "p_predicted": 0.0})
     if data.test.paths is not None:
-        frame.insert(1, "path", [data.test.paths[r] for r in rows])
+        frame.insert(1, "path", [shown_path(data.test.paths[r], data.source) for r in rows])
     return write_review_page(out / "test_review", "advise: test sample",
                              f"These {len(rows)} test images were drawn stratified by their given label; label "
                              f"each as you would for a paper (the given label is hidden on purpose). Save "

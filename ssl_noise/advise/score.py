@@ -33,6 +33,7 @@ class TestLabels:
     T: Optional[np.ndarray] = None
     note: str = ""
     sample: Optional[np.ndarray] = None  # corrected: the stratified test sample an expert should relabel
+    __test__ = False                     # not a pytest test class, whatever its name
 
     @property
     def is_estimate(self) -> bool:

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import click
 
 from ssl_noise.cli.app import cli
 from ssl_noise.cli.options import echo_err, out_option, pass_settings, quiet_option
-from ssl_noise.errors import UserError
 from ssl_noise.io import check_writable
-
-UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``90m``, ``2h``, ``1.5h``, ``45min`` or ``600s`` (a unit is required: minutes or hours?).
-
-    >>> parse_duration("2h"), parse_duration("90m"), parse_duration("30 min")
-    (7200.0, 5400.0, 1800.0)
-    """
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)\s*", str(text).lower())
-    if not found or float(found.group(1)) <= 0:
-        raise UserError(f"--time-budget {text!r}: give a positive duration with its unit, e.g. 45m, 2h, 600s")
-    return float(found.group(1)) * UNITS[found.group(2)]
-
 
 @cli.command("advise")
 @click.option("--dataset", required=True, metavar="SPEC",
@@ -65,6 +47,7 @@ def advise(settings, dataset, time_budget, out, test_answers, encoder, methods, 
     (random vs SimCLR init x CE and the methods the noise calls for x seeds) and writes advice.md.
     """
     from ssl_noise.advise import run_advise
+    from ssl_noise.advise.plan import parse_duration
 
     budget = parse_duration(time_budget)
     check_writable(out, "--out", folder=True)

@@ -100,14 +100,14 @@ def review_table(session: Session, pending: Dict[str, list]) -> pd.DataFrame:
                           "score": np.round(pending["score"], 6), "label": ""})
     paths = getattr(run.data.train, "paths", None)
     if paths is not None:
-        frame.insert(1, "path", [_shown_path(paths[r], run.data.source) for r in rows])
+        frame.insert(1, "path", [shown_path(paths[r], run.data.source) for r in rows])
     return frame
 
 
-def _shown_path(path: str, source: Optional[Path]) -> str:
+def shown_path(path: str, source: Optional[Path]) -> str:
     """A file's path relative to the data's folder (a folder spec, or a manifest's folder) when under it.
 
-    >>> _shown_path("/d/set/a/1.png", Path("/d/set")), _shown_path("/d/x/1.png", Path("/d/set/m.csv"))
+    >>> shown_path("/d/set/a/1.png", Path("/d/set")), shown_path("/d/x/1.png", Path("/d/set/m.csv"))
     ('a/1.png', '/d/x/1.png')
     """
     if source is None:
