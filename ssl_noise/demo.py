@@ -47,7 +47,7 @@ class DemoResult:
     wall_time_s: float
 
 
-def _existing_entry(checkpoints: Path, cfg: PretrainConfig) -> Optional[str]:
+def existing_entry(checkpoints: Path, cfg: PretrainConfig) -> Optional[str]:
     """A registry entry whose recorded config.yaml equals ``cfg`` in every field (never a subset of fields)."""
     wanted = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
     for meta in registry.list_entries(checkpoints):
@@ -117,7 +117,7 @@ def _rates(grid: dict, num_classes: int, log: sweep.Log) -> dict:
     return {"noise_rate": rates}
 
 
-def _stage(own: dict, batch_size: int) -> dict:
+def stage_fields(own: dict, batch_size: int) -> dict:
     """The own-data fields for one stage, with its batch cut to the training split of a small dataset."""
     if not own:
         return {}
@@ -145,8 +145,8 @@ def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, devic
 
     # ---- SimCLR ----
     pre = load_recipe(sweep.find_file(PRETRAIN_RECIPE))
-    cfg = resolve(PretrainConfig, {**pre, **(QUICK_PRETRAIN if quick else _stage(own, pre["batch_size"]))})
-    encoder = _existing_entry(checkpoints, cfg)
+    cfg = resolve(PretrainConfig, {**pre, **(QUICK_PRETRAIN if quick else stage_fields(own, pre["batch_size"]))})
+    encoder = existing_entry(checkpoints, cfg)
     state = work_dir(runs, cfg) / STATE_JSON   # a killed demo's pretraining: continued, not restarted
     if encoder:
         log(f"demo: reusing the SimCLR encoder {encoder} (same config)")
@@ -165,7 +165,7 @@ def run_demo(out: str | Path = "demo", *, data_root: Optional[str] = None, devic
     rates = _rates(spec.grid, own["num_classes"], log) if own else {}
     spec = dataclasses.replace(spec, grid={**spec.grid, "init": ["random", encoder],
                                            **(QUICK_GRID if quick else rates)},
-                               base={**spec.base, **(QUICK_BASE if quick else _stage(own, LINEAR_PROBE_BATCH))})
+                               base={**spec.base, **(QUICK_BASE if quick else stage_fields(own, LINEAR_PROBE_BATCH))})
     cells = sweep.expand(spec, checkpoints=checkpoints, log=log)
     log(f"demo: sweep of {len(cells)} cells into {runs}")
     result = sweep.run_sweep(cells, runs=runs, checkpoints=checkpoints, data_root=data_root, device=device, jobs=jobs,

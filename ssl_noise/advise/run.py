@@ -19,7 +19,7 @@ from ssl_noise.advise.score import (Scored, TestLabels, check_invertible, paired
                                     stratified_sample)
 from ssl_noise.config import PretrainConfig, load_recipe, resolve
 from ssl_noise.data import ImageDataset, load_dataset
-from ssl_noise.demo import PRETRAIN_RECIPE, _existing_entry, _stage, data_overrides
+from ssl_noise.demo import PRETRAIN_RECIPE, data_overrides, existing_entry, stage_fields
 from ssl_noise.engine import STATE_JSON
 from ssl_noise.errors import UserError
 from ssl_noise.io import read_csv_strict
@@ -172,9 +172,9 @@ def _entry(data: ImageDataset, spec: str, pretrain_epochs: int, *, checkpoints: 
     """A SimCLR pretraining on the data into ``checkpoints`` (reused, or resumed, when run before)."""
     own = data_overrides(spec, data_root=data_root, log=lambda m: None)
     pre = load_recipe(sweep.find_file(PRETRAIN_RECIPE))
-    cfg = resolve(PretrainConfig, {**pre, **_stage(own, pre["batch_size"]), "epochs": pretrain_epochs,
+    cfg = resolve(PretrainConfig, {**pre, **stage_fields(own, pre["batch_size"]), "epochs": pretrain_epochs,
                                    "subset": None})
-    found = _existing_entry(checkpoints, cfg)
+    found = existing_entry(checkpoints, cfg)
     if found:
         log(f"advise: reusing the SimCLR encoder {found}")
         return found

@@ -1,0 +1,22 @@
+"""A simulated expert: answers advise's test sample (test_review/to_review.csv) with the hidden clean labels of
+truth.csv, as a pathologist relabelling those images would (a perfect one: the study's upper bound).
+
+    python studies/advise_pneumonia/expert.py runs/advise_pneumonia/truth.csv runs/advise_pneumonia/advice
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def main(truth: str, advice: str) -> None:
+    clean = pd.read_csv(truth).set_index("path")["clean"]
+    page = pd.read_csv(Path(advice) / "test_review" / "to_review.csv")
+    answers = pd.DataFrame({"index": page["index"], "label": [clean[p] for p in page["path"]]})
+    answers.to_csv(Path(advice) / "test_review" / "answers.csv", index=False)
+    print(f"{len(answers)} test images answered")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
