@@ -15,8 +15,8 @@ import pandas as pd
 from ssl_noise import detect, estimate, io, registry, sweep
 from ssl_noise.advise import plan as planning
 from ssl_noise.advise.look import Look, given_labels, look
-from ssl_noise.advise.score import (Scored, TestLabels, check_invertible, paired, sample_size, score,
-                                    stratified_sample)
+from ssl_noise.advise.score import (Scored, TestLabels, check_invertible, paired, recommend, sample_size,
+                                    score, stratified_sample)
 from ssl_noise.config import PretrainConfig, load_recipe, resolve
 from ssl_noise.data import ImageDataset, load_dataset
 from ssl_noise.demo import PRETRAIN_RECIPE, data_overrides, existing_entry, stage_fields
@@ -237,21 +237,6 @@ def pilot_predictions(cells: List[sweep.Cell], runs: Path) -> Dict[str, List[np.
     names = list(dict.fromkeys(candidate(c.config.init, c.config.method) for c in cells))
     seeds = sorted(set.intersection(*(set(found.get(n, {})) for n in names))) if names else []
     return {n: [found[n][s] for s in seeds] for n in names} if seeds else {}
-
-
-def recommend(scored: Scored) -> tuple:
-    """(recommended candidate, separable): the best, when its interval of difference to every other candidate
-    excludes 0; else the cheapest of those the pilot cannot separate from it (CE before a method; between inits,
-    the higher mean), and False."""
-    tied = scored.tied_with_best()
-    if len(tied) == 1:
-        return scored.names[scored.best], True
-
-    def cost(i: int) -> tuple:
-        method = scored.names[i].split(" + ")[1]
-        return planning.COST[method], -scored.acc[i]
-
-    return scored.names[min(tied, key=cost)], False
 
 
 def init_effect(preds: Dict[str, List[np.ndarray]], test: TestLabels, seed: int) -> List[Dict[str, Any]]:

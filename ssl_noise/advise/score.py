@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ssl_noise.advise.plan import COST
 from ssl_noise.errors import UserError
 
 Z90 = 1.645       # two-sided 90 % normal quantile: the intervals advise reports
@@ -171,3 +172,17 @@ def score(preds: Dict[str, Sequence[np.ndarray]], test: TestLabels, *, seed: int
     p[best] = 1.0
     return Scored(names, point, lo, hi, best, point - point[best], d_lo, d_hi, p,
                   np.array([len(preds[k]) for k in names]), per_seed)
+
+
+def recommend(scored: Scored) -> tuple:
+    """(the candidate with the highest mean, separable): separable when every other candidate's difference interval
+    lies below 0. When it is not, the page says so and names the cheapest of those it cannot separate as well."""
+    return scored.names[scored.best], len(scored.tied_with_best()) == 1
+
+
+def cheapest(scored: Scored) -> str:
+    """The cheapest candidate the pilot cannot separate from the best (CE before a method; then the higher mean)."""
+    def cost(i: int) -> tuple:
+        return COST[scored.names[i].split(" + ")[1]], -scored.acc[i]
+
+    return scored.names[min(scored.tied_with_best(), key=cost)]

@@ -10,6 +10,7 @@ import numpy as np
 
 from ssl_noise import io, plots
 from ssl_noise.advise.look import SHOWN
+from ssl_noise.advise.score import cheapest
 from ssl_noise.data import ImageDataset
 
 SHOWN_FILES = 20
@@ -39,10 +40,13 @@ def verdict(advice) -> str:
         gap = f", {_points(-s.diff[runner], -s.diff_hi[runner], -s.diff_lo[runner])} points over the next best " \
               f"({s.names[runner]}; 90 % interval, paired)" if runner is not None else ""
         return f"Train with **{advice.recommended}**: the highest {what}{gap}, ahead of every other candidate."
-    tied = [s.names[i] for i in s.tied_with_best()]
-    return (f"The pilot cannot separate {', '.join(tied)} ({what}; each difference's 90 % interval includes 0). "
-            f"Of these, **{advice.recommended}** is the cheapest to train; more seeds or more relabelled test "
-            f"images would be needed to tell them apart.")
+    tied = [s.names[i] for i in s.tied_with_best() if i != s.best]
+    cheap = cheapest(s)
+    fallback = (f" {cheap} is the cheapest of them to train." if cheap != advice.recommended else
+                " It is also the cheapest of them to train.")
+    return (f"**{advice.recommended}** has the highest {what}, but the pilot cannot separate it from "
+            f"{', '.join(tied)} (each difference's 90 % interval includes 0): a lean, not a winner.{fallback} More "
+            f"seeds, or more test images with trusted labels, would be needed to choose between them.")
 
 
 def write_advice(advice, data: ImageDataset, *, agreement: Dict[str, Any], effects: List[Dict[str, Any]],

@@ -12,8 +12,10 @@ import pandas as pd
 
 def main(truth: str, advice: str) -> None:
     clean = pd.read_csv(truth).set_index("path")["clean"]
+    data = Path(truth).parent / "data"
     page = pd.read_csv(Path(advice) / "test_review" / "to_review.csv")
-    answers = pd.DataFrame({"index": page["index"], "label": [clean[p] for p in page["path"]]})
+    paths = [p if (data / p).is_file() else str(Path(p).resolve().relative_to(data.resolve())) for p in page["path"]]
+    answers = pd.DataFrame({"index": page["index"], "label": [clean[p] for p in paths]})
     answers.to_csv(Path(advice) / "test_review" / "answers.csv", index=False)
     print(f"{len(answers)} test images answered")
 

@@ -25,7 +25,12 @@ def main(truth_csv: str, advice_dir: str) -> None:
     record = json.loads((out / "advice.json").read_text())
     data_dir = Path(truth_csv).parent / "data"
     data = load_dataset(f"folder:{data_dir}")
-    rel = lambda paths: [str(Path(p).relative_to(data_dir.resolve())) for p in paths]  # noqa: E731
+
+    def rel(paths):
+        """Paths relative to the data folder, as truth.csv holds them (advise prints them relative to it)."""
+        return [p if (data_dir / p).is_file() else str(Path(p).resolve().relative_to(data_dir.resolve()))
+                for p in paths]
+
     train, test = truth.loc[rel(data.train.paths)], truth.loc[rel(data.test.paths)]
     names = list(data.class_names)
     clean_test = np.array([names.index(c) for c in test["clean"]])
@@ -51,7 +56,8 @@ def main(truth_csv: str, advice_dir: str) -> None:
 
     # ---- the top files ----
     sus = pd.read_csv(out / "suspicious.csv")
-    flipped = (truth.loc[sus["path"], "given"] != truth.loc[sus["path"], "clean"]).to_numpy()
+    paths = rel(sus["path"])
+    flipped = (truth.loc[paths, "given"] != truth.loc[paths, "clean"]).to_numpy()
     n_share = int(round(est["noise_rate_estimate"] * len(sus)))
     print("\n## The top files\n")
     print(f"Base rate of wrong labels {flipped.mean():.3f}; AUROC of the combined score "
