@@ -242,7 +242,7 @@ def test_advise_rerun_trains_nothing_and_scores_expert_answers(advised, capsys):
 def test_advise_refuses_other_settings_in_the_same_folder(advised, capsys):
     _, _, root, out = advised
     code, _, err = run_cli(capsys, "advise", "--dataset", f"folder:{root}", "--out", out, "--epochs", 3)
-    assert code == 2 and err.count("\n") == 1 and "other settings" in err
+    assert code == 2 and err.count("\n") == 1 and "other settings" in err   # before any work: no other line
 
 
 def test_advise_refuses_bad_input_with_one_line(capsys, tmp_path):

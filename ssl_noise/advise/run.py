@@ -284,6 +284,10 @@ def run_advise(dataset: str, out: str | Path = "advice", *, time_budget_s: float
     data = load_dataset(dataset, data_root=data_root, size=image_size)
     if data.multilabel or data.num_classes < 2:
         raise UserError(f"{data.name}: advise needs one class per image and at least two classes")
+    key = {"dataset": dataset, "image_size": data.image_size, "time_budget_s": time_budget_s, "methods": list(methods),
+           "seeds": seeds, "epochs": epochs, "pretrain_epochs": pretrain_epochs, "subset": subset, "encoder": encoder,
+           "seed": seed}
+    the_plan = _saved_plan(out, key)          # a rerun with other settings is refused before any work
 
     # ---- look ----
     seen = look(data, seed=seed)
@@ -302,10 +306,6 @@ def run_advise(dataset: str, out: str | Path = "advice", *, time_budget_s: float
     log(f"advise: test labels: {test.note}")
 
     # ---- plan (a budget too short is refused here, before anything is written) ----
-    given_flags = {"methods": list(methods), "seeds": seeds, "epochs": epochs, "pretrain_epochs": pretrain_epochs,
-                   "subset": subset, "encoder": encoder, "seed": seed}
-    key = {"dataset": dataset, "image_size": data.image_size, "time_budget_s": time_budget_s, **given_flags}
-    the_plan = _saved_plan(out, key)
     stem = "cifar" if data.image_size < 28 else "imagenet"
     if the_plan is None:
         chosen = asked or planning.choose_methods(found.rate, found.lo, found.hi, found.T, given)
