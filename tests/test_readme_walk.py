@@ -45,18 +45,25 @@ def _folder(root: Path, per_class: int = 100, size: int = 16) -> Path:
     return root
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("ssl-noise") is None, reason="needs the installed ssl-noise command")
-def test_the_own_data_walk_runs_as_typed(tmp_path) -> None:
+def run_walk(tmp_path: Path, marker: str, expert: tuple) -> subprocess.CompletedProcess:
+    """The README block after ``marker`` through bash in ``tmp_path``, on a fresh PNG folder, with the expert's
+    clicks (the line starting ``expert[0]``) replaced by ``expert[1]``; asserts it exits 0."""
     data = _folder(tmp_path / "my_cells")
-    script = walk_block().replace("DATA=folder:/data/my_cells", f"DATA=folder:{data}")
-    lines = [EXPERT[1] if line.startswith(EXPERT[0]) else line for line in script.splitlines()]
-    assert any(line == EXPERT[1] for line in lines), "the expert step of the walk moved"
+    script = walk_block(marker).replace("DATA=folder:/data/my_cells", f"DATA=folder:{data}")
+    lines = [expert[1] if line.startswith(expert[0]) else line for line in script.splitlines()]
+    assert any(line == expert[1] for line in lines), f"the expert step of the {marker} block moved"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSL_NOISE_")}
     env.update(SSL_NOISE_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ssl-noise") is None, reason="needs the installed ssl-noise command")
+def test_the_own_data_walk_runs_as_typed(tmp_path) -> None:
+    done = run_walk(tmp_path, "own-data-walk", EXPERT)
     assert "16x16 px" in done.stdout and "no ground truth: scores only" in done.stdout
     assert "answers merged" in done.stdout + done.stderr
     assert (tmp_path / "review" / "review.html").is_file() and (tmp_path / "my_demo" / "report.md").is_file()
@@ -73,15 +80,7 @@ TEST_EXPERT = ("# ... label the test sample",
 def test_the_advise_walk_runs_as_typed(tmp_path) -> None:
     """The expert labels each test image by its folder (these PNGs' labels are right): the rescored page then
     says the pilot was scored on the expert's answers."""
-    data = _folder(tmp_path / "my_cells")
-    script = walk_block("advise-walk").replace("DATA=folder:/data/my_cells", f"DATA=folder:{data}")
-    lines = [TEST_EXPERT[1] if line.startswith(TEST_EXPERT[0]) else line for line in script.splitlines()]
-    assert any(line == TEST_EXPERT[1] for line in lines), "the expert step of the advise walk moved"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSL_NOISE_")}
-    env.update(SSL_NOISE_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_walk(tmp_path, "advise-walk", TEST_EXPERT)
     assert done.stdout.count("advise finished in") == 2
     assert "test labels answers" in done.stdout
     page = (tmp_path / "advice" / "advice.md").read_text()
