@@ -221,11 +221,22 @@ def run_pilot(cells: List[sweep.Cell], the_plan: planning.Plan, *, deadline: flo
     return True
 
 
-def candidate(init: str, method: str) -> str:
-    return f"{'random' if init == 'random' else 'SimCLR'} init + {method}"
+#: How the page names an entry's SSL method (others: the method name as the registry records it).
+SSL_NAMES = {"simclr": "SimCLR", "moco": "MoCo", "byol": "BYOL", "simsiam": "SimSiam", "barlowtwins": "Barlow Twins",
+             "vicreg": "VICReg", "dino": "DINO", "rotation": "Rotation", "jigsaw": "Jigsaw"}
 
 
-def pilot_predictions(cells: List[sweep.Cell], runs: Path) -> Dict[str, List[np.ndarray]]:
+def ssl_name(checkpoints: Path, entry: str) -> str:
+    """The SSL method of a registry entry, as the page names it (``SimCLR``)."""
+    method = json.loads((checkpoints / entry / "meta.json").read_text()).get("method", "SSL")
+    return SSL_NAMES.get(method, method)
+
+
+def candidate(init: str, method: str, ssl: str = "SimCLR") -> str:
+    return f"{'random' if init == 'random' else ssl} init + {method}"
+
+
+def pilot_predictions(cells: List[sweep.Cell], runs: Path, ssl: str) -> Dict[str, List[np.ndarray]]:
     """Each candidate's test predictions (at its validation-selected epoch), one array per finished seed, in grid
     order; only seeds finished for every candidate, so every comparison is paired."""
     found: Dict[str, Dict[int, np.ndarray]] = {}
@@ -233,19 +244,19 @@ def pilot_predictions(cells: List[sweep.Cell], runs: Path) -> Dict[str, List[np.
         record = sweep.done_record(runs, c.cell_id)
         if record:
             probs = RunFolder(runs / record["run_id"]).array("test_probs")
-            found.setdefault(candidate(c.config.init, c.config.method), {})[c.config.seed] = probs.argmax(1)
-    names = list(dict.fromkeys(candidate(c.config.init, c.config.method) for c in cells))
+            found.setdefault(candidate(c.config.init, c.config.method, ssl), {})[c.config.seed] = probs.argmax(1)
+    names = list(dict.fromkeys(candidate(c.config.init, c.config.method, ssl) for c in cells))
     seeds = sorted(set.intersection(*(set(found.get(n, {})) for n in names))) if names else []
     return {n: [found[n][s] for s in seeds] for n in names} if seeds else {}
 
 
-def init_effect(preds: Dict[str, List[np.ndarray]], test: TestLabels, seed: int) -> List[Dict[str, Any]]:
-    """SimCLR init − random init for each method (paired: same method, seeds and test resamples)."""
+def init_effect(preds: Dict[str, List[np.ndarray]], test: TestLabels, seed: int, ssl: str) -> List[Dict[str, Any]]:
+    """SSL init − random init for each method (paired: same method, seeds and test resamples)."""
     rows = []
     for method in dict.fromkeys(n.split(" + ")[1] for n in preds):
-        ssl, rnd = f"SimCLR init + {method}", f"random init + {method}"
-        if ssl in preds and rnd in preds:
-            rows.append({"method": method, **paired(preds[ssl], preds[rnd], test, seed=seed)})
+        pre, rnd = candidate(ssl, method, ssl), candidate("random", method)
+        if pre in preds and rnd in preds:
+            rows.append({"method": method, **paired(preds[pre], preds[rnd], test, seed=seed)})
     return rows
 
 
@@ -347,12 +358,13 @@ def run_advise(dataset: str, out: str | Path = "advice", *, time_budget_s: float
                          device=device, jobs=jobs, show_progress=show_progress, log=log)
 
     # ---- score and recommend ----
-    preds = pilot_predictions(cells, runs)
+    ssl = ssl_name(ckpt, entry)
+    preds = pilot_predictions(cells, runs, ssl)
     scored = score(preds, test, seed=seed) if preds else None
     recommended, separable = recommend(scored) if scored else (None, False)
-    effects = init_effect(preds, test, seed) if preds else []
+    effects = init_effect(preds, test, seed, ssl) if preds else []
     advice = Advice(out, out / "advice.md", found, seen, suspicious, test, the_plan, scored, recommended, separable,
                     finished, time.time() - start, "")
-    advice.summary = write_advice(advice, data, agreement=agreement, effects=effects, entry=entry,
+    advice.summary = write_advice(advice, data, agreement=agreement, effects=effects, entry=entry, ssl=ssl,
                                   pairs=confused_pairs(found.T, given, data.class_names))
     return advice

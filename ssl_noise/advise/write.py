@@ -50,7 +50,7 @@ def verdict(advice) -> str:
 
 
 def write_advice(advice, data: ImageDataset, *, agreement: Dict[str, Any], effects: List[Dict[str, Any]],
-                 entry: str, pairs: List[Dict[str, Any]]) -> str:
+                 entry: str, ssl: str, pairs: List[Dict[str, Any]]) -> str:
     """Write advice.md, advice.json and the figures under ``advice.out``; returns the terminal summary."""
     out, found, seen, s = advice.out, advice.estimate, advice.look, advice.scored
     plots.transition_figure(found.T, data.class_names, out / "noise_matrix.png",
@@ -108,7 +108,7 @@ def write_advice(advice, data: ImageDataset, *, agreement: Dict[str, Any], effec
                       "you trust, answer [test_review/review.html](test_review/review.html) and run the same command "
                       "with `--test-answers " + str(out / "test_review" / "answers.csv") + "`."]
     p = advice.plan
-    lines += ["", "## The pilot", "", f"{p.describe()}; SimCLR encoder `{entry}`. Random init has the same "
+    lines += ["", "## The pilot", "", f"{p.describe()}; {ssl} encoder `{entry}`. Random init has the same "
               f"architecture. Every run trains on the labels as given, each method under its authors' recipe "
               f"(`--protocol paper`), methods that need a rate told the estimate; the epoch is picked on the "
               f"(noisy) validation labels.", ""]
@@ -125,7 +125,7 @@ def write_advice(advice, data: ImageDataset, *, agreement: Dict[str, Any], effec
                          f" | {'' if i == s.best else f'{s.p[i]:.3f}'} |")
         lines += ["", "![candidates](pilot.png)"]
         if effects:
-            lines += ["", "Does SSL pretraining help here? SimCLR init − random init, same method:", "",
+            lines += ["", f"Does SSL pretraining help here? {ssl} init − random init, same method:", "",
                       "| method | points [90 %] | p |", "|---|---|---|"]
             lines += [f"| {e['method']} | {_points(e['diff'], e['lo'], e['hi'])} | {e['p']:.3f} |" for e in effects]
     lines += ["", "## Recommendation", "", verdict(advice), ""]
