@@ -98,6 +98,7 @@ class Detection:
     rate: Optional[float] = None              # the share it flagged by (knn, loss), or its own estimate (cleanlab)
     rate_source: Optional[str] = None         # auto | oracle | given
     suggested: Optional[np.ndarray] = None    # the label the detector would give instead (knn vote, cleanlab probs)
+    borderline: Optional[np.ndarray] = None   # flagged at the rate interval's upper end but not at its lower (knn)
 
 
 def _register(name: str, needs: str, options: Tuple[str, ...]) -> Callable:
@@ -127,6 +128,9 @@ def _knn(source: Source, opts: DetectOptions) -> Detection:
     found = _flag_top(scores, source, opts, auto, vote_disagrees=int(np.sum(votes.argmax(1) != source.given)))
     found.info.update(interval)
     found.suggested = votes.argmax(1)
+    if interval:  # where the cut falls is uncertain: the samples whose flag depends on where in the interval
+        found.borderline = (top_fraction(scores, interval["noise_rate_estimate_hi"])
+                            & ~top_fraction(scores, interval["noise_rate_estimate_lo"]))
     return found
 
 
@@ -258,6 +262,10 @@ def run_detector(name: str, source: Source, opts: DetectOptions, *, runs: Path,
                      **kept_metrics(is_noisy, ~result.flagged, source.clean, source.num_classes)}
     else:  # nothing to score against: what was flagged, nothing measured
         detection = {"n_flagged": int(result.flagged.sum()), "n_kept": int((~result.flagged).sum())}
+    if result.borderline is not None:
+        detection["n_borderline"] = int(result.borderline.sum())
+        if source.ground_truth and result.borderline.any():
+            detection["borderline_noisy"] = float(np.mean(is_noisy[result.borderline]))
     metrics = {"schema_version": SCHEMA_VERSION, "id": folder.name, "detector": name, "options": options,
                "source": {"id": source.id, **source.identity},
                "noise_estimate": opts.noise_estimate, "noise_rate_estimate": result.rate,
@@ -298,6 +306,8 @@ def score_table(source: Source, result: Detection) -> "pd.DataFrame":  # noqa: F
     rank = np.empty(len(scores), np.int64)
     rank[order] = np.arange(1, len(scores) + 1)
     columns.update({"score": scores, "rank": rank, "flagged": result.flagged.astype(int)})
+    if result.borderline is not None:
+        columns["borderline"] = result.borderline.astype(int)
     return pd.DataFrame(columns).iloc[order].reset_index(drop=True)
 
 

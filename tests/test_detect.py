@@ -114,7 +114,7 @@ def test_detect_writes_scores_and_metrics(make_entry, tmp_path, capsys, detector
     assert "precision" in out and "auroc" in out and "wall time" in out
     scores = pd.read_csv(folder / "scores.csv")
     assert list(scores.columns) == ["index", "given_label", "suggested_label", "clean_label", "score", "rank",
-                                    "flagged"] and len(scores) == 32
+                                    "flagged"] + (["borderline"] if detector == "knn" else []) and len(scores) == 32
     assert (scores["given_label"] != scores["clean_label"]).sum() == 12  # exact: 3 of 8 per class
     assert scores["rank"].tolist() == list(range(1, 33)) and scores["score"].is_monotonic_decreasing
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -133,6 +133,10 @@ def test_detect_writes_scores_and_metrics(make_entry, tmp_path, capsys, detector
         assert scores["flagged"].sum() == round(metrics["noise_rate_estimate"] * 32)
         assert metrics["options"] == {"k": 5, "t": 0.1}
         assert scores["score"][scores["flagged"] == 1].min() >= scores["score"][scores["flagged"] == 0].max()
+        lo, hi = metrics["info"]["noise_rate_estimate_lo"], metrics["info"]["noise_rate_estimate_hi"]
+        band = scores["rank"].between(round(lo * 32) + 1, round(hi * 32))      # ranks past the lower end's cut
+        assert (scores["borderline"] == band.astype(int)).all() and band.sum() > 0   # ... up to the upper end's
+        assert metrics["detection"]["n_borderline"] == band.sum() and f"borderline {band.sum()}:" in out
     run = json.loads((folder / "run.json").read_text())
     assert {"features_s", "detector_s"} == set(run["timing"])
     code, out, err = _detect(capsys, tmp_path, "--detector", detector, "--init", "simclr", "--k", "5", *FEATURES)

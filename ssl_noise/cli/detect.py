@@ -121,12 +121,14 @@ def _echo_summary(detector: str, metrics: dict, run: dict) -> None:
         click.echo(f"{detector} on {metrics['source']['id']}: no ground truth: scores only (labels as given, no "
                    f"injected noise, no clean labels). Flagged {d['n_flagged']} of {metrics['n']} "
                    f"({metrics['flag_rule']}); ranked in scores.csv; wall time {run['wall_time_s']:.1f} s ({costs})")
+        _echo_borderline(d)
         return
     click.echo(f"{detector} on {metrics['source']['id']}: precision {num(d['precision'])} recall "
                f"{num(d['recall'])} f1 {num(d['f1'])} auroc {num(d['auroc'])} ap {num(d.get('ap'))} "
                f"(flagged {d['n_flagged']}, "
                f"noisy {d['n_noisy']} of {metrics['n']}; {metrics['flag_rule']}); wall time "
                f"{run['wall_time_s']:.1f} s ({costs})")
+    _echo_borderline(d)
     if d.get("clean_kept_per_class"):  # absent from detections written before it was recorded
         click.echo(f"kept {d['n_kept']} (purity {num(d['kept_purity'])}); clean kept per class: "
                    + " / ".join(num(v) for v in d["clean_kept_per_class"]))
@@ -135,6 +137,14 @@ def _echo_summary(detector: str, metrics: dict, run: dict) -> None:
         click.echo(f"label correction: {c['n_relabelled']} relabelled (accuracy {num(c['relabel_acc'])}), "
                    f"{c['n_dropped']} dropped ({num(c['dropped_noisy'])} of them noisy); noise "
                    f"{num(c['given_noise_rate'])} given -> {num(c['kept_noise_rate'])} in the kept set")
+
+
+def _echo_borderline(d: dict) -> None:
+    """The samples whose flag depends on where in the rate's interval the cut falls (knn with ``auto``)."""
+    if d.get("n_borderline"):
+        share = f"; {num(d['borderline_noisy'])} of them noisy" if d.get("borderline_noisy") is not None else ""
+        click.echo(f"borderline {d['n_borderline']}: flagged at the rate interval's upper end, not at its lower "
+                   f"(scores.csv column borderline){share}")
 
 
 @cli.command("detections")
