@@ -115,6 +115,23 @@ def test_parse_duration():
         planning.parse_duration("90")
 
 
+def test_a_clean_label_column_is_the_trusted_test_set(tmp_path):
+    """A manifest with clean_label: the pilot is scored on those labels, no T̂ correction, no review page to fill."""
+    from ssl_noise.advise.run import test_labels
+    from ssl_noise.estimate import Estimate
+
+    truth = write_folder(tmp_path / "cells")
+    manifest = tmp_path / "cells.csv"
+    frame = truth.reset_index()
+    frame.assign(path="cells/" + frame["path"], label=frame["given"], clean_label=frame["clean"])[
+        ["path", "label", "clean_label", "split"]].to_csv(manifest, index=False)
+    data = load_dataset(f"csv:{manifest}")
+    found = Estimate(0.2, np.eye(4) * 0.8 + 0.05, 0.1, 0.3, "knn_agreement", 0.0)
+    test = test_labels(data, found, None, half_width=0.05, seed=0)
+    assert test.kind == "clean" and not test.is_estimate and test.sample is None
+    assert np.array_equal(test.labels, data.test.labels) and np.any(test.given != test.labels)
+
+
 # ============ end to end on a folder ============
 
 def write_folder(root, rate=RATE, seed=0):
