@@ -16,7 +16,7 @@ import pandas as pd
 
 from ssl_noise.report import paired_test
 
-METHODS = ["coteaching", "coteaching_plus", "knn_filter", "jocor", "gce", "sce"]
+METHODS = ["coteaching", "coteaching_plus", "knn_filter", "jocor", "gce", "sce", "elr"]
 
 
 def kind(row: pd.Series) -> str:
