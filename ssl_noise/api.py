@@ -272,7 +272,8 @@ def find_label_issues(data: Union[DataLike, np.ndarray, Run], labels=None, *, en
                       seed: int = 0, checkpoints: PathLike = "checkpoints", device: str = "auto"):
     """The training labels most likely wrong, most suspicious first, as a DataFrame with the columns of
     ``scores.csv`` (``index``, ``path`` for image files, ``given_label``, ``suggested_label``, ``score``, ``rank``,
-    ``flagged``: the top ε̂ share, ε̂ from ``noise_estimate``). ``data``: images (N, H, W[, C]) with ``labels``, a
+    ``flagged``: the top ε̂ share, ε̂ from ``noise_estimate``; for ``knn`` with ``auto`` also ``borderline``: flagged
+    at the upper end of ε̂'s 90 % interval but not at its lower). ``data``: images (N, H, W[, C]) with ``labels``, a
     dataset (its training split), or a finished :class:`Run` for ``detector="loss"`` (its CE history).
     ``detector``: ``knn`` (neighbours in ``encoder``'s features; None: the pixels' principal components) or
     ``cleanlab`` (find_label_issues on out-of-fold linear-model probabilities of the same features).

@@ -124,7 +124,7 @@ def test_find_label_issues_in_three_lines_and_from_a_run(tmp_path) -> None:
     labels[wrong] = (labels[wrong] + 1) % 3
     issues = ssl_noise.find_label_issues(images, labels)
     assert sorted(issues["index"][:3]) == wrong and list(issues.columns) == [
-        "index", "given_label", "suggested_label", "score", "rank", "flagged"]
+        "index", "given_label", "suggested_label", "score", "rank", "flagged", "borderline"]
     assert list(issues["rank"][:3]) == [1, 2, 3] and issues["flagged"].sum() >= 3
     cleanlab = sn.find_label_issues(images, labels, detector="cleanlab")
     assert set(cleanlab["index"][:3]) == set(wrong)
