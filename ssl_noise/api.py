@@ -348,15 +348,10 @@ def advise(dataset: DataLike, out: PathLike = "advice", *, time_budget: Union[st
     ``jobs=2``). Returns the :class:`~ssl_noise.advise.Advice` (``.page`` is advice.md); a rerun continues."""
     from ssl_noise.advise import run_advise
     from ssl_noise.advise.plan import parse_duration
+    from ssl_noise.sweep import log_stderr
 
     budget = float(time_budget) if isinstance(time_budget, (int, float)) else parse_duration(time_budget)
     return run_advise(_spec(dataset), out, time_budget_s=budget, test_answers=test_answers,
                       checkpoints=checkpoints, data_root=None if data_root is None else str(data_root),
                       device=_device(device), show_progress=show_progress,
-                      log=(lambda message: None) if not show_progress else _stderr, **options)
-
-
-def _stderr(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr, flush=True)
+                      log=log_stderr if show_progress else (lambda message: None), **options)

@@ -25,6 +25,7 @@ from ssl_noise.errors import UserError
 from ssl_noise.io import read_csv_strict
 from ssl_noise.knn import knn_scores
 from ssl_noise.pretrain import pretrain, work_dir
+from ssl_noise.refine.answers import parse_label
 from ssl_noise.refine.review import UNSURE, page, shown_path
 from ssl_noise.runs import RunFolder
 
@@ -118,9 +119,7 @@ def read_test_answers(path: Path, data: ImageDataset) -> TestLabels:
             raise UserError(f"{path} line {line}: index {raw_index!r} is not a test image (0..{n - 1})")
         if raw_label == "" or raw_label.lower() == UNSURE:
             continue
-        label = names.index(raw_label) if raw_label in names else int(raw_label) if raw_label.isdigit() else -1
-        if not 0 <= label < len(names):
-            raise UserError(f"{path} line {line}: label {raw_label!r} is not a class ({', '.join(names)})")
+        label = parse_label(raw_label, names, len(names), f"{path} line {line}", int(raw_index))
         if int(raw_index) in rows:
             raise UserError(f"{path} line {line}: index {raw_index} is answered twice")
         rows.append(int(raw_index))

@@ -48,17 +48,17 @@ def read_answers(path: str | Path, session: Session) -> np.ndarray:
             continue
         if raw_label == "":
             continue
-        out[wanted[index]] = _label(raw_label, run.class_names, run.data.num_classes, f"{path} line {line}", index)
+        out[wanted[index]] = parse_label(raw_label, run.class_names, run.data.num_classes, f"{path} line {line}", index)
     if (out < 0).all():
         raise UserError(f"{path} answers none of the {len(rows)} samples under review (blank or {UNSURE}); "
                         f"answer at least one with a class index or name")
     return out
 
 
-def _label(raw: str, class_names: List[str], num_classes: int, where: str, index: int) -> int:
+def parse_label(raw: str, class_names: List[str], num_classes: int, where: str, index: int) -> int:
     """A class given by name or index (``where`` and ``index`` place the error).
 
-    >>> _label("b", ["a", "b"], 2, "f line 2", 7), _label("0", ["a", "b"], 2, "f line 2", 7)
+    >>> parse_label("b", ["a", "b"], 2, "f line 2", 7), parse_label("0", ["a", "b"], 2, "f line 2", 7)
     (1, 0)
     """
     names = {n: k for k, n in enumerate(class_names)}
