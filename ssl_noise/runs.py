@@ -26,7 +26,7 @@ LOOP_ARRAYS = ("history", "selected", "test_probs")
 RESULT_COLUMNS = (
     ["run_id", "dataset", "image_size", "n_train", "init", "encoder_id", "encoder_sha256", "encoder_method",
      "encoder_seed", "backbone", "stem", "protocol", "method", "method_args", "method_active", "health",
-     "method_protocol", "optimizer", "starts", "noise_source",
+     "method_protocol", "optimizer", "starts", "augmentation", "noise_source",
      "noise_type", "noise_rate", "noise_realised_rate", "noise_seed", "noise_mode", "clean_val", "val_realised_rate",
      "noise_rate_estimate", "noise_rate_source", "noise_rate_estimate_lo", "noise_rate_estimate_hi", "noise_estimator",
      "seed", "epochs", "select_metric", "selected_epoch"]

@@ -93,6 +93,7 @@ def test_runs_results_and_reports_carry_the_protocol(tmp_path) -> None:
             folder, _ = finetune(cfg, data_root=None, checkpoints=tmp_path / "ck", runs=tmp_path, show_progress=False)
         training = json.loads((folder / "metrics.json").read_text())["training"]
         assert training["protocol"] == protocol and training["starts"] is None   # one network
+        assert training["augmentation"] is False                                  # TINY trains without it
         rows.append(folder.name)
     assert rows[0] != rows[1]                                  # different training, different run ids
     assert "HanxunH/SCELoss-Reproduce" in json.loads((tmp_path / rows[0] / "metrics.json").read_text())[
@@ -103,6 +104,9 @@ def test_runs_results_and_reports_carry_the_protocol(tmp_path) -> None:
     assert table["optimizer"].iloc[1].startswith("sgd lr 0.05")
     labels = tables.tidy(table)[0]["method_label"].tolist()
     assert labels == ["sce [paper recipe]", "sce"]             # never pooled in one curve or report row
+    assert table["augmentation"].nunique() == 1 and "[augmented]" not in " ".join(labels)  # one kind: no label
+    mixed = table.assign(augmentation=[True, False], method_protocol="shared")
+    assert tables.tidy(mixed)[0]["method_label"].tolist() == ["sce [augmented]", "sce"]
     ce = resolve(FinetuneConfig, {**TINY, "epochs": 1, "noise_rate": 0.2})
     from ssl_noise.finetune.prepare import hashed_config
 

@@ -37,15 +37,17 @@ def _interval(found) -> Dict[str, Any]:
 
 def training(prep: Prepared, result: FitResult) -> Dict[str, Any]:
     """How the method was trained: ``protocol`` (paper: its authors' recipe; shared: the config's optimiser and
-    cosine schedule), the optimiser in words, the recipe's source, and whether a two-network method's networks
-    started from one set of weights (a registry init or a frozen encoder) or independent ones."""
+    cosine schedule), the optimiser in words, the recipe's source, whether a two-network method's networks
+    started from one set of weights (a registry init or a frozen encoder) or independent ones, and whether the
+    training batches were augmented (DivideMix's two views, for one, are the same image without it)."""
     cfg, recipe = prep.cfg, protocol_recipe(prep.cfg)
     two = len(getattr(result.method, "nets", [])) > 1
     return {"protocol": "paper" if recipe is not None else "shared",
             "optimizer": recipe.describe() if recipe is not None else
             f"{cfg.optimizer} lr {cfg.lr:g}, momentum {cfg.momentum:g}, wd {cfg.weight_decay:g}, cosine",
             "source": recipe.source if recipe is not None else None,
-            "starts": None if not two else "shared" if prep.init["kind"] == "registry" or cfg.freeze else "independent"}
+            "starts": None if not two else "shared" if prep.init["kind"] == "registry" or cfg.freeze else "independent",
+            "augmentation": bool(cfg.augmentation)}
 
 
 def summarise(prep: Prepared, result: FitResult) -> Dict[str, Any]:
@@ -79,6 +81,7 @@ def result_row(prep: Prepared, metrics: Dict[str, Any], wall: float, created: st
            "method_args": method_args_text(cfg.method_args), "method_active": metrics["method_active"],
            "health": ";".join(metrics["health"]) or "ok", "method_protocol": metrics["training"]["protocol"],
            "optimizer": metrics["training"]["optimizer"], "starts": metrics["training"]["starts"],
+           "augmentation": metrics["training"]["augmentation"],
            "noise_source": nz["source"], "noise_type": nz["type"], "noise_rate": nz["rate"],
            "noise_realised_rate": nz["realised_rate"], "noise_seed": nz["seed"], "noise_mode": nz["mode"],
            "clean_val": cfg.clean_val, "val_realised_rate": nz["val_realised_rate"],
