@@ -1,9 +1,9 @@
 """Issues #51 and #52: the symmetric 0.6 random-init block re-measured with the new noise-rate estimate and under the
 authors' recipes, beside the rows measured before (the old confident-joint estimate and the true rate, both under
 the shared SGD recipe). Per method and row kind: test accuracy at the validation-selected epoch and the last-5
-mean (mean ± sd over noise seeds), the rate it was told, its paired difference to CE on the same noisy labels, and
-for the new estimate the share of the oracle gap it closes ((new − old) / (oracle − old), on the seeds that have
-all three).
+mean (mean ± sd over noise seeds), the rate it was told, its paired difference to CE on the same noisy labels and
+with the same augmentation (rows without the ``augmentation`` column were all trained without it), and for the new
+estimate the share of the oracle gap it closes ((new − old) / (oracle − old), on the seeds that have all three).
 
     python studies/bloodmnist_fft_methods/remeasure.py studies/bloodmnist_fft_methods/results.csv \
         studies/bloodmnist_fft_methods/results_oracle.csv studies/bloodmnist_fft_methods/results_remeasure.csv
@@ -16,12 +16,17 @@ import pandas as pd
 
 from ssl_noise.report import paired_test
 
-METHODS = ["coteaching", "coteaching_plus", "knn_filter", "jocor", "gce", "sce", "elr"]
+METHODS = ["coteaching", "coteaching_plus", "knn_filter", "jocor", "gce", "sce", "elr", "dividemix", "vog"]
+
+
+def augmented(row: pd.Series) -> bool:
+    return str(row.get("augmentation")).lower() in ("true", "1", "1.0")
 
 
 def kind(row: pd.Series) -> str:
-    """old auto | new auto | oracle, and the recipe (shared | paper)."""
+    """old auto | new auto | oracle, and the recipe (shared | paper), and ", augmented" when it was."""
     recipe = row.get("method_protocol") if isinstance(row.get("method_protocol"), str) else "shared"
+    recipe += ", augmented" if augmented(row) else ""
     if not isinstance(row["noise_rate_source"], str):
         return f"no rate, {recipe}"   # GCE, SCE: told no rate
     if row["noise_rate_source"] == "oracle":
@@ -51,16 +56,20 @@ def main(paths: list) -> None:
     frame = frame[(frame["init"] == "random") & (frame["noise_type"] == "symmetric") & (frame["noise_rate"] == 0.6)
                   & frame["method_args"].isna()]
     frame = frame.assign(kind=frame.apply(kind, axis=1)).drop_duplicates(["method", "kind", "noise_seed"], keep="last")
-    ce = frame[frame["method"] == "ce"].set_index("noise_seed")
+    frame = frame.assign(augmented=frame.apply(augmented, axis=1))
+    ces = {aug: part.set_index("noise_seed") for aug, part in frame[frame["method"] == "ce"].groupby("augmented")}
     print("| method | told | n | rate told | test acc (selected) | − CE | last-5 mean | − CE |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| ce | – | {len(ce)} | – | {fmt(ce['test_acc'])} | | {fmt(ce['test_acc_last5'])} | |")
+    for aug, ce in sorted(ces.items()):
+        told = "augmented" if aug else "–"
+        print(f"| ce | {told} | {len(ce)} | – | {fmt(ce['test_acc'])} | | {fmt(ce['test_acc_last5'])} | |")
     gaps, recipes = [], []
     for method in METHODS:
         rows = frame[frame["method"] == method]
         by_kind = {k: part.set_index("noise_seed") for k, part in rows.groupby("kind")}
         for k in sorted(by_kind):
             part = by_kind[k]
+            ce = ces.get(k.endswith("augmented"), frame.iloc[:0].set_index("noise_seed"))  # no CE like it: no pair
             print(f"| {method} | {k} | {len(part)} | {fmt(part['noise_rate_estimate'])} | {fmt(part['test_acc'])} | "
                   f"{diff(part['test_acc'], ce['test_acc'])} | {fmt(part['test_acc_last5'])} | "
                   f"{diff(part['test_acc_last5'], ce['test_acc_last5'])} |")
@@ -71,6 +80,13 @@ def main(paths: list) -> None:
             recipes.append(f"- {method}: paper − shared recipe, same labels and rate: selected epoch "
                            f"{diff(paper['test_acc'], shared['test_acc'])}; last-5 mean "
                            f"{diff(paper['test_acc_last5'], shared['test_acc_last5'])}")
+        elif "old auto, shared" in by_kind and len(by_kind) > 1:   # no pair that differs in the recipe alone
+            latest = max(by_kind, key=lambda k: by_kind[k]["created_at"].max())
+            now, before = by_kind[latest], by_kind["old auto, shared"]
+            if latest != "old auto, shared":
+                recipes.append(f"- {method}: {latest} − old auto, shared (every difference in the names at once), "
+                               f"same labels: selected epoch {diff(now['test_acc'], before['test_acc'])}; last-5 "
+                               f"mean {diff(now['test_acc_last5'], before['test_acc_last5'])}")
         old, new, oracle = (by_kind.get(f"{k}, shared") for k in ("old auto", "new auto", "oracle"))
         if old is not None and new is not None and oracle is not None:
             seeds = old.index.intersection(new.index).intersection(oracle.index)
@@ -78,7 +94,7 @@ def main(paths: list) -> None:
                 span = oracle.loc[s, "test_acc"] - old.loc[s, "test_acc"]
                 gaps.append((method, s, (new.loc[s, "test_acc"] - old.loc[s, "test_acc"]) / span if span else np.nan))
     if recipes:
-        print("\nThe recipe alone (points, pairs above, paired t-test p):")
+        print("\nThe recipe (points, pairs above, paired t-test p):")
         print("\n".join(recipes))
     if gaps:
         print("\nShare of the oracle gap closed by the new estimate ((new − old) / (oracle − old), test acc at the "
