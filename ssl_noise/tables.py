@@ -151,8 +151,9 @@ def tidy(frame, metric: str = DEFAULT_METRIC):
         paper = frame["method_protocol"].astype(str).eq("paper")  # the shared recipe's
         frame.loc[paper, "method_label"] = frame.loc[paper, "method_label"] + " [paper recipe]"
     if "augmentation" in frame.columns:  # augmented and plain training of one method: two lines, never pooled
-        augmented = frame["augmentation"].astype(str).str.lower().isin(["true", "1", "1.0"])
-        if augmented.any() and not augmented.all():
+        value = frame["augmentation"].astype(str).str.lower()   # empty in rows written before the column existed
+        augmented = value.isin(["true", "1", "1.0"])
+        if augmented.any() and value.isin(["false", "0", "0.0"]).any():
             frame.loc[augmented, "method_label"] = frame.loc[augmented, "method_label"] + " [augmented]"
     if "method_active" in frame.columns:  # a schedule too short for the method: its own line, never pooled
         inactive = frame["method_active"].astype(str).str.lower().isin(["false", "0", "0.0"])

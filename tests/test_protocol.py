@@ -107,6 +107,8 @@ def test_runs_results_and_reports_carry_the_protocol(tmp_path) -> None:
     assert table["augmentation"].nunique() == 1 and "[augmented]" not in " ".join(labels)  # one kind: no label
     mixed = table.assign(augmentation=[True, False], method_protocol="shared")
     assert tables.tidy(mixed)[0]["method_label"].tolist() == ["sce [augmented]", "sce"]
+    unknown = table.assign(augmentation=[True, None], method_protocol="shared")   # an older row: not known
+    assert tables.tidy(unknown)[0]["method_label"].tolist() == ["sce", "sce"]
     ce = resolve(FinetuneConfig, {**TINY, "epochs": 1, "noise_rate": 0.2})
     from ssl_noise.finetune.prepare import hashed_config
 
