@@ -129,7 +129,8 @@ def warmup(runs: Path) -> pd.DataFrame:
             rows.append({"run": folder.name, "method": config["method"],
                          "protocol": metrics["training"].get("protocol", "shared"),
                          "augmentation": bool(config.get("augmentation")), "n_train": len(p),
-                         "noise_type": metrics["noise"]["type"], "realised": metrics["noise"]["realised_rate"],
+                         "noise_type": metrics["noise"]["type"], "noise_rate": metrics["noise"]["rate"],
+                         "realised": metrics["noise"]["realised_rate"],
                          "epoch": epoch, "estimate": mixture_rate(-np.log(np.clip(p, 1e-6, 1.0)))})
     return pd.DataFrame(rows)
 
@@ -153,11 +154,13 @@ def table() -> str:
     if (HERE / "warmup.csv").is_file():
         w = pd.read_csv(HERE / "warmup.csv")
         w["error"] = w.estimate - w.realised
-        by = w.groupby(["method", "epoch"]).agg(runs=("run", "size"), realised=("realised", "mean"),
+        w["setting"] = w.noise_type.str[:4] + " " + w.noise_rate.map("{:g}".format) + np.where(w.augmentation,
+                                                                                               " augmented", "")
+        by = w.groupby(["setting", "method", "epoch"]).agg(runs=("run", "size"), realised=("realised", "mean"),
                                                  estimate_min=("estimate", "min"), estimate_max=("estimate", "max"),
                                                  mean_abs_error=("error", lambda e: np.abs(e).mean())).reset_index()
-        out += ["", "## Warm-up losses: the mixture's rate at early epochs (run folders; symmetric 0.6, 2,000 "
-                "images)", "", markdown(by)]
+        out += ["", "## Warm-up losses: the mixture's rate at early epochs (the run folders found; 2,000 images)", "",
+                markdown(by)]
     return "\n".join(out)
 
 
