@@ -39,6 +39,7 @@ FULL_SAMPLE_METHODS = {"ce", "gce", "sce", "elr"}   # methods whose history hold
 
 
 def extrapolated(idx: np.ndarray, labels: np.ndarray, K: int) -> float:
+    """The rate when each class's anchor agreement is read at neighbour rank 0 of a line through ranks 1-10."""
     from ssl_noise.estimate._anchors import class_anchors, off_diagonal_shape
     from ssl_noise.estimate.base import rate_from_T
     from ssl_noise.estimate.knn_agreement import solve_diagonal
