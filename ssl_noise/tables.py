@@ -133,6 +133,17 @@ def method_label(method: str, args: Any, protocol: str) -> str:
     return str(method) + (f" ({', '.join(parts)})" if parts else "")
 
 
+def flags(column):
+    """(true, false) masks of a boolean column as a CSV gives it back (True/False, 1/0, 1.0/0.0); empty is neither.
+
+    >>> import pandas as pd
+    >>> [m.tolist() for m in flags(pd.Series([True, "False", 1.0, None]))]
+    [[True, False, True, False], [False, True, False, False]]
+    """
+    text = column.astype(str).str.lower()
+    return text.isin(["true", "1", "1.0"]), text.isin(["false", "0", "0.0"])
+
+
 def tidy(frame, metric: str = DEFAULT_METRIC):
     """Rows usable for curves: ``init_label``, ``method_label`` added, rate-0 runs lent to noise types without any.
 
@@ -151,12 +162,11 @@ def tidy(frame, metric: str = DEFAULT_METRIC):
         paper = frame["method_protocol"].astype(str).eq("paper")  # the shared recipe's
         frame.loc[paper, "method_label"] = frame.loc[paper, "method_label"] + " [paper recipe]"
     if "augmentation" in frame.columns:  # augmented and plain training of one method: two lines, never pooled
-        value = frame["augmentation"].astype(str).str.lower()   # empty in rows written before the column existed
-        augmented = value.isin(["true", "1", "1.0"])
-        if augmented.any() and value.isin(["false", "0", "0.0"]).any():
+        augmented, plain = flags(frame["augmentation"])   # neither in rows written before the column existed
+        if augmented.any() and plain.any():
             frame.loc[augmented, "method_label"] = frame.loc[augmented, "method_label"] + " [augmented]"
     if "method_active" in frame.columns:  # a schedule too short for the method: its own line, never pooled
-        inactive = frame["method_active"].astype(str).str.lower().isin(["false", "0", "0.0"])
+        inactive = flags(frame["method_active"])[1]
         frame.loc[inactive, "method_label"] = frame.loc[inactive, "method_label"] + " [schedule too short]"
     if "dataset" in frame.columns and frame["dataset"].nunique() > 1:  # never pool two datasets in one panel
         frame["method_label"] = frame["dataset"].astype(str) + " · " + frame["method_label"]

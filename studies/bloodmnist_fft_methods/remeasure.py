@@ -15,18 +15,15 @@ import numpy as np
 import pandas as pd
 
 from ssl_noise.report import paired_test
+from ssl_noise.tables import flags
 
 METHODS = ["coteaching", "coteaching_plus", "knn_filter", "jocor", "gce", "sce", "elr", "dividemix", "vog"]
-
-
-def augmented(row: pd.Series) -> bool:
-    return str(row.get("augmentation")).lower() in ("true", "1", "1.0")
 
 
 def kind(row: pd.Series) -> str:
     """old auto | new auto | oracle, and the recipe (shared | paper), and ", augmented" when it was."""
     recipe = row.get("method_protocol") if isinstance(row.get("method_protocol"), str) else "shared"
-    recipe += ", augmented" if augmented(row) else ""
+    recipe += ", augmented" if row["augmented"] else ""
     if not isinstance(row["noise_rate_source"], str):
         return f"no rate, {recipe}"   # GCE, SCE: told no rate
     if row["noise_rate_source"] == "oracle":
@@ -55,8 +52,9 @@ def main(paths: list) -> None:
     frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     frame = frame[(frame["init"] == "random") & (frame["noise_type"] == "symmetric") & (frame["noise_rate"] == 0.6)
                   & frame["method_args"].isna()]
+    augmentation = frame["augmentation"] if "augmentation" in frame.columns else pd.Series(False, index=frame.index)
+    frame = frame.assign(augmented=flags(augmentation)[0])
     frame = frame.assign(kind=frame.apply(kind, axis=1)).drop_duplicates(["method", "kind", "noise_seed"], keep="last")
-    frame = frame.assign(augmented=frame.apply(augmented, axis=1))
     ces = {aug: part.set_index("noise_seed") for aug, part in frame[frame["method"] == "ce"].groupby("augmented")}
     print("| method | told | n | rate told | test acc (selected) | − CE | last-5 mean | − CE |")
     print("|---|---|---|---|---|---|---|---|")
